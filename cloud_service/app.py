@@ -1,0 +1,92 @@
+"""The cloud service's HTTP surface: thin handlers over `ShardEngine` and `SessionStore`."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import uuid
+from collections.abc import AsyncIterator
+
+import torch
+from fastapi import FastAPI, Request, Response
+from fastapi.concurrency import run_in_threadpool
+
+from cloud_service.engine import ShardEngine
+from cloud_service.sessions import SessionStore
+from cloud_service.settings import CloudSettings
+from splitcore.errors import SessionNotFoundError
+from splitcore.http import install_error_handlers, read_body
+from splitcore.loading import LoadedModel, load_checkpoint
+from splitcore.plan import parse_cut
+from splitcore.wire import MEDIA_TYPE
+
+log = logging.getLogger(__name__)
+
+
+def build_engine(settings: CloudSettings, loaded: LoadedModel | None = None) -> ShardEngine:
+    """Load the model (unless given) and keep only the blocks this cloud is configured to hold."""
+    loaded = loaded or load_checkpoint(settings.model_dir)
+    held = None
+    if settings.layers:
+        held = parse_cut(settings.layers, loaded.layered.num_layers).cloud_layers
+        loaded.layered.drop_blocks_outside(held)
+    store = SessionStore(ttl_s=settings.session_ttl_s, max_sessions=settings.max_sessions,
+                         max_cache_bytes=int(settings.max_cache_mb * 2**20))
+    return ShardEngine(loaded, store, held=held)
+
+
+def create_app(settings: CloudSettings, loaded: LoadedModel | None = None) -> FastAPI:
+    """The cloud app; `loaded` lets tests pass an in-memory model instead of a checkpoint directory."""
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if settings.threads:
+            torch.set_num_threads(settings.threads)
+        app.state.engine = await run_in_threadpool(build_engine, settings, loaded)
+        sweeper = asyncio.create_task(_sweep_forever(app.state.engine.store))
+        yield
+        sweeper.cancel()
+
+    app = FastAPI(title="edgesplit cloud", lifespan=lifespan)
+    install_error_handlers(app)
+    max_body = int(settings.max_frame_mb * 2**20)
+
+    @app.post("/v1/shard/forward", response_class=Response,
+              responses={200: {"content": {MEDIA_TYPE: {}}, "description": "answer frame"}})
+    async def forward(request: Request) -> Response:
+        """Run a frame's blocks for its session; body and answer are binary frames (`splitcore.wire`)."""
+        data = await read_body(request, max_body)
+        answer = await run_in_threadpool(request.app.state.engine.forward, data)
+        return Response(answer, media_type=MEDIA_TYPE)
+
+    @app.delete("/v1/sessions/{session_id}", status_code=204)
+    async def end_session(session_id: uuid.UUID, request: Request) -> Response:
+        """Free a session's KV cache."""
+        if not request.app.state.engine.end(session_id):
+            raise SessionNotFoundError(f"session {session_id} is not live")
+        return Response(status_code=204)
+
+    @app.get("/v1/info")
+    async def info(request: Request) -> dict:
+        """What this cloud holds, so an edge can check it serves the same model."""
+        engine: ShardEngine = request.app.state.engine
+        m = engine.model
+        return {"model": engine.loaded.name, "fingerprint": engine.loaded.fingerprint, "model_type": m.model_type,
+                "num_layers": m.num_layers, "hidden_size": m.hidden_size, "vocab_size": m.vocab_size,
+                "held_layers": [engine.held.start, engine.held.end]}
+
+    @app.get("/health")
+    async def health(request: Request) -> dict:
+        """Liveness and load: live sessions and their cache memory."""
+        store = request.app.state.engine.store
+        return {"status": "ok", "sessions": len(store), "cache_bytes": store.cache_bytes, "evictions": store.evictions}
+
+    return app
+
+
+async def _sweep_forever(store: SessionStore) -> None:
+    while True:
+        await asyncio.sleep(max(1.0, store.ttl_s / 4))
+        if dropped := store.sweep():
+            log.info("dropped %d expired sessions", dropped)

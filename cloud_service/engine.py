@@ -1,0 +1,120 @@
+"""The shard engine: one frame in, one frame out. Plain code, no HTTP, so tests call it directly."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid
+
+import torch
+from pydantic import ValidationError
+
+from cloud_service.sessions import CloudSession, SessionStore
+from splitcore.codec import DTYPE_BY_NAME
+from splitcore.errors import FrameError, PlanError, SessionConflictError
+from splitcore.loading import LoadedModel
+from splitcore.ranges import LayerRange
+from splitcore.sampling import Sampler
+from splitcore.schema import SessionMeta
+from splitcore.shard import ShardState, run_range
+from splitcore.wire import Flags, Frame, FrameCodec, Kind, Limits
+
+log = logging.getLogger(__name__)
+
+
+class ShardEngine:
+    """Runs the blocks an edge asks for over that edge session's own KV cache."""
+
+    def __init__(self, loaded: LoadedModel, store: SessionStore, held: LayerRange | None = None,
+                 limits: Limits | None = None) -> None:
+        self.model = loaded.layered
+        self.loaded = loaded
+        self.store = store
+        self.limits = limits or Limits(max_cols=self.model.hidden_size)
+        self.held = held or LayerRange(start=0, end=self.model.num_layers)
+        self.max_positions = int(getattr(self.model.config, "max_position_embeddings", 0) or 2**31)
+        self._local = threading.local()  # zstd contexts are not thread-safe: one decoder per worker thread
+
+    def _decoder(self) -> FrameCodec:
+        codec = getattr(self._local, "codec", None)
+        if codec is None:
+            codec = self._local.codec = FrameCodec(limits=self.limits)
+        return codec
+
+    def forward(self, data: bytes) -> bytes:
+        """Decode a request frame, run its blocks for its session, encode the answer.
+
+        Raises:
+            FrameError, PlanError, SessionNotFoundError, SessionConflictError, CapacityError.
+        """
+        frame = self._decoder().decode(data)
+        self._check_frame(frame)
+        session = self._open(frame) if frame.position == 0 else self.store.get(frame.session)
+        with session.lock:
+            return self._step(session, frame)
+
+    def end(self, sid: uuid.UUID) -> bool:
+        """Free a session's cache; False when it was not live."""
+        return self.store.remove(sid)
+
+    def _check_frame(self, frame: Frame) -> None:
+        rows = frame.tensor.shape[0]
+        if rows == 0:
+            raise FrameError("a frame must carry at least one position")
+        if not frame.layers.within(self.held):
+            raise PlanError(f"this cloud holds blocks {self.held}; it cannot run {frame.layers}")
+        if frame.kind == Kind.HIDDEN and frame.tensor.shape[1] != self.model.hidden_size:
+            raise FrameError(f"hidden states are {frame.tensor.shape[1]} wide; this model's hidden size is "
+                             f"{self.model.hidden_size}")
+        if frame.kind == Kind.TOKENS:
+            if frame.layers.start != 0:
+                raise FrameError("token ids can only enter at block 0; send hidden states for later blocks")
+            if int(frame.tensor.min()) < 0 or int(frame.tensor.max()) >= self.model.vocab_size:
+                raise FrameError(f"token ids must be in [0, {self.model.vocab_size})")
+        if Flags.HEAD in frame.flags and frame.layers.end != self.model.num_layers:
+            raise PlanError(f"the head runs only after the last block ({self.model.num_layers}); got {frame.layers}")
+        if frame.position + rows > self.max_positions:
+            raise FrameError(f"positions up to {frame.position + rows} exceed the model's {self.max_positions}")
+
+    def _open(self, frame: Frame) -> CloudSession:
+        try:
+            meta = SessionMeta.model_validate_json(frame.meta) if frame.meta else SessionMeta()
+        except ValidationError as exc:
+            raise FrameError(f"bad session metadata: {exc.errors()[0]['msg']}") from exc
+        session = CloudSession(
+            id=frame.session, layers=frame.layers, state=ShardState(self.model.new_cache()),
+            codec=FrameCodec(dtype=DTYPE_BY_NAME[meta.codec], zstd_level=meta.zstd_level, limits=self.limits),
+            sampler=Sampler(meta.sampling) if Flags.HEAD in frame.flags else None, request_id=meta.request_id,
+        )
+        self.store.add(session)
+        log.info("session %s opened for blocks %s (request %s)", session.id, frame.layers, meta.request_id or "-")
+        return session
+
+    def _step(self, session: CloudSession, frame: Frame) -> bytes:
+        state = session.state
+        if frame.layers != session.layers:
+            raise SessionConflictError(f"session {session.id} runs blocks {session.layers}, not {frame.layers}")
+        if frame.position != state.position:
+            raise SessionConflictError(f"session {session.id} is at position {state.position}, frame starts at "
+                                       f"{frame.position}")
+        started = time.perf_counter()
+        if frame.kind == Kind.TOKENS:
+            hidden = run_range(self.model, state, frame.layers, input_ids=frame.tensor)
+        else:
+            hidden = run_range(self.model, state, frame.layers, hidden=frame.tensor)
+        if Flags.HEAD in frame.flags:
+            if session.sampler is None:
+                raise SessionConflictError(f"session {session.id} was opened without the head")
+            with torch.inference_mode():
+                token = session.sampler(self.model.logits(hidden))
+            out: torch.Tensor = torch.tensor([token])
+        else:
+            out = hidden[0, -1:, :] if Flags.LAST_ROW in frame.flags else hidden[0]  # (rows, hidden)
+        self.store.after_step(session)
+        compute_ms = (time.perf_counter() - started) * 1000
+        return session.codec.encode(session.id, frame.position, frame.layers, out, compute_ms=compute_ms)
+
+    def end_session(self, session: uuid.UUID) -> None:
+        """The `CloudLink` form of `end`, so the engine can serve an edge in process (tests, benchmarks)."""
+        self.end(session)

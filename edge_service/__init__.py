@@ -1,0 +1,1 @@
+"""The edge tier: the public OpenAI-compatible API, the tokenizer, the front and back blocks, the head."""

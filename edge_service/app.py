@@ -1,0 +1,127 @@
+"""The edge service's HTTP surface: OpenAI-compatible completions, chat, models, health.
+
+Handlers validate, delegate to `Responder`/`Orchestrator`, and return.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator
+
+import torch
+from fastapi import FastAPI, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import JSONResponse, StreamingResponse
+
+from edge_service.openai_api import ChatCompletionRequest, CompletionRequest, _Common
+from edge_service.orchestrator import GenerationRequest
+from edge_service.prompts import render_chat
+from edge_service.responses import Endpoint, Responder, make_request_id
+from edge_service.runtime import EdgeRuntime
+from edge_service.settings import EdgeSettings
+from splitcore.errors import ModelNotFoundError, UserError
+from splitcore.http import error_response, install_error_handlers
+from splitcore.loading import LoadedModel
+
+log = logging.getLogger(__name__)
+PLAIN_CHAT_STOP = "\nUser:"  # the plain chat template's next turn: stop before the model writes it
+
+
+def create_app(settings: EdgeSettings, loaded: LoadedModel | None = None) -> FastAPI:
+    """The edge app; `loaded` lets tests pass an in-memory model instead of a checkpoint directory."""
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if settings.threads:
+            torch.set_num_threads(settings.threads)
+        app.state.runtime = await run_in_threadpool(EdgeRuntime.build, settings, loaded)
+        yield
+        app.state.runtime.close()
+
+    app = FastAPI(title="edgesplit edge", lifespan=lifespan)
+    install_error_handlers(app)
+
+    @app.post("/v1/completions")
+    async def completions(body: CompletionRequest, request: Request):  # type: ignore[no-untyped-def]
+        """OpenAI-compatible text completion; `stream: true` answers with server-sent events."""
+        runtime: EdgeRuntime = request.app.state.runtime
+        tokenizer = runtime.loaded.tokenizer
+        if isinstance(body.prompt, str) or isinstance(body.prompt[0], str):
+            text = body.prompt if isinstance(body.prompt, str) else body.prompt[0]
+            prompt_ids = tokenizer.encode(text, add_special_tokens=False)
+        else:
+            prompt_ids = list(body.prompt)  # type: ignore[arg-type]
+        return await _generate(runtime, body, prompt_ids, body.max_tokens, body.stop_list, "completion")
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(body: ChatCompletionRequest, request: Request):  # type: ignore[no-untyped-def]
+        """OpenAI-compatible chat completion; the tokenizer's chat template, or the plain one in `prompts`."""
+        runtime: EdgeRuntime = request.app.state.runtime
+        tokenizer = runtime.loaded.tokenizer
+        prompt_ids = render_chat(tokenizer, body.messages)
+        stop = body.stop_list
+        if not getattr(tokenizer, "chat_template", None):
+            stop = [*stop, PLAIN_CHAT_STOP]
+        return await _generate(runtime, body, prompt_ids, body.output_limit, stop, "chat")
+
+    @app.get("/v1/models")
+    async def models(request: Request) -> dict:
+        """The one model this edge serves."""
+        runtime: EdgeRuntime = request.app.state.runtime
+        return {"object": "list", "data": [{"id": runtime.loaded.name, "object": "model", "created": 0,
+                                            "owned_by": "edgesplit"}]}
+
+    @app.get("/health")
+    async def health(request: Request) -> JSONResponse:
+        """200 when the model is loaded and the plan's cloud answers with the same model; 503 otherwise."""
+        runtime: EdgeRuntime | None = getattr(request.app.state, "runtime", None)
+        if runtime is None:
+            return error_response(503, "model is loading", "unavailable")
+        ok, detail = await run_in_threadpool(runtime.cloud_status)
+        plan = runtime.orchestrator.plan
+        body = {"status": "ok" if ok else "unavailable", "detail": detail, "model": runtime.loaded.name,
+                "plan": plan.describe(), "cut": [plan.cut_a, plan.cut_b]}
+        return JSONResponse(body, status_code=200 if ok else 503)
+
+    return app
+
+
+async def _generate(runtime: EdgeRuntime, body: _Common, prompt_ids: list[int], max_tokens: int | None,
+                    stop: list[str], endpoint: Endpoint):  # type: ignore[no-untyped-def]
+    settings = runtime.settings
+    if body.model is not None and body.model != runtime.loaded.name:
+        raise ModelNotFoundError(f"model {body.model!r} is not served here; GET /v1/models lists "
+                                   f"{runtime.loaded.name!r}")
+    _check_lengths(runtime, prompt_ids, max_tokens)
+    room = min(settings.max_output_tokens, runtime.max_positions - len(prompt_ids))
+    request = GenerationRequest(prompt_ids=prompt_ids, max_tokens=max_tokens or room, sampling=body.sampling,
+                                stop=tuple(stop), request_id=make_request_id())
+    responder = Responder(runtime.orchestrator, runtime.loaded.name, endpoint)
+    started = time.perf_counter()
+    if body.stream:
+        events = await responder.stream(request, body.include_usage)
+        return StreamingResponse(events, media_type="text/event-stream",
+                                 headers={"cache-control": "no-cache", "x-request-id": request.request_id})
+    out = await responder.body(request)
+    log.info("request %s: %d tokens in %.0f ms", request.request_id, out["usage"]["completion_tokens"],
+             (time.perf_counter() - started) * 1000)
+    return JSONResponse(out, headers={"x-request-id": request.request_id})
+
+
+def _check_lengths(runtime: EdgeRuntime, prompt_ids: list[int], max_tokens: int | None) -> None:
+    settings = runtime.settings
+    vocab = runtime.loaded.layered.vocab_size
+    if not prompt_ids:
+        raise UserError("prompt is empty")
+    if any(not 0 <= t < vocab for t in prompt_ids):
+        raise UserError(f"prompt token ids must be in [0, {vocab})")
+    limit = min(settings.max_prompt_tokens, runtime.max_positions - 1)
+    if len(prompt_ids) > limit:
+        raise UserError(f"prompt is {len(prompt_ids)} tokens; the limit is {limit}")
+    if max_tokens is not None and max_tokens > settings.max_output_tokens:
+        raise UserError(f"max_tokens is {max_tokens}; the limit is {settings.max_output_tokens}")
+    if max_tokens is not None and len(prompt_ids) + max_tokens > runtime.max_positions:
+        raise UserError(f"prompt ({len(prompt_ids)} tokens) plus max_tokens ({max_tokens}) exceeds the model's "
+                        f"{runtime.max_positions} positions")

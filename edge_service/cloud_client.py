@@ -1,0 +1,87 @@
+"""The one place that speaks to the cloud tier; transport errors are translated here, once.
+
+A sync `httpx.Client` (thread-safe, pooled keep-alive connections): a
+generation runs in a worker thread and makes one POST per step over a
+connection that stays open, with a binary body each way.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+
+import httpx
+
+from splitcore.errors import (
+    CloudUnavailableError,
+    EdgesplitError,
+    FrameError,
+    FrameTooLargeError,
+    PlanError,
+    SessionConflictError,
+    SessionNotFoundError,
+)
+from splitcore.wire import MEDIA_TYPE
+
+log = logging.getLogger(__name__)
+_BY_STATUS: dict[int, type[EdgesplitError]] = {
+    400: FrameError, 404: SessionNotFoundError, 409: SessionConflictError, 413: FrameTooLargeError, 422: PlanError,
+}
+
+
+class CloudClient:
+    """HTTP client of the cloud's shard API."""
+
+    def __init__(self, base_url: str, timeout_s: float = 30.0, connect_timeout_s: float = 3.0,
+                 max_connections: int = 64) -> None:
+        self.base_url = base_url.rstrip("/")
+        self._http = httpx.Client(
+            base_url=self.base_url,
+            timeout=httpx.Timeout(timeout_s, connect=connect_timeout_s),
+            limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections),
+            headers={"content-type": MEDIA_TYPE},
+        )
+
+    def forward(self, frame: bytes) -> bytes:
+        """Send one frame, return the answer frame.
+
+        Raises:
+            CloudUnavailableError: the cloud could not be reached, timed out or failed.
+            EdgesplitError: the cloud refused the frame (the subclass follows its status).
+        """
+        response = self._request("POST", "/v1/shard/forward", content=frame)
+        return response.content
+
+    def end_session(self, session: uuid.UUID) -> None:
+        """Free the session's cloud cache; a session the cloud no longer holds is fine."""
+        try:
+            self._request("DELETE", f"/v1/sessions/{session}")
+        except SessionNotFoundError:
+            pass  # already expired or evicted: nothing left to free
+        except CloudUnavailableError as exc:  # the cloud's TTL frees it later
+            log.warning("could not end cloud session %s: %s", session, exc)
+
+    def info(self) -> dict:
+        """The cloud's model identity and held blocks."""
+        return self._request("GET", "/v1/info").json()
+
+    def close(self) -> None:
+        self._http.close()
+
+    def _request(self, method: str, path: str, **kwargs: object) -> httpx.Response:
+        try:
+            response = self._http.request(method, path, **kwargs)  # type: ignore[arg-type]
+        except httpx.TimeoutException as exc:
+            raise CloudUnavailableError(f"cloud at {self.base_url} timed out ({type(exc).__name__})") from exc
+        except httpx.TransportError as exc:
+            raise CloudUnavailableError(f"cloud at {self.base_url} is unreachable: {exc}") from exc
+        if response.status_code < 400:
+            return response
+        try:
+            message = response.json()["error"]["message"]
+        except (ValueError, KeyError, TypeError):  # not our error body: keep the status and text
+            message = response.text[:200]
+        error = _BY_STATUS.get(response.status_code)
+        if error is None:
+            raise CloudUnavailableError(f"cloud answered {response.status_code}: {message}")
+        raise error(f"cloud refused: {message}")

@@ -1,0 +1,138 @@
+"""Running a generation for the API: OpenAI-shaped bodies and server-sent event streams."""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from typing import Literal
+
+from fastapi.concurrency import iterate_in_threadpool, run_in_threadpool
+
+from edge_service.openai_api import Usage
+from edge_service.orchestrator import Finished, GenerationRequest, Orchestrator
+from splitcore.errors import EdgesplitError
+from splitcore.http import error_body
+
+log = logging.getLogger(__name__)
+Endpoint = Literal["completion", "chat"]
+
+
+def _usage(done: Finished) -> dict:
+    n = len(done.token_ids)
+    usage = Usage(prompt_tokens=done.prompt_tokens, completion_tokens=n, total_tokens=done.prompt_tokens + n)
+    return usage.model_dump()
+
+
+def _extension(done: Finished) -> dict:
+    """edgesplit's own figures for one request: the plan it ran on and what crossed the link."""
+    plan = done.plan
+    return {"plan": plan.describe(), "cut": [plan.cut_a, plan.cut_b], "head": plan.head, "codec": plan.codec,
+            "time_to_first_token_ms": round(done.time_to_first_token_ms, 2), "total_ms": round(done.total_ms, 2),
+            "link": done.link.as_dict()}
+
+
+def _finish(done: Finished) -> str:
+    return "stop" if done.finish_reason == "cancelled" else done.finish_reason
+
+
+class Responder:
+    """Builds the body or the event stream of one request."""
+
+    def __init__(self, orchestrator: Orchestrator, model_name: str, endpoint: Endpoint) -> None:
+        self.orchestrator = orchestrator
+        self.model_name = model_name
+        self.endpoint = endpoint
+        prefix = "cmpl" if endpoint == "completion" else "chatcmpl"
+        self.id = f"{prefix}-{uuid.uuid4().hex}"
+        self.created = int(time.time())
+
+    def _envelope(self, choices: list[dict], chunk: bool) -> dict:
+        obj = "text_completion" if self.endpoint == "completion" else (
+            "chat.completion.chunk" if chunk else "chat.completion")
+        return {"id": self.id, "object": obj, "created": self.created, "model": self.model_name, "choices": choices}
+
+    def _choice(self, text: str, finish: str | None, chunk: bool, first: bool = False) -> dict:
+        if self.endpoint == "completion":
+            return {"index": 0, "text": text, "logprobs": None, "finish_reason": finish}
+        if chunk:
+            delta: dict = {"role": "assistant", "content": text} if first else ({"content": text} if text else {})
+            return {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
+        return {"index": 0, "message": {"role": "assistant", "content": text}, "logprobs": None,
+                "finish_reason": finish}
+
+    async def body(self, request: GenerationRequest) -> dict:
+        """The whole generation as one response body."""
+        events = await run_in_threadpool(lambda: list(self.orchestrator.generate(request)))
+        done = events[-1]
+        assert isinstance(done, Finished)
+        text = "".join(e for e in events if isinstance(e, str))
+        out = self._envelope([self._choice(text, _finish(done), chunk=False)], chunk=False)
+        out["usage"] = _usage(done)
+        out["edgesplit"] = _extension(done)
+        return out
+
+    async def stream(self, request: GenerationRequest, include_usage: bool) -> AsyncIterator[str]:
+        """Start the generation, then stream it as server-sent events.
+
+        The prompt is processed before this returns, so a failure there (cloud down, refused frame) is an ordinary
+        error response with its status rather than an error inside a 200 stream.
+        """
+        cancel = threading.Event()
+        events = self.orchestrator.generate(request, cancel)
+        try:
+            head = await run_in_threadpool(next, events)
+        except BaseException:
+            await run_in_threadpool(events.close)
+            raise
+        return self._events(head, events, cancel, include_usage)
+
+    async def _events(self, head: str | Finished, events: Iterator[str | Finished], cancel: threading.Event,
+                      include_usage: bool) -> AsyncIterator[str]:
+        """One chunk per text piece, a finishing chunk, usage if asked, then `[DONE]`.
+
+        A client that hangs up cancels this generator; the generation stops at its next step and frees the
+        cloud session.
+        """
+        first = True
+        try:
+            if self.endpoint == "chat":
+                yield _sse(self._envelope([self._choice("", None, chunk=True, first=True)], chunk=True))
+                first = False
+            async for event in _chain(head, iterate_in_threadpool(events)):
+                if isinstance(event, Finished):
+                    yield _sse(self._envelope([self._choice("", _finish(event), chunk=True)], chunk=True))
+                    if include_usage:
+                        tail = self._envelope([], chunk=True)
+                        tail["usage"] = _usage(event)
+                        tail["edgesplit"] = _extension(event)
+                        yield _sse(tail)
+                else:
+                    yield _sse(self._envelope([self._choice(event, None, chunk=True, first=first)], chunk=True))
+                    first = False
+            yield "data: [DONE]\n\n"
+        except EdgesplitError as exc:  # headers are sent: the error goes in the stream, as OpenAI does
+            log.warning("request %s failed mid-stream: %s", self.id, exc)
+            yield _sse(error_body(str(exc), exc.error_type, code=exc.status_code))
+        finally:
+            cancel.set()
+            await run_in_threadpool(events.close)
+
+
+async def _chain(head: str | Finished, rest: AsyncIterator[str | Finished]) -> AsyncIterator[str | Finished]:
+    yield head
+    async for event in rest:
+        yield event
+
+
+def _sse(payload: dict) -> str:
+    return f"data: {json.dumps(payload, ensure_ascii=False)}\n\n"
+
+
+def make_request_id() -> str:
+    return uuid.uuid4().hex[:16]
+
+

@@ -1,0 +1,33 @@
+"""Settings of the edge service: flags, `EDGE_*` environment variables, or a `.env` file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from splitcore.defaults import DEFAULT_MODEL_DIR
+from splitcore.plan import CodecName
+
+
+class EdgeSettings(BaseSettings):
+    """One object for every edge setting; flags override the environment."""
+
+    model_config = SettingsConfigDict(env_prefix="EDGE_", env_file=".env", extra="ignore", frozen=True)
+
+    model_dir: Path = DEFAULT_MODEL_DIR  # local Hugging Face checkpoint directory (tokenizer, weights)
+    cloud_url: str = "http://127.0.0.1:8001"  # base URL of the cloud service
+    cut: str = "edge"  # plan: "A:B" (edge [0,A), cloud [A,B), edge [B,L)), "A" (= A:L), "edge" or "cloud"
+    head: Literal["edge", "cloud"] = "edge"  # which tier runs the final norm, LM head and sampling (cloud needs B = L)
+    codec: CodecName = "fp16"  # element type of activations on the wire
+    zstd_level: int = 1  # zstandard level for activations (higher: smaller prefill frames, more CPU)
+    allow_tokens_off_device: bool = False  # privacy: may token ids (cut A = 0, or head in the cloud) leave the device
+    host: str = "127.0.0.1"  # address to listen on
+    port: int = 8000  # TCP port to listen on
+    threads: int | None = None  # torch intra-op threads; default: torch's choice (all cores)
+    cloud_timeout_s: float = 30.0  # longest wait for one cloud step
+    cloud_connect_timeout_s: float = 3.0  # longest wait to open a connection to the cloud
+    max_prompt_tokens: int = 4096  # longest accepted prompt, tokens (also capped by the model's positions)
+    max_output_tokens: int = 2048  # largest accepted max_tokens
+    log_level: str = "info"  # logging level

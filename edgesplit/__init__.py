@@ -1,0 +1,1 @@
+"""edgesplit's command line: `edgesplit demo | serve edge | serve cloud`."""

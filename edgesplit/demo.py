@@ -1,0 +1,68 @@
+"""`edgesplit demo`: both tiers on loopback, one streamed generation, and what crossed the link."""
+
+from __future__ import annotations
+
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+
+from edgesplit.procs import free_port, serve, wait_healthy
+from splitcore.defaults import DEFAULT_MODEL_DIR
+from splitcore.loading import read_config
+
+
+def run_demo(model_dir: Path | None, cut: str | None, codec: str, prompt: str, max_tokens: int) -> None:
+    model_dir = model_dir or DEFAULT_MODEL_DIR
+    config = read_config(model_dir)
+    layers = config.num_hidden_layers
+    cut = cut or f"{layers // 4}:{layers - layers // 4}"
+    cloud_port, edge_port = free_port(), free_port()
+    logs = Path(tempfile.mkdtemp(prefix="edgesplit-demo-"))
+    print(f"model      {model_dir} ({config.model_type}, {layers} blocks, hidden {config.hidden_size})")
+    print(f"plan       cut {cut}: the edge runs the first and last blocks and the head, the cloud the middle; "
+          f"codec {codec}")
+    print(f"starting   cloud on 127.0.0.1:{cloud_port}, edge on 127.0.0.1:{edge_port} (logs in {logs})")
+    cloud_args = ["--model", str(model_dir)]
+    edge_args = ["--model", str(model_dir), "--cloud", f"http://127.0.0.1:{cloud_port}", "--cut", cut,
+                 "--codec", codec]
+    with serve("cloud", cloud_args, cloud_port, logs / "cloud.log") as cloud, \
+            serve("edge", edge_args, edge_port, logs / "edge.log") as edge:
+        wait_healthy(f"http://127.0.0.1:{cloud_port}/health", cloud)
+        wait_healthy(f"http://127.0.0.1:{edge_port}/health", edge)
+        print(f"\nprompt     {prompt}\ngeneration ", end="", flush=True)
+        started = time.perf_counter()
+        final = _stream(f"http://127.0.0.1:{edge_port}", prompt, max_tokens)
+        elapsed = time.perf_counter() - started
+    usage, ext = final["usage"], final["edgesplit"]
+    link = ext["link"]
+    raw_fp32 = config.hidden_size * 4
+    print(f"\n\nplan       {ext['plan']}")
+    print(f"tokens     {usage['prompt_tokens']} prompt, {usage['completion_tokens']} generated in {elapsed:.2f} s "
+          f"(first token after {ext['time_to_first_token_ms']:.0f} ms)")
+    print(f"prefill    {link['prefill_bytes_up']} bytes up, {link['prefill_bytes_down']} bytes down")
+    print(f"per token  {link['decode_bytes_up_per_token']:.0f} bytes up, {link['decode_bytes_down_per_token']:.0f} "
+          f"bytes down (raw fp32 hidden state: {raw_fp32} bytes)")
+
+
+def _stream(base_url: str, prompt: str, max_tokens: int) -> dict:
+    """Stream a completion, printing text as it arrives; return the usage chunk."""
+    body = {"prompt": prompt, "max_tokens": max_tokens, "temperature": 0.8, "top_p": 0.95, "seed": 7,
+            "stream": True, "stream_options": {"include_usage": True}}
+    final: dict = {}
+    with httpx.stream("POST", f"{base_url}/v1/completions", json=body, timeout=120) as response:
+        if response.status_code != 200:
+            raise RuntimeError(f"edge answered {response.status_code}: {response.read().decode()}")
+        for line in response.iter_lines():
+            if not line.startswith("data: ") or line == "data: [DONE]":
+                continue
+            chunk = json.loads(line[6:])
+            if "error" in chunk:
+                raise RuntimeError(chunk["error"]["message"])
+            if chunk.get("usage"):
+                final = chunk
+            for choice in chunk["choices"]:
+                print(choice["text"], end="", flush=True)
+    return final

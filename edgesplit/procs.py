@@ -1,0 +1,58 @@
+"""Starting the two tiers as real processes on loopback (demo, benchmarks, end-to-end tests)."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_healthy(url: str, proc: subprocess.Popen, timeout_s: float = 120.0) -> None:
+    """Poll `url` until it answers 200; fail early if the process dies."""
+    deadline = time.monotonic() + timeout_s
+    last = "no answer"
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"process exited with {proc.returncode} before {url} was healthy")
+        try:
+            response = httpx.get(url, timeout=2.0)
+            if response.status_code == 200:
+                return
+            last = response.text[:200]
+        except httpx.TransportError as exc:  # not listening yet
+            last = str(exc)
+        time.sleep(0.3)
+    raise TimeoutError(f"{url} not healthy after {timeout_s:.0f} s: {last}")
+
+
+@contextmanager
+def serve(tier: str, args: list[str], port: int, log_path: Path | None = None,
+          env: dict[str, str] | None = None) -> Iterator[subprocess.Popen]:
+    """Run `edgesplit serve <tier> ... --port P` until the block ends; its output goes to `log_path`."""
+    cmd = [sys.executable, "-m", "edgesplit.cli", "serve", tier, *args, "--port", str(port)]
+    out = open(log_path, "w") if log_path else subprocess.DEVNULL  # noqa: SIM115  # closed below
+    proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
+    try:
+        yield proc
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        if log_path:
+            out.close()  # type: ignore[union-attr]

@@ -1,0 +1,1 @@
+"""Shared model, codec and wire code for edgesplit's edge and cloud tiers."""

@@ -1,0 +1,73 @@
+"""The error hierarchy shared by both tiers (after Petals' and httpx's small trees).
+
+Each error carries the HTTP status a service should answer with, so one
+exception handler per app maps domain errors to responses.
+"""
+
+from __future__ import annotations
+
+
+class EdgesplitError(Exception):
+    """Base of every error edgesplit raises on purpose."""
+
+    status_code = 500
+    error_type = "server_error"
+
+
+class UserError(EdgesplitError):
+    """The caller asked for something invalid; answered with a 4xx."""
+
+    status_code = 400
+    error_type = "invalid_request_error"
+
+
+class UnsupportedModelError(UserError):
+    """The checkpoint's architecture is not one edgesplit knows how to cut."""
+
+
+class ModelNotFoundError(UserError):
+    """The request names a model this service does not serve."""
+
+    status_code = 404
+    error_type = "not_found_error"
+
+
+class PlanError(UserError):
+    """A plan that does not fit the model or the deployment."""
+
+
+class FrameError(UserError):
+    """A wire frame that is malformed, corrupt, oversized or inconsistent."""
+
+
+class FrameTooLargeError(FrameError):
+    """A frame, or what it decompresses to, is over the configured limits."""
+
+    status_code = 413
+
+
+class SessionNotFoundError(UserError):
+    """The session is unknown, expired or was evicted."""
+
+    status_code = 404
+    error_type = "not_found_error"
+
+
+class SessionConflictError(UserError):
+    """The frame does not continue the session (wrong position or layer range)."""
+
+    status_code = 409
+
+
+class CapacityError(EdgesplitError):
+    """The service is at a configured capacity limit; try again later."""
+
+    status_code = 429
+    error_type = "rate_limit_error"
+
+
+class CloudUnavailableError(EdgesplitError):
+    """The cloud tier could not be reached or answered with an error."""
+
+    status_code = 502
+    error_type = "cloud_unavailable"

@@ -1,0 +1,75 @@
+"""What both services share at the HTTP boundary: the error body and the handlers that map errors to it.
+
+Errors use the OpenAI shape `{"error": {"message", "type", "param", "code"}}` on both tiers, so a
+client (or the edge reading the cloud) parses one format.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from splitcore.errors import EdgesplitError, FrameTooLargeError
+
+log = logging.getLogger(__name__)
+
+
+def error_body(message: str, error_type: str = "invalid_request_error", param: str | None = None,
+               code: str | int | None = None) -> dict:
+    """The OpenAI error object."""
+    return {"error": {"message": message, "type": error_type, "param": param, "code": code}}
+
+
+def error_response(status: int, message: str, error_type: str = "invalid_request_error", param: str | None = None,
+                   headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse(error_body(message, error_type, param, status), status_code=status, headers=headers)
+
+
+def _validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
+    first = exc.errors()[0] if exc.errors() else {}
+    loc = [str(p) for p in first.get("loc", ()) if p != "body"]
+    param = ".".join(loc) or None
+    return (f"{param}: {first.get('msg', 'invalid value')}" if param else first.get("msg", "invalid request")), param
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Map domain errors, validation errors and HTTP errors to the error body; never leak a traceback."""
+
+    @app.exception_handler(EdgesplitError)
+    async def _domain(_: Request, exc: EdgesplitError) -> JSONResponse:
+        if exc.status_code >= 500:
+            log.warning("%s: %s", type(exc).__name__, exc)
+        return error_response(exc.status_code, str(exc), exc.error_type)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
+        message, param = _validation_message(exc)
+        return error_response(400, message, "invalid_request_error", param)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        kind = "not_found_error" if exc.status_code == 404 else "invalid_request_error"
+        return error_response(exc.status_code, str(exc.detail), kind, headers=getattr(exc, "headers", None))
+
+    @app.exception_handler(Exception)
+    async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled error")  # the trace goes to the log, never to the client
+        return error_response(500, f"internal error ({type(exc).__name__}); see the server log", "server_error")
+
+
+async def read_body(request: Request, max_bytes: int) -> bytes:
+    """Read a request body, refusing (413) anything over `max_bytes` before it is all in memory."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > max_bytes:
+        raise FrameTooLargeError(f"request body of {declared} bytes is over the {max_bytes}-byte limit")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > max_bytes:
+            raise FrameTooLargeError(f"request body is over the {max_bytes}-byte limit")
+        chunks.append(chunk)
+    return b"".join(chunks)

@@ -1,0 +1,34 @@
+"""Token selection from logits, with the `transformers` logits warpers."""
+
+from __future__ import annotations
+
+import torch
+from transformers import LogitsProcessorList, TemperatureLogitsWarper, TopPLogitsWarper
+
+from splitcore.schema import SamplingParams
+
+
+class Sampler:
+    """Greedy when temperature is 0; otherwise temperature and nucleus sampling, seeded when asked."""
+
+    def __init__(self, params: SamplingParams) -> None:
+        self.greedy = params.temperature == 0.0
+        self.warpers = LogitsProcessorList()
+        if not self.greedy:
+            if params.temperature != 1.0:
+                self.warpers.append(TemperatureLogitsWarper(params.temperature))
+            if params.top_p < 1.0:
+                self.warpers.append(TopPLogitsWarper(params.top_p))
+        self.generator = torch.Generator()
+        if params.seed is not None:
+            self.generator.manual_seed(params.seed)
+        else:
+            self.generator.seed()
+
+    def __call__(self, logits: torch.Tensor, input_ids: torch.Tensor | None = None) -> int:
+        """Pick one token from logits (1, vocab)."""
+        if self.greedy:
+            return int(logits.argmax(dim=-1))
+        scores = self.warpers(input_ids if input_ids is not None else torch.empty(1, 0, dtype=torch.long), logits)
+        probs = torch.softmax(scores.float(), dim=-1)  # (1, vocab)
+        return int(torch.multinomial(probs, 1, generator=self.generator))

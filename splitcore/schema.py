@@ -1,0 +1,30 @@
+"""The contract carried inside a session's first frame (its `meta` JSON), on one strict, frozen base."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class StrictModel(BaseModel):
+    """Base of every wire and API type: unknown fields are refused, instances are immutable."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class SamplingParams(StrictModel):
+    """How the tier that holds the head picks the next token."""
+
+    temperature: float = Field(default=1.0, ge=0.0, le=2.0, description="0 means greedy")
+    top_p: float = Field(default=1.0, gt=0.0, le=1.0)
+    seed: int | None = Field(default=None, ge=0, le=2**63 - 1)
+
+
+class SessionMeta(StrictModel):
+    """Sent with a session's first frame so the cloud can sample when it holds the head."""
+
+    sampling: SamplingParams = SamplingParams()
+    codec: Literal["fp32", "fp16", "bf16", "int8"] = "fp16"  # element type of the cloud's hidden-state answers
+    zstd_level: int = Field(default=1, ge=-7, le=22)  # zstd level of the cloud's answers
+    request_id: str = Field(default="", max_length=64, description="for following one request across tiers in logs")

@@ -47,7 +47,7 @@ def create_app(settings: EdgeSettings, loaded: LoadedModel | None = None) -> Fas
     async def completions(body: CompletionRequest, request: Request):  # type: ignore[no-untyped-def]
         """OpenAI-compatible text completion; `stream: true` answers with server-sent events."""
         runtime: EdgeRuntime = request.app.state.runtime
-        tokenizer = runtime.loaded.tokenizer
+        tokenizer = runtime.orchestrator.tokenizer
         if isinstance(body.prompt, str) or isinstance(body.prompt[0], str):
             text = body.prompt if isinstance(body.prompt, str) else body.prompt[0]
             prompt_ids = tokenizer.encode(text, add_special_tokens=False)
@@ -59,7 +59,7 @@ def create_app(settings: EdgeSettings, loaded: LoadedModel | None = None) -> Fas
     async def chat_completions(body: ChatCompletionRequest, request: Request):  # type: ignore[no-untyped-def]
         """OpenAI-compatible chat completion; the tokenizer's chat template, or the plain one in `prompts`."""
         runtime: EdgeRuntime = request.app.state.runtime
-        tokenizer = runtime.loaded.tokenizer
+        tokenizer = runtime.orchestrator.tokenizer
         prompt_ids = render_chat(tokenizer, body.messages)
         stop = body.stop_list
         if not getattr(tokenizer, "chat_template", None):

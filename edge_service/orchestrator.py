@@ -11,7 +11,7 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Generator
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
@@ -103,6 +103,7 @@ class Orchestrator:
         assert plan.num_layers == loaded.layered.num_layers, "plan and model disagree on the number of blocks"
         assert cloud is not None or not plan.uses_cloud, "a plan that uses the cloud needs a cloud link"
         assert loaded.tokenizer is not None, "the edge owns the tokenizer"
+        self.tokenizer = loaded.tokenizer
         self.loaded = loaded
         self.model = loaded.layered
         self.plan = plan
@@ -110,7 +111,7 @@ class Orchestrator:
         self.eos_ids = _eos_ids(loaded)
 
     def generate(self, request: GenerationRequest, cancel: threading.Event | None = None
-                 ) -> Iterator[str | Finished]:
+                 ) -> Generator[str | Finished, None, None]:
         """Yield text pieces as they become final, then one `Finished`.
 
         Raises:
@@ -118,7 +119,7 @@ class Orchestrator:
         """
         started = time.perf_counter()
         ctx = self._context(request)
-        text = TextStream(self.loaded.tokenizer, list(request.stop))
+        text = TextStream(self.tokenizer, list(request.stop))
         tokens: list[int] = []
         reason: FinishReason = "length"
         first_token_ms = 0.0

@@ -7,7 +7,7 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Generator
 from typing import Literal
 
 from fastapi.concurrency import iterate_in_threadpool, run_in_threadpool
@@ -90,8 +90,8 @@ class Responder:
             raise
         return self._events(head, events, cancel, include_usage)
 
-    async def _events(self, head: str | Finished, events: Iterator[str | Finished], cancel: threading.Event,
-                      include_usage: bool) -> AsyncIterator[str]:
+    async def _events(self, head: str | Finished, events: Generator[str | Finished, None, None],
+                      cancel: threading.Event, include_usage: bool) -> AsyncIterator[str]:
         """One chunk per text piece, a finishing chunk, usage if asked, then `[DONE]`.
 
         A client that hangs up cancels this generator; the generation stops at its next step and frees the

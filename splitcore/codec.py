@@ -92,11 +92,11 @@ class Decompressor:
         self._dctx = zstandard.ZstdDecompressor()
 
     def decompress(self, body: bytes, expected_bytes: int) -> bytes:
-        declared = zstandard.frame_content_size(body) if len(body) >= 4 else -1
-        if declared > expected_bytes:
-            raise FrameTooLargeError(f"compressed body declares {declared} bytes, header says {expected_bytes}")
         out = io.BytesIO()
         try:
+            declared = zstandard.frame_content_size(body)
+            if declared > expected_bytes:
+                raise FrameTooLargeError(f"compressed body declares {declared} bytes, header says {expected_bytes}")
             with self._dctx.stream_reader(body) as reader:
                 while out.tell() <= expected_bytes:
                     chunk = reader.read(expected_bytes + 1 - out.tell())

@@ -8,6 +8,8 @@ numbers. Follows the shape of Petals' `WrappedLlamaBlock` / exo's shards.
 
 from __future__ import annotations
 
+from typing import Any, cast
+
 import torch
 from torch import nn
 from transformers import DynamicCache, PreTrainedModel
@@ -62,7 +64,7 @@ class LayeredModel:
                 self.blocks[i] = nn.Identity()
 
     def _mask(self, hidden: torch.Tensor, cache: DynamicCache, position_ids: torch.Tensor, layer: int,
-              sliding: bool = False) -> torch.Tensor | None:
+              sliding: bool = False) -> Any:  # a tensor, None (sdpa's is_causal) or a flex BlockMask
         make = create_sliding_window_causal_mask if sliding else create_causal_mask
         return make(config=self.config, inputs_embeds=hidden, attention_mask=None, past_key_values=cache,
                     position_ids=position_ids, layer_idx=layer)
@@ -76,8 +78,8 @@ class GPT2Layered(LayeredModel):
     """GPT-2: learned absolute positions, LayerNorm, tied head."""
 
     def __init__(self, model: PreTrainedModel) -> None:
-        self.transformer = model.transformer
-        super().__init__(model, model.transformer.h, model.transformer.ln_f)
+        self.transformer: Any = cast(Any, model.transformer)
+        super().__init__(model, self.transformer.h, self.transformer.ln_f)
 
     def embed(self, input_ids: torch.Tensor, position_ids: torch.Tensor) -> torch.Tensor:
         return self.transformer.wte(input_ids) + self.transformer.wpe(position_ids)  # (1, seq, hidden)
@@ -96,8 +98,8 @@ class LlamaLayered(LayeredModel):
     """Llama, Qwen2, Mistral: rotary positions, RMSNorm, optional sliding-window layers."""
 
     def __init__(self, model: PreTrainedModel) -> None:
-        self.inner = model.model
-        super().__init__(model, model.model.layers, model.model.norm)
+        self.inner: Any = cast(Any, model.model)
+        super().__init__(model, self.inner.layers, self.inner.norm)
         types = getattr(self.config, "layer_types", None)
         if types is None:
             sliding = getattr(self.config, "sliding_window", None) is not None and self.model_type == "mistral"
@@ -111,7 +113,7 @@ class LlamaLayered(LayeredModel):
                    position_ids: torch.Tensor) -> torch.Tensor:
         if len(layers) == 0:
             return hidden
-        masks: dict[str, torch.Tensor | None] = {}
+        masks: dict[str, Any] = {}
         for i in layers:  # masks are sized from the cache before any layer of this call appends to it
             kind = self.layer_types[i]
             if kind not in masks:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 from transformers import LogitsProcessorList, TemperatureLogitsWarper, TopPLogitsWarper
 
@@ -29,6 +31,7 @@ class Sampler:
         """Pick one token from logits (1, vocab)."""
         if self.greedy:
             return int(logits.argmax(dim=-1))
-        scores = self.warpers(input_ids if input_ids is not None else torch.empty(1, 0, dtype=torch.long), logits)
+        ids = input_ids if input_ids is not None else torch.empty(1, 0, dtype=torch.long)
+        scores = self.warpers(cast(torch.LongTensor, ids), cast(torch.FloatTensor, logits))
         probs = torch.softmax(scores.float(), dim=-1)  # (1, vocab)
         return int(torch.multinomial(probs, 1, generator=self.generator))

@@ -46,10 +46,14 @@ def run_range(model: LayeredModel, state: ShardState, layers: LayerRange, hidden
         Hidden states (1, seq, hidden) after the last block of the range.
     """
     assert (hidden is None) != (input_ids is None), "pass exactly one of hidden states or token ids"
-    seq = input_ids.shape[-1] if input_ids is not None else hidden.shape[-2]
-    position_ids = torch.arange(state.position, state.position + seq).unsqueeze(0)  # (1, seq)
     if input_ids is not None:
+        seq = input_ids.shape[-1]
+        position_ids = torch.arange(state.position, state.position + seq).unsqueeze(0)  # (1, seq)
         hidden = model.embed(input_ids.view(1, -1), position_ids)
+    else:
+        assert hidden is not None
+        seq = hidden.shape[-2]
+        position_ids = torch.arange(state.position, state.position + seq).unsqueeze(0)  # (1, seq)
     hidden = hidden.view(1, seq, model.hidden_size)
     hidden = model.run_layers(layers, hidden, state.cache, position_ids)
     state.position += seq

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import (
@@ -49,11 +50,11 @@ def tiny_tokenizer(vocab_size: int = 384) -> PreTrainedTokenizerFast:
 def tiny_config(family: str, vocab_size: int, layers: int = 4, hidden: int = 64, init: float = 0.3,
                 eos_token_id: int | None = None) -> PretrainedConfig:
     """A small config of `family` (gpt2, llama, qwen2 or mistral)."""
-    common = {"vocab_size": vocab_size, "initializer_range": init, "eos_token_id": eos_token_id,
+    common: dict[str, Any] = {"vocab_size": vocab_size, "initializer_range": init, "eos_token_id": eos_token_id,
               "bos_token_id": eos_token_id, "tie_word_embeddings": family == "gpt2"}
     if family == "gpt2":
         return GPT2Config(n_embd=hidden, n_layer=layers, n_head=4, n_positions=512, **common)
-    llama_like = {"hidden_size": hidden, "intermediate_size": 2 * hidden, "num_hidden_layers": layers,
+    llama_like: dict[str, Any] = {"hidden_size": hidden, "intermediate_size": 2 * hidden, "num_hidden_layers": layers,
                   "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 512, **common}
     if family == "llama":
         return LlamaConfig(**llama_like)

@@ -1,0 +1,51 @@
+# edgesplit: `make demo` runs both tiers on the shipped model; `make test` runs lint, types and tests.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+MODEL ?= models/default
+CLOUD_PORT ?= 8001
+EDGE_PORT ?= 8000
+CUT ?= 2:6
+
+.PHONY: demo test install serve-cloud serve-edge bench-overhead bench-accuracy model perplexity clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/edgesplit demo --model $(MODEL)
+
+test: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/mypy
+	$(BIN)/python -m pytest -q
+
+# The same two services docker-compose.yml runs, without Docker (each in its own terminal).
+serve-cloud: $(STAMP)
+	$(BIN)/edgesplit serve cloud --model $(MODEL) --host 127.0.0.1 --port $(CLOUD_PORT)
+
+serve-edge: $(STAMP)
+	$(BIN)/edgesplit serve edge --model $(MODEL) --cloud http://127.0.0.1:$(CLOUD_PORT) --cut $(CUT) --codec int8 --host 127.0.0.1 --port $(EDGE_PORT)
+
+bench-overhead: $(STAMP)
+	$(BIN)/python bench/overhead.py
+
+bench-accuracy: $(STAMP)
+	$(BIN)/python bench/codec_accuracy.py
+
+# Retrain the shipped checkpoint (needs Debian's bible-kjv for the corpus; about 30 minutes on 2 cores).
+model: $(STAMP)
+	command -v bible >/dev/null || apt-get install -y bible-kjv
+	$(BIN)/python scripts/train_default_model.py --out $(MODEL)
+
+perplexity: $(STAMP)
+	$(BIN)/python scripts/eval_perplexity.py --model $(MODEL)
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache

@@ -1,0 +1,1 @@
+"""Profiling, cost model and partition search; and the accuracy figures of each codec."""

@@ -1,0 +1,78 @@
+"""The shard engine refuses frames that do not fit the model, the held blocks or the session."""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+import torch
+
+from cloud_service.engine import ShardEngine
+from cloud_service.sessions import SessionStore
+from splitcore.codec import Dtype
+from splitcore.errors import FrameError, PlanError, SessionConflictError, SessionNotFoundError
+from splitcore.loading import LoadedModel
+from splitcore.ranges import LayerRange
+from splitcore.wire import Flags, FrameCodec, Kind
+
+MID = LayerRange(start=1, end=3)
+
+
+@pytest.fixture
+def engine(models: dict[str, LoadedModel]) -> ShardEngine:
+    return ShardEngine(models["gpt2"], SessionStore(ttl_s=60, max_sessions=8, max_cache_bytes=2**30))
+
+
+def send(engine: ShardEngine, tensor: torch.Tensor, position: int = 0, layers: LayerRange = MID,
+         sid: uuid.UUID | None = None, flags: Flags = Flags.NONE) -> torch.Tensor:
+    codec = FrameCodec(Dtype.FP32)
+    data = codec.encode(sid or uuid.UUID(int=1), position, layers, tensor, flags)
+    return codec.decode(engine.forward(data)).tensor
+
+
+def test_a_session_continues_position_by_position(engine: ShardEngine) -> None:
+    out = send(engine, torch.randn(5, 64))
+    assert out.shape == (5, 64)
+    assert send(engine, torch.randn(1, 64), position=5).shape == (1, 64)
+    assert engine.store.get(uuid.UUID(int=1)).state.position == 6
+
+
+def test_a_frame_out_of_order_is_a_conflict(engine: ShardEngine) -> None:
+    send(engine, torch.randn(3, 64))
+    with pytest.raises(SessionConflictError, match="position 3"):
+        send(engine, torch.randn(1, 64), position=7)
+    with pytest.raises(SessionConflictError, match="runs blocks"):
+        send(engine, torch.randn(1, 64), position=3, layers=LayerRange(start=1, end=4))
+
+
+def test_an_unknown_session_is_not_found(engine: ShardEngine) -> None:
+    with pytest.raises(SessionNotFoundError, match="unknown"):
+        send(engine, torch.randn(1, 64), position=4, sid=uuid.UUID(int=99))
+
+
+def test_wrong_widths_tokens_and_ranges_are_refused(engine: ShardEngine) -> None:
+    with pytest.raises(FrameError, match="hidden size"):
+        send(engine, torch.randn(2, 32))
+    with pytest.raises(FrameError, match="block 0"):
+        send(engine, torch.tensor([1, 2]))
+    with pytest.raises(FrameError, match="token ids must be in"):
+        send(engine, torch.tensor([1, 10**6]), layers=LayerRange(start=0, end=2))
+    with pytest.raises(PlanError, match="last block"):
+        send(engine, torch.randn(2, 64), flags=Flags.HEAD)
+    with pytest.raises(FrameError, match="exceed"):
+        send(engine, torch.randn(1, 64), position=10**4, sid=uuid.UUID(int=5))
+
+
+def test_a_cloud_holding_some_blocks_refuses_others(models: dict[str, LoadedModel]) -> None:
+    engine = ShardEngine(models["gpt2"], SessionStore(ttl_s=60, max_sessions=8, max_cache_bytes=2**30),
+                         held=LayerRange(start=1, end=3))
+    assert send(engine, torch.randn(2, 64)).shape == (2, 64)
+    with pytest.raises(PlanError, match=r"holds blocks \[1, 3\)"):
+        send(engine, torch.randn(2, 64), layers=LayerRange(start=0, end=3), sid=uuid.UUID(int=2))
+
+
+def test_the_cloud_head_answers_with_one_token_not_logits(engine: ShardEngine) -> None:
+    codec = FrameCodec(Dtype.FP32)
+    data = codec.encode(uuid.UUID(int=3), 0, LayerRange(start=0, end=4), torch.tensor([5, 6, 7]), Flags.HEAD)
+    answer = codec.decode(engine.forward(data))
+    assert answer.kind == Kind.TOKENS and answer.tensor.shape == (1,)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -91,6 +92,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> None:
+    # The two tiers take turns on the same cores: an idle tier's OpenMP threads must sleep, not spin, or they
+    # steal the CPU the other tier is computing on (set before torch is imported; the environment still wins).
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     args = build_parser().parse_args(argv)
     try:
         args.func(args)

@@ -25,7 +25,10 @@ log = logging.getLogger(__name__)
 
 
 def build_engine(settings: CloudSettings, loaded: LoadedModel | None = None) -> ShardEngine:
-    """Load the model (unless given) and keep only the blocks this cloud is configured to hold."""
+    """Load the model (unless given) and keep only the blocks this cloud is configured to hold.
+
+    A model passed in is owned from then on: the blocks outside `settings.layers` are freed in place.
+    """
     loaded = loaded or load_checkpoint(settings.model_dir)
     held = None
     if settings.layers:

@@ -12,21 +12,10 @@ import uuid
 
 import httpx
 
-from splitcore.errors import (
-    CloudUnavailableError,
-    EdgesplitError,
-    FrameError,
-    FrameTooLargeError,
-    PlanError,
-    SessionConflictError,
-    SessionNotFoundError,
-)
+from splitcore.errors import CapacityError, CloudRefusedError, CloudUnavailableError
 from splitcore.wire import MEDIA_TYPE
 
 log = logging.getLogger(__name__)
-_BY_STATUS: dict[int, type[EdgesplitError]] = {
-    400: FrameError, 404: SessionNotFoundError, 409: SessionConflictError, 413: FrameTooLargeError, 422: PlanError,
-}
 
 
 class CloudClient:
@@ -47,7 +36,8 @@ class CloudClient:
 
         Raises:
             CloudUnavailableError: the cloud could not be reached, timed out or failed.
-            EdgesplitError: the cloud refused the frame (the subclass follows its status).
+            CloudRefusedError: the cloud refused the frame (its status is kept).
+            CapacityError: the cloud is at capacity; try again later.
         """
         response = self._request("POST", "/v1/shard/forward", content=frame)
         return response.content
@@ -56,8 +46,9 @@ class CloudClient:
         """Free the session's cloud cache; a session the cloud no longer holds is fine."""
         try:
             self._request("DELETE", f"/v1/sessions/{session}")
-        except SessionNotFoundError:
-            pass  # already expired or evicted: nothing left to free
+        except CloudRefusedError as exc:
+            if exc.cloud_status != 404:  # 404: already expired or evicted, nothing left to free
+                log.warning("could not end cloud session %s: %s", session, exc)
         except CloudUnavailableError as exc:  # the cloud's TTL frees it later
             log.warning("could not end cloud session %s: %s", session, exc)
 
@@ -81,7 +72,9 @@ class CloudClient:
             message = response.json()["error"]["message"]
         except (ValueError, KeyError, TypeError):  # not our error body: keep the status and text
             message = response.text[:200]
-        error = _BY_STATUS.get(response.status_code)
-        if error is None:
-            raise CloudUnavailableError(f"cloud answered {response.status_code}: {message}")
-        raise error(f"cloud refused: {message}")
+        if response.status_code == 429:
+            raise CapacityError(f"the cloud is at capacity: {message}")
+        if response.status_code < 500:
+            raise CloudRefusedError(f"cloud refused the request ({response.status_code}): {message}",
+                                    response.status_code)
+        raise CloudUnavailableError(f"cloud failed ({response.status_code}): {message}")

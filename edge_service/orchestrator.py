@@ -93,6 +93,7 @@ class _Context:
     sampler: Sampler
     meta: bytes
     position: int = 0
+    opened: bool = False  # a frame was sent: the cloud may hold a session to end
     link: LinkStats = field(default_factory=LinkStats)
 
 
@@ -145,7 +146,7 @@ class Orchestrator:
             if piece := text.flush():
                 yield piece
         finally:
-            if ctx.plan.uses_cloud and ctx.position > 0:
+            if ctx.opened:
                 self.cloud.end_session(ctx.session)  # type: ignore[union-attr]
         yield Finished(reason, len(request.prompt_ids), tokens, ctx.plan, ctx.link, first_token_ms,
                        (time.perf_counter() - started) * 1000)
@@ -186,6 +187,7 @@ class Orchestrator:
         frame = ctx.codec.encode(ctx.session, ctx.position, plan.cloud_layers, payload, flags,
                                  meta=ctx.meta if first else b"")
         sent = time.perf_counter()
+        ctx.opened = True
         data = self.cloud.forward(frame)  # type: ignore[union-attr]
         elapsed_ms = (time.perf_counter() - sent) * 1000
         answer = ctx.codec.decode(data)

@@ -23,7 +23,7 @@ def render_chat(tokenizer: PreTrainedTokenizerBase, messages: list[ChatMessage])
     """Token ids of the conversation, ready for the assistant's reply."""
     if getattr(tokenizer, "chat_template", None):
         rendered = [{"role": "system" if m.role == "developer" else m.role, "content": m.text} for m in messages]
-        ids = tokenizer.apply_chat_template(rendered, add_generation_prompt=True, tokenize=True)
-        return list(ids["input_ids"] if isinstance(ids, dict) else ids)
+        text = tokenizer.apply_chat_template(rendered, add_generation_prompt=True, tokenize=False)
+        return tokenizer.encode(str(text), add_special_tokens=False)  # the template writes any special tokens
     text = "".join(f"{PLAIN_ROLES[m.role]}: {m.text}\n" for m in messages) + "Assistant:"
     return tokenizer.encode(text, add_special_tokens=False)

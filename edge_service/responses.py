@@ -10,6 +10,7 @@ import uuid
 from collections.abc import AsyncIterator, Generator
 from typing import Literal
 
+import anyio
 from fastapi.concurrency import iterate_in_threadpool, run_in_threadpool
 
 from edge_service.openai_api import Usage
@@ -119,7 +120,8 @@ class Responder:
             yield _sse(error_body(str(exc), exc.error_type, code=exc.status_code))
         finally:
             cancel.set()
-            await run_in_threadpool(events.close)
+            with anyio.CancelScope(shield=True):  # a hung-up client cancels us; the cloud session must still end
+                await run_in_threadpool(events.close)
 
 
 async def _chain(head: str | Finished, rest: AsyncIterator[str | Finished]) -> AsyncIterator[str | Finished]:

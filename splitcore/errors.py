@@ -35,6 +35,8 @@ class ModelNotFoundError(UserError):
 class PlanError(UserError):
     """A plan that does not fit the model or the deployment."""
 
+    status_code = 422
+
 
 class FrameError(UserError):
     """A wire frame that is malformed, corrupt, oversized or inconsistent."""
@@ -71,3 +73,11 @@ class CloudUnavailableError(EdgesplitError):
 
     status_code = 502
     error_type = "cloud_unavailable"
+
+
+class CloudRefusedError(CloudUnavailableError):
+    """The cloud answered a frame with a 4xx: the edge and cloud disagree (plan, session, model)."""
+
+    def __init__(self, message: str, cloud_status: int) -> None:
+        super().__init__(message)
+        self.cloud_status = cloud_status  # the cloud's HTTP status, e.g. 404 for a session it no longer holds

@@ -150,3 +150,33 @@ def test_edge_is_not_ready_and_requests_fail_cleanly_when_the_cloud_is_down(mode
         assert "unreachable" in response.json()["error"]["message"]
         streamed = httpx.post(f"{url}/v1/completions", json={"prompt": "x", "max_tokens": 2, "stream": True})
         assert streamed.status_code == 502
+
+
+def test_a_client_hanging_up_mid_stream_frees_the_cloud_session(models: dict[str, LoadedModel]) -> None:
+    import time
+
+    loaded = models["gpt2"]
+    with LoopbackServer(create_cloud(CloudSettings(), loaded)) as cloud_url, \
+            LoopbackServer(create_edge(EdgeSettings(cloud_url=cloud_url, cut="1:3"), loaded)) as url:
+        body = {"prompt": PROMPT, "max_tokens": 400, "temperature": 0.7, "stream": True}
+        with httpx.stream("POST", f"{url}/v1/completions", json=body, timeout=30) as response:
+            lines = response.iter_lines()
+            next(lines)
+            assert httpx.get(f"{cloud_url}/health").json()["sessions"] == 1
+        deadline = time.monotonic() + 5
+        while httpx.get(f"{cloud_url}/health").json()["sessions"] and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert httpx.get(f"{cloud_url}/health").json()["sessions"] == 0
+
+
+def test_a_cloud_that_cannot_run_the_plan_makes_the_edge_unready_and_requests_fail_with_502() -> None:
+    from splitcore.testing import tiny_model
+
+    cloud_copy, edge_copy = tiny_model("llama"), tiny_model("llama")  # the cloud drops blocks from its own copy
+    with LoopbackServer(create_cloud(CloudSettings(layers="1:2"), cloud_copy)) as cloud_url, \
+            LoopbackServer(create_edge(EdgeSettings(cloud_url=cloud_url, cut="1:3"), edge_copy)) as url:
+        health = httpx.get(f"{url}/health")
+        assert health.status_code == 503 and "holds blocks [1, 2)" in health.json()["detail"]
+        response = httpx.post(f"{url}/v1/completions", json={"prompt": "x", "max_tokens": 2}, timeout=30)
+        assert response.status_code == 502
+        assert "cloud refused the request (422)" in response.json()["error"]["message"]

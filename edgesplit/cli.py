@@ -93,8 +93,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> None:
     # The two tiers take turns on the same cores: an idle tier's OpenMP threads must sleep, not spin, or they
-    # steal the CPU the other tier is computing on (set before torch is imported; the environment still wins).
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    # steal the CPU the other tier is computing on (set before torch is imported). An operator's own
+    # OMP_WAIT_POLICY or GOMP_SPINCOUNT (a bounded spin) wins.
+    if "OMP_WAIT_POLICY" not in os.environ and "GOMP_SPINCOUNT" not in os.environ:
+        os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
     args = build_parser().parse_args(argv)
     try:
         args.func(args)

@@ -1,0 +1,98 @@
+"""The cost model: predicted time to first token, time per output token, device memory and bytes per token.
+
+`predict(plan, edge, cloud, link, workload)` is pure: the same inputs always give the same `Estimate`,
+so the search, the tests and the benchmarks agree on what a plan costs. A step that uses the cloud pays
+the link's round trip and per-request overhead, plus its bytes over the bandwidth, each way.
+"""
+
+from __future__ import annotations
+
+from pydantic import Field
+
+from partitioner.profile import PartCost, Profile
+from splitcore.codec import DTYPE_BY_NAME, raw_nbytes
+from splitcore.plan import Plan
+from splitcore.schema import StrictModel
+from splitcore.wire import HEADER_BYTES
+
+HTTP_BYTES = 160  # request line and headers of one POST and its answer, each way (measured with httpx/uvicorn)
+TOKEN_BYTES = 4  # one int32 token id
+
+
+class Link(StrictModel):
+    """The edge-cloud link as the planner sees it."""
+
+    bandwidth_bps: float = Field(gt=0, description="bits per second, each way")
+    rtt_ms: float = Field(ge=0, description="round-trip time of an empty exchange")
+    overhead_ms: float = Field(default=0.0, ge=0, description="per-request software cost on top of rtt (HTTP, codec)")
+
+
+class Workload(StrictModel):
+    prompt_tokens: int = Field(default=128, ge=1)
+    output_tokens: int = Field(default=64, ge=1)
+
+
+class Estimate(StrictModel):
+    time_to_first_token_ms: float
+    time_per_output_token_ms: float
+    total_ms: float
+    edge_memory_bytes: int
+    bytes_per_token: float = Field(description="bytes crossing the link per decode step, both ways")
+
+
+def _sum(parts: list[PartCost], start: int, end: int, tokens: int, decode: bool) -> float:
+    return sum(p.decode_at(tokens) if decode else p.prefill_at(tokens) for p in parts[start:end])
+
+
+def _frame_bytes(plan: Plan, rows: int, hidden: int, tokens: bool) -> int:
+    body = rows * TOKEN_BYTES if tokens else raw_nbytes(DTYPE_BY_NAME[plan.codec], rows, hidden)
+    return body + HEADER_BYTES + HTTP_BYTES
+
+
+def _step_ms(plan: Plan, edge: Profile, cloud: Profile, link: Link, rows: int, context: int, decode: bool
+             ) -> tuple[float, int]:
+    """Time of one step (the prompt, or one token) and the bytes it moves both ways."""
+    n_layers, hidden = edge.num_layers, edge.hidden_size
+    at = context if decode else rows
+
+    def cost(part: PartCost) -> float:
+        return part.decode_at(at) if decode else part.prefill_at(at)
+
+    if not plan.uses_cloud:
+        return cost(edge.embed) + _sum(edge.layers, 0, n_layers, at, decode) + cost(edge.head), 0
+    ms = 0.0 if plan.cut_a == 0 else cost(edge.embed) + _sum(edge.layers, 0, plan.cut_a, at, decode)
+    ms += (cost(cloud.embed) if plan.cut_a == 0 else 0.0) + _sum(cloud.layers, plan.cut_a, plan.cut_b, at, decode)
+    up = _frame_bytes(plan, rows, hidden, tokens=plan.cut_a == 0)
+    if plan.head == "cloud":
+        ms += cost(cloud.head)
+        down = _frame_bytes(plan, 1, hidden, tokens=True)
+    else:
+        back_rows = rows if plan.cut_b < n_layers else 1  # no edge blocks after the cloud: only the last row
+        down = _frame_bytes(plan, back_rows, hidden, tokens=False)
+        ms += _sum(edge.layers, plan.cut_b, n_layers, at, decode) + cost(edge.head)
+    ms += link.rtt_ms + link.overhead_ms + (up + down) * 8 / link.bandwidth_bps * 1000
+    return ms, up + down
+
+
+def edge_memory_bytes(plan: Plan, edge: Profile, context: int) -> int:
+    """Weights the edge must hold for the plan, plus its KV cache at `context` positions."""
+    blocks = [i for i in range(edge.num_layers) if i < plan.cut_a or i >= plan.cut_b or not plan.uses_cloud]
+    weights = sum(edge.layer_weights_bytes[i] for i in blocks)
+    if plan.cut_a > 0 or not plan.uses_cloud:
+        weights += edge.embed_weights_bytes
+    if plan.head == "edge":
+        weights += edge.head_weights_bytes or (0 if plan.cut_a > 0 or not plan.uses_cloud
+                                               else edge.embed_weights_bytes)  # a tied head needs the embeddings
+    kv = sum(edge.kv_bytes_per_token[i] for i in blocks) * context
+    return int(weights + kv)
+
+
+def predict(plan: Plan, edge: Profile, cloud: Profile, link: Link, workload: Workload) -> Estimate:
+    """What `plan` costs for `workload` with these profiles and this link."""
+    assert edge.num_layers == cloud.num_layers == plan.num_layers, "profiles and plan disagree on the model"
+    prompt, output = workload.prompt_tokens, workload.output_tokens
+    ttft, _ = _step_ms(plan, edge, cloud, link, prompt, prompt, decode=False)
+    mid_context = prompt + output // 2
+    tpot, step_bytes = _step_ms(plan, edge, cloud, link, 1, mid_context, decode=True)
+    return Estimate(time_to_first_token_ms=ttft, time_per_output_token_ms=tpot, total_ms=ttft + (output - 1) * tpot,
+                    edge_memory_bytes=edge_memory_bytes(plan, edge, prompt + output), bytes_per_token=float(step_bytes))

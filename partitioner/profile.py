@@ -1,0 +1,78 @@
+"""A measured profile of one model on one device: what each part costs, and where the figures came from.
+
+Times are medians in milliseconds; sizes in bytes. Keys of the latency maps are token counts (prompt length
+for prefill, context length for decode). The cost model interpolates between measured points.
+"""
+
+from __future__ import annotations
+
+import bisect
+import json
+from pathlib import Path
+
+from pydantic import Field
+
+from splitcore.schema import StrictModel
+
+
+class PartCost(StrictModel):
+    """Latency of one part (embeddings, one block, or the head) at measured token counts."""
+
+    prefill_ms: dict[int, float] = Field(description="prompt length -> ms for the whole prompt")
+    decode_ms: dict[int, float] = Field(description="context length -> ms for one new position")
+
+    def prefill_at(self, tokens: int) -> float:
+        return _interpolate(self.prefill_ms, tokens)
+
+    def decode_at(self, context: int) -> float:
+        return _interpolate(self.decode_ms, context)
+
+
+class Machine(StrictModel):
+    platform: str
+    processor: str
+    logical_cores: int
+    threads: int = Field(description="torch intra-op threads used for the measurement")
+    emulation: str = Field(default="", description="how a slower device was emulated, if it was")
+
+
+class Profile(StrictModel):
+    """Per-part latency and memory of one model on one device."""
+
+    device_name: str
+    model_name: str
+    fingerprint: str
+    model_type: str
+    num_layers: int
+    hidden_size: int
+    backend: str = "torch"
+    machine: Machine
+    versions: dict[str, str]
+    created_at: str
+    embed: PartCost
+    layers: list[PartCost]
+    head: PartCost = Field(description="final norm and LM head, on the last position")
+    embed_weights_bytes: int
+    layer_weights_bytes: list[int]
+    head_weights_bytes: int = Field(description="0 when the head is tied to the embeddings")
+    kv_bytes_per_token: list[int] = Field(description="per block: key and value cache bytes per position")
+
+    def save(self, path: Path) -> Path:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(self.model_dump_json(indent=1) + "\n")
+        return path
+
+    @classmethod
+    def load(cls, path: Path) -> Profile:
+        return cls.model_validate(json.loads(Path(path).read_text()))
+
+
+def _interpolate(points: dict[int, float], x: int) -> float:
+    """Piecewise-linear in token count, extrapolated linearly past the last two points (never below 0)."""
+    xs = sorted(points)
+    if len(xs) == 1:
+        return points[xs[0]]
+    i = min(max(bisect.bisect_left(xs, x), 1), len(xs) - 1)
+    x0, x1 = xs[i - 1], xs[i]
+    y0, y1 = points[x0], points[x1]
+    return max(0.0, y0 + (y1 - y0) * (x - x0) / (x1 - x0))

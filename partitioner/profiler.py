@@ -1,0 +1,114 @@
+"""Measuring a profile: per-part latency for prefill and decode, and memory, on this machine.
+
+Each block is timed alone over its own KV cache with random hidden states (the cost of a block does not
+depend on the values), after a warm-up, as the median of `repeats` runs. A slower device can be emulated
+honestly with fewer threads (and pinned cores); the profile records how.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable, Iterable
+
+import torch
+import transformers
+
+from partitioner.profile import Machine, PartCost, Profile
+from splitcore.layered import LayeredModel
+from splitcore.loading import LoadedModel
+from splitcore.ranges import LayerRange
+from splitcore.shard import ShardState, run_range
+
+PREFILL_LENGTHS = (16, 64, 256)
+DECODE_CONTEXTS = (16, 128, 512)
+
+
+def _median_ms(fn: Callable[[], object], repeats: int) -> float:
+    fn()  # warm-up
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - started) * 1000)
+    return statistics.median(times)
+
+
+def _prefilled(m: LayeredModel, block: LayerRange, context: int) -> ShardState:
+    state = ShardState(m.new_cache())
+    if context and len(block):
+        run_range(m, state, block, hidden=torch.randn(1, context, m.hidden_size))
+    elif context:
+        state.position = context
+    return state
+
+
+@torch.inference_mode()
+def _block_cost(m: LayeredModel, i: int, prefill: Iterable[int], decode: Iterable[int], repeats: int) -> PartCost:
+    block = LayerRange(start=i, end=i + 1)
+    def prefill_run(n: int) -> Callable[[], object]:
+        hidden = torch.randn(1, n, m.hidden_size)
+        return lambda: run_range(m, ShardState(m.new_cache()), block, hidden=hidden)
+
+    def decode_run(context: int) -> Callable[[], object]:
+        state, one = _prefilled(m, block, context), torch.randn(1, 1, m.hidden_size)
+        return lambda: run_range(m, state, block, hidden=one)  # the context grows by one per run: negligible
+
+    return PartCost(prefill_ms={n: _median_ms(prefill_run(n), repeats) for n in prefill},
+                    decode_ms={c: _median_ms(decode_run(c), repeats) for c in decode})
+
+
+@torch.inference_mode()
+def _embed_and_head(m: LayeredModel, prefill: Iterable[int], decode: Iterable[int],
+                    repeats: int) -> tuple[PartCost, PartCost]:
+    def embed(n: int, start: int) -> Callable[[], object]:
+        ids = torch.randint(0, m.vocab_size, (1, n))
+        pos = torch.arange(start, start + n).unsqueeze(0)
+        return lambda: m.embed(ids, pos)
+    head_in = torch.randn(1, 1, m.hidden_size)
+    head_ms = _median_ms(lambda: m.logits(head_in), repeats)  # the head always runs on the last position only
+    embed_cost = PartCost(prefill_ms={n: _median_ms(embed(n, 0), repeats) for n in prefill},
+                          decode_ms={c: _median_ms(embed(1, c), repeats) for c in decode})
+    head_cost = PartCost(prefill_ms=dict.fromkeys(prefill, head_ms), decode_ms=dict.fromkeys(decode, head_ms))
+    return embed_cost, head_cost
+
+
+def _nbytes(module: torch.nn.Module) -> int:
+    return sum(p.numel() * p.element_size() for p in module.parameters())
+
+
+def _kv_bytes_per_token(m: LayeredModel, i: int) -> int:
+    state = _prefilled(m, LayerRange(start=i, end=i + 1), 8)
+    return state.measure() // 8
+
+
+def measure_profile(loaded: LoadedModel, device_name: str, repeats: int = 5,
+                    prefill: Iterable[int] = PREFILL_LENGTHS, decode: Iterable[int] = DECODE_CONTEXTS,
+                    emulation: str = "", progress: Callable[[Iterable[int]], Iterable[int]] = lambda it: it) -> Profile:
+    """Measure every part of `loaded` on this machine with the current torch thread count."""
+    m = loaded.layered
+    max_positions = int(getattr(m.config, "max_position_embeddings", 0) or 2**31)
+    prefill = [n for n in prefill if n <= max_positions]
+    decode = [c for c in decode if c < max_positions]
+    embed_cost, head_cost = _embed_and_head(m, prefill, decode, repeats)
+    layers = [_block_cost(m, i, prefill, decode, repeats) for i in progress(range(m.num_layers))]
+    embeddings = m.model.get_input_embeddings()
+    tied = m.lm_head.weight is embeddings.weight  # type: ignore[union-attr]
+    embed_bytes = sum(_nbytes(mod) for mod in m.model.modules() if isinstance(mod, torch.nn.Embedding))
+    return Profile(
+        device_name=device_name, model_name=loaded.name, fingerprint=loaded.fingerprint, model_type=m.model_type,
+        num_layers=m.num_layers, hidden_size=m.hidden_size,
+        machine=Machine(platform=platform.platform(), processor=platform.processor() or platform.machine(),
+                        logical_cores=os.cpu_count() or 1, threads=torch.get_num_threads(), emulation=emulation),
+        versions={"python": sys.version.split()[0], "torch": torch.__version__,
+                  "transformers": transformers.__version__},
+        created_at=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        embed=embed_cost, layers=layers, head=head_cost,
+        embed_weights_bytes=embed_bytes, layer_weights_bytes=[_nbytes(b) for b in m.blocks],
+        head_weights_bytes=0 if tied else _nbytes(m.lm_head) + _nbytes(m.norm),
+        kv_bytes_per_token=[_kv_bytes_per_token(m, i) for i in range(m.num_layers)],
+    )

@@ -1,0 +1,236 @@
+"""Choosing a plan: an Optuna study over the cost model, checked by an exact enumeration.
+
+Privacy, the minimum number of blocks on the device and the codec accuracy limit shape the search space
+itself (a plan that breaks them is never suggested); the device memory budget is a constraint the sampler
+learns (`constraints_func`). The exact solver enumerates every plan, for tests, benchmarks and small models.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+from typing import Literal, cast
+
+import optuna
+from pydantic import Field
+
+from partitioner.costmodel import Estimate, Link, Workload, predict
+from partitioner.profile import Profile
+from splitcore.errors import PlanError
+from splitcore.plan import CodecName, Plan, Tier
+from splitcore.schema import StrictModel
+
+CODECS: tuple[CodecName, ...] = ("fp32", "fp16", "bf16", "int8")
+Objective = Literal["total_ms", "time_to_first_token_ms", "time_per_output_token_ms"]
+
+
+class Constraints(StrictModel):
+    edge_memory_bytes: int | None = Field(default=None, ge=0, description="device memory budget; None: no limit")
+    min_edge_layers: int = Field(default=0, ge=0, description="privacy: blocks [0, K) always run on the device")
+    allow_tokens_off_device: bool = False
+    codec_loss: dict[str, float] = Field(default_factory=dict,
+                                         description="codec -> measured accuracy loss (e.g. perplexity ratio - 1)")
+    max_codec_loss: float | None = Field(default=None, ge=0, description="None: any codec")
+
+
+class Choice(StrictModel):
+    plan: Plan
+    estimate: Estimate
+    feasible: bool = True
+
+
+class SearchResult(StrictModel):
+    best: Choice
+    baselines: dict[str, Choice] = Field(description="edge-only, cloud-only, best single cut")
+    trials: int
+    evaluated_plans: int
+    search_s: float
+
+
+class InfeasibleError(PlanError):
+    """No plan meets every constraint; the message names the binding ones."""
+
+
+def allowed_codecs(c: Constraints) -> list[CodecName]:
+    if c.max_codec_loss is None:
+        return list(CODECS)
+    return [k for k in CODECS if k == "fp32" or c.codec_loss.get(k, float("inf")) <= c.max_codec_loss]
+
+
+def plan_space(num_layers: int, c: Constraints) -> list[Plan]:
+    """Every distinct plan the structural constraints allow (memory is checked separately)."""
+    plans = [Plan(num_layers=num_layers, cut_a=num_layers, cut_b=num_layers, codec="fp32")]  # edge-only
+    if c.min_edge_layers > num_layers:
+        return []
+    low = c.min_edge_layers if c.allow_tokens_off_device else max(1, c.min_edge_layers)
+    for codec in allowed_codecs(c):
+        for a in range(low, num_layers):
+            for b in range(a + 1, num_layers + 1):
+                plans.append(Plan(num_layers=num_layers, cut_a=a, cut_b=b, codec=codec))
+                if b == num_layers and c.allow_tokens_off_device:
+                    plans.append(Plan(num_layers=num_layers, cut_a=a, cut_b=b, head="cloud", codec=codec))
+    return plans
+
+
+def _fits(estimate: Estimate, c: Constraints) -> bool:
+    return c.edge_memory_bytes is None or estimate.edge_memory_bytes <= c.edge_memory_bytes
+
+
+def _best(choices: Iterable[Choice], objective: Objective) -> Choice | None:
+    return min(choices, key=lambda ch: getattr(ch.estimate, objective), default=None)
+
+
+def exact_best(edge: Profile, cloud: Profile, link: Link, workload: Workload, c: Constraints,
+               objective: Objective = "total_ms") -> Choice:
+    """The optimum by enumeration.
+
+    Raises:
+        InfeasibleError: no plan meets the constraints.
+    """
+    choices = [Choice(plan=p, estimate=predict(p, edge, cloud, link, workload)) for p in plan_space(edge.num_layers, c)]
+    best = _best((ch for ch in choices if _fits(ch.estimate, c)), objective)
+    if best is None:
+        raise InfeasibleError(_binding(choices, edge, c))
+    return best
+
+
+def _binding(choices: list[Choice], edge: Profile, c: Constraints) -> str:
+    if not choices:
+        return f"min_edge_layers={c.min_edge_layers} exceeds the model's {edge.num_layers} blocks"
+    least = min(ch.estimate.edge_memory_bytes for ch in choices)
+    budget = c.edge_memory_bytes or 0
+    reasons = [f"device memory budget: {budget / 2**20:.1f} MiB, but the smallest allowed plan needs "
+               f"{least / 2**20:.1f} MiB on the device"]
+    if not c.allow_tokens_off_device:
+        reasons.append("allowing tokens off the device would permit plans that keep less on it")
+    if c.min_edge_layers:
+        reasons.append(f"min_edge_layers={c.min_edge_layers} keeps those blocks on the device")
+    return "no plan meets the constraints; binding: " + "; ".join(reasons)
+
+
+def search(edge: Profile, cloud: Profile, link: Link, workload: Workload, c: Constraints,
+           objective: Objective = "total_ms", n_trials: int = 150, seed: int = 0) -> SearchResult:
+    """Minimise `objective` with Optuna's TPE sampler under the constraints; seeded, so reproducible.
+
+    Raises:
+        InfeasibleError: no plan meets the constraints (checked exactly: the space is enumerable).
+    """
+    started = time.perf_counter()
+    num_layers = edge.num_layers
+    codecs = allowed_codecs(c)
+    low = c.min_edge_layers if c.allow_tokens_off_device else max(1, c.min_edge_layers)
+    if low > num_layers:
+        raise InfeasibleError(_binding([], edge, c))
+    cache: dict[Plan, Estimate] = {}
+
+    def evaluate(plan: Plan) -> Estimate:
+        if plan not in cache:
+            cache[plan] = predict(plan, edge, cloud, link, workload)
+        return cache[plan]
+
+    def objective_fn(trial: optuna.Trial) -> float:
+        a = trial.suggest_int("cut_a", low, num_layers)
+        b = trial.suggest_int("cut_b", a, num_layers)
+        head: Tier = "edge"
+        if b == num_layers and a < b and c.allow_tokens_off_device:
+            head = cast(Tier, trial.suggest_categorical("head", ["edge", "cloud"]))
+        codec = cast(CodecName, trial.suggest_categorical("codec", codecs))
+        if a == b:  # nothing in the cloud: edge-only
+            a = b = num_layers
+        plan = Plan(num_layers=num_layers, cut_a=a, cut_b=b, head=head, codec=codec if a < b else "fp32")
+        trial.set_user_attr("plan", plan.model_dump())
+        estimate = evaluate(plan)
+        over = 0 if c.edge_memory_bytes is None else estimate.edge_memory_bytes - c.edge_memory_bytes
+        trial.set_constraint("edge_memory", float(over))  # <= 0 is feasible
+        return float(getattr(estimate, objective))
+
+    sampler = optuna.samplers.TPESampler(seed=seed, n_startup_trials=20)
+    study = optuna.create_study(direction="minimize", sampler=sampler)
+    for plan in _anchors(num_layers, low, codecs, c):
+        study.enqueue_trial(plan)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study.optimize(objective_fn, n_trials=n_trials)
+    feasible = [Choice(plan=p, estimate=e) for p, e in cache.items() if _fits(e, c)]
+    best = _best(feasible, objective)
+    if best is None:
+        raise InfeasibleError(_binding([Choice(plan=p, estimate=e) for p, e in cache.items()], edge, c))
+    return SearchResult(best=best, baselines=baselines(edge, cloud, link, workload, c, objective),
+                        trials=len(study.trials),
+                        evaluated_plans=len(cache), search_s=time.perf_counter() - started)
+
+
+def _anchors(num_layers: int, low: int, codecs: list[CodecName], c: Constraints) -> list[dict[str, int | str]]:
+    """Trials to start from: edge-only, the least-memory plan, and (if allowed) cloud-only."""
+    cheapest = codecs[-1]
+    anchors: list[dict[str, int | str]] = [{"cut_a": num_layers, "cut_b": num_layers, "codec": cheapest}]
+    if low < num_layers:
+        least: dict[str, int | str] = {"cut_a": low, "cut_b": num_layers, "codec": cheapest}
+        if c.allow_tokens_off_device:
+            least["head"] = "cloud"
+        anchors.append(least)
+    return anchors
+
+
+def baselines(edge: Profile, cloud: Profile, link: Link, workload: Workload, c: Constraints,
+              objective: Objective = "total_ms") -> dict[str, Choice]:
+    """Edge-only, cloud-only and the best single cut (head on the edge), each marked feasible or not."""
+    num_layers = edge.num_layers
+    allowed = set(plan_space(num_layers, c))
+
+    def choice(plan: Plan) -> Choice:
+        estimate = predict(plan, edge, cloud, link, workload)
+        ok = _fits(estimate, c) and (plan in allowed or not plan.uses_cloud)
+        return Choice(plan=plan, estimate=estimate, feasible=ok)
+
+    single = [choice(Plan(num_layers=num_layers, cut_a=a, cut_b=num_layers, codec=k))
+              for a in range(1, num_layers) for k in allowed_codecs(c)]
+    best_single = _best((ch for ch in single if ch.feasible), objective) or _best(single, objective)
+    out = {"edge-only": choice(Plan(num_layers=num_layers, cut_a=num_layers, cut_b=num_layers, codec="fp32")),
+           "cloud-only": choice(Plan(num_layers=num_layers, cut_a=0, cut_b=num_layers, head="cloud",
+                                     codec=allowed_codecs(c)[-1]))}
+    if best_single is not None:
+        out["best single cut"] = best_single
+    return out
+
+
+def pareto_front(edge: Profile, cloud: Profile, link: Link, workload: Workload, c: Constraints,
+                 n_trials: int = 200, seed: int = 0) -> list[Choice]:
+    """Plans no other evaluated plan beats on latency, device memory and bytes per token at once (NSGA-II)."""
+    num_layers = edge.num_layers
+    codecs = allowed_codecs(c)
+    low = c.min_edge_layers if c.allow_tokens_off_device else max(1, c.min_edge_layers)
+    if low > num_layers:
+        raise InfeasibleError(_binding([], edge, c))
+    seen: dict[Plan, Estimate] = {}
+
+    def objectives(trial: optuna.Trial) -> tuple[float, float, float]:
+        a = trial.suggest_int("cut_a", low, num_layers)
+        b = trial.suggest_int("cut_b", a, num_layers)
+        head: Tier = "edge"
+        if b == num_layers and a < b and c.allow_tokens_off_device:
+            head = cast(Tier, trial.suggest_categorical("head", ["edge", "cloud"]))
+        codec = cast(CodecName, trial.suggest_categorical("codec", codecs))
+        if a == b:
+            a = b = num_layers
+        plan = Plan(num_layers=num_layers, cut_a=a, cut_b=b, head=head, codec=codec if a < b else "fp32")
+        est = seen.setdefault(plan, predict(plan, edge, cloud, link, workload))
+        trial.set_constraint("edge_memory", 0.0 if c.edge_memory_bytes is None
+                             else float(est.edge_memory_bytes - c.edge_memory_bytes))
+        return est.total_ms, float(est.edge_memory_bytes), est.bytes_per_token
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(directions=["minimize"] * 3, sampler=optuna.samplers.NSGAIISampler(seed=seed))
+    for anchor in _anchors(num_layers, low, codecs, c):
+        study.enqueue_trial(anchor)
+    study.optimize(objectives, n_trials=n_trials)
+    feasible = [Choice(plan=p, estimate=e) for p, e in seen.items() if _fits(e, c)]
+    if not feasible:
+        raise InfeasibleError(_binding([Choice(plan=p, estimate=e) for p, e in seen.items()], edge, c))
+
+    def key(ch: Choice) -> tuple[float, float, float]:
+        return ch.estimate.total_ms, float(ch.estimate.edge_memory_bytes), ch.estimate.bytes_per_token
+
+    front = [ch for ch in feasible
+             if not any(all(x <= y for x, y in zip(key(o), key(ch), strict=True)) and key(o) != key(ch)
+                        for o in feasible)]
+    return sorted(front, key=key)

@@ -1,0 +1,53 @@
+"""The cost model on hand-built profiles: exact expected figures."""
+
+from __future__ import annotations
+
+import pytest
+
+from partitioner.costmodel import HTTP_BYTES, Link, Workload, edge_memory_bytes, predict
+from partitioner.profile import PartCost
+from partitioner.synthetic import synthetic_profile
+from splitcore.plan import Plan
+from splitcore.wire import HEADER_BYTES
+
+EDGE = synthetic_profile("edge", [10.0] * 4, hidden_size=100, prefill_per_token=0.5, head_ms=2.0)
+CLOUD = synthetic_profile("cloud", [1.0] * 4, hidden_size=100, prefill_per_token=0.5, head_ms=0.5)
+LINK = Link(bandwidth_bps=8_000_000, rtt_ms=20.0, overhead_ms=1.0)  # 1 byte per microsecond
+ONE_TOKEN = Workload(prompt_tokens=16, output_tokens=1)
+
+
+def test_edge_only_costs_the_edge_blocks_and_head_and_moves_nothing() -> None:
+    est = predict(Plan(num_layers=4, cut_a=4, cut_b=4), EDGE, CLOUD, LINK, Workload(prompt_tokens=16, output_tokens=9))
+    embed_decode = EDGE.embed.decode_at(20)
+    head = 2.0 * (1 + 0.2 * 4 / 496)  # head and blocks: 1.2x their cost at 512 positions, linear from 16
+    assert est.time_per_output_token_ms == pytest.approx(embed_decode + 4 * 10.0 * (1 + 0.2 * 4 / 496) + head)
+    assert est.bytes_per_token == 0.0
+
+
+def test_a_decode_step_through_the_cloud_pays_the_round_trip_and_its_bytes() -> None:
+    plan = Plan(num_layers=4, cut_a=1, cut_b=3, codec="int8")
+    est = predict(plan, EDGE, CLOUD, LINK, Workload(prompt_tokens=16, output_tokens=1))
+    frame = 100 + 4 + HEADER_BYTES + HTTP_BYTES  # one int8 row with its scale, header and HTTP
+    assert est.bytes_per_token == 2 * frame
+    compute = EDGE.embed.decode_at(16) + 2 * 10.0 + 2 * 1.0 + 2.0  # decode at context 16 (no interpolation)
+    assert est.time_per_output_token_ms == pytest.approx(compute + 20.0 + 1.0 + 2 * frame / 1000)
+
+
+def test_the_cloud_head_answers_with_a_token_and_a_zero_cut_sends_tokens() -> None:
+    plan = Plan(num_layers=4, cut_a=0, cut_b=4, head="cloud", codec="fp32")
+    est = predict(plan, EDGE, CLOUD, LINK, ONE_TOKEN)
+    assert est.bytes_per_token == 2 * (4 + HEADER_BYTES + HTTP_BYTES)
+    assert est.edge_memory_bytes == 0
+
+
+def test_device_memory_counts_the_edge_blocks_embeddings_and_cache() -> None:
+    plan = Plan(num_layers=4, cut_a=1, cut_b=3)
+    kv = 2 * EDGE.kv_bytes_per_token[0] * 100
+    assert edge_memory_bytes(plan, EDGE, 100) == EDGE.embed_weights_bytes + 2 * EDGE.layer_weights_bytes[0] + kv
+
+
+def test_interpolation_is_linear_between_and_beyond_measured_points() -> None:
+    cost = PartCost(prefill_ms={16: 1.0, 64: 4.0}, decode_ms={16: 1.0, 512: 2.0})
+    assert cost.prefill_at(40) == pytest.approx(2.5)
+    assert cost.prefill_at(112) == pytest.approx(7.0)
+    assert cost.decode_at(4) == pytest.approx(1.0 - 12 / 496)

@@ -15,7 +15,7 @@ from fastapi.concurrency import run_in_threadpool
 from cloud_service.engine import ShardEngine
 from cloud_service.sessions import SessionStore
 from cloud_service.settings import CloudSettings
-from splitcore.errors import SessionNotFoundError
+from splitcore.errors import PlanError, SessionNotFoundError
 from splitcore.http import install_error_handlers, read_body
 from splitcore.loading import LoadedModel, load_checkpoint
 from splitcore.plan import parse_cut
@@ -79,6 +79,20 @@ def create_app(settings: CloudSettings, loaded: LoadedModel | None = None) -> Fa
                 "num_layers": m.num_layers, "hidden_size": m.hidden_size, "vocab_size": m.vocab_size,
                 "held_layers": [engine.held.start, engine.held.end]}
 
+    @app.post("/v1/probe", status_code=204)
+    async def probe(request: Request) -> Response:
+        """Swallow a body and answer empty: the edge times it to estimate bandwidth and RTT."""
+        await read_body(request, max_body)
+        return Response(status_code=204)
+
+    @app.get("/profile")
+    async def profile(request: Request) -> Response:
+        """This tier's measured profile, so the edge can plan with the cloud's real costs."""
+        engine: ShardEngine = request.app.state.engine
+        if getattr(request.app.state, "profile_json", None) is None:
+            request.app.state.profile_json = await run_in_threadpool(_load_or_measure_profile, settings, engine)
+        return Response(request.app.state.profile_json, media_type="application/json")
+
     @app.get("/health")
     async def health(request: Request) -> dict:
         """Liveness and load: live sessions and their cache memory."""
@@ -86,6 +100,22 @@ def create_app(settings: CloudSettings, loaded: LoadedModel | None = None) -> Fa
         return {"status": "ok", "sessions": len(store), "cache_bytes": store.cache_bytes, "evictions": store.evictions}
 
     return app
+
+
+def _load_or_measure_profile(settings: CloudSettings, engine: ShardEngine) -> str:
+    from partitioner.profile import Profile
+    from partitioner.profiler import measure_profile
+
+    if settings.profile is not None:
+        profile = Profile.load(settings.profile)
+        if profile.fingerprint != engine.loaded.fingerprint:
+            raise PlanError(f"{settings.profile} profiles model {profile.model_name!r}, not the one loaded")
+    elif len(engine.held) < engine.model.num_layers:
+        raise PlanError(f"this cloud holds only blocks {engine.held}; start it with --profile FILE measured with "
+                        "every block (edgesplit profile)")
+    else:
+        profile = measure_profile(engine.loaded, device_name="cloud", repeats=3)
+    return profile.model_dump_json()
 
 
 async def _sweep_forever(store: SessionStore) -> None:

@@ -23,4 +23,5 @@ class CloudSettings(BaseSettings):
     max_sessions: int = 256  # sessions held at once; least recently used idle ones are evicted beyond it
     max_cache_mb: float = 4096.0  # KV cache memory cap over all sessions, MiB
     max_frame_mb: float = 64.0  # largest accepted request body, MiB
+    profile: Path | None = None  # measured profile JSON to serve at GET /profile; default: measure on first request
     log_level: str = "info"  # logging level

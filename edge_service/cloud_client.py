@@ -8,6 +8,7 @@ connection that stays open, with a binary body each way.
 from __future__ import annotations
 
 import logging
+import time
 import uuid
 
 import httpx
@@ -51,6 +52,16 @@ class CloudClient:
                 log.warning("could not end cloud session %s: %s", session, exc)
         except CloudUnavailableError as exc:  # the cloud's TTL frees it later
             log.warning("could not end cloud session %s: %s", session, exc)
+
+    def probe(self, nbytes: int) -> float:
+        """Send `nbytes` to the cloud's probe endpoint; return the round trip in milliseconds."""
+        started = time.perf_counter()
+        self._request("POST", "/v1/probe", content=b"\0" * nbytes)
+        return (time.perf_counter() - started) * 1000
+
+    def profile(self) -> dict:
+        """The cloud's measured profile (JSON)."""
+        return self._request("GET", "/profile").json()
 
     def info(self) -> dict:
         """The cloud's model identity and held blocks."""

@@ -11,7 +11,7 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import Generator
+from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
@@ -100,7 +100,8 @@ class _Context:
 class Orchestrator:
     """Runs generations under a plan; the plan a generation starts with is the one it finishes with."""
 
-    def __init__(self, loaded: LoadedModel, plan: Plan, cloud: CloudLink | None) -> None:
+    def __init__(self, loaded: LoadedModel, plan: Plan, cloud: CloudLink | None,
+                 link_observer: Callable[[int, float, float], None] | None = None) -> None:
         assert plan.num_layers == loaded.layered.num_layers, "plan and model disagree on the number of blocks"
         assert cloud is not None or not plan.uses_cloud, "a plan that uses the cloud needs a cloud link"
         assert loaded.tokenizer is not None, "the edge owns the tokenizer"
@@ -109,6 +110,7 @@ class Orchestrator:
         self.model = loaded.layered
         self.plan = plan
         self.cloud = cloud
+        self.link_observer = link_observer  # (bytes both ways, elapsed ms, cloud compute ms) per exchange
         self.eos_ids = _eos_ids(loaded)
 
     def generate(self, request: GenerationRequest, cancel: threading.Event | None = None
@@ -195,6 +197,8 @@ class Orchestrator:
         if answer.session != ctx.session or answer.position != ctx.position or answer.kind != expected:
             raise CloudUnavailableError("the cloud answered with a frame for another step")
         ctx.position += payload.shape[0]
+        if self.link_observer is not None:
+            self.link_observer(len(frame) + len(data), elapsed_ms, answer.compute_ms)
         link = ctx.link
         link.cloud_compute_ms += answer.compute_ms
         link.round_trip_ms += elapsed_ms

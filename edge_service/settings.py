@@ -18,7 +18,7 @@ class EdgeSettings(BaseSettings):
 
     model_dir: Path = DEFAULT_MODEL_DIR  # local Hugging Face checkpoint directory (tokenizer, weights)
     cloud_url: str = "http://127.0.0.1:8001"  # base URL of the cloud service
-    cut: str = "edge"  # plan: "A:B" (edge [0,A), cloud [A,B), edge [B,L)), "A" (= A:L), "edge" or "cloud"
+    cut: str = "edge"  # plan: "A:B" (edge [0,A), cloud [A,B), edge [B,L)), "A" (= A:L), "edge", "cloud" or "auto"
     head: Literal["edge", "cloud"] = "edge"  # which tier runs the final norm, LM head and sampling (cloud needs B = L)
     codec: CodecName = "fp16"  # element type of activations on the wire
     zstd_level: int = 1  # zstandard level for activations (higher: smaller prefill frames, more CPU)
@@ -30,4 +30,9 @@ class EdgeSettings(BaseSettings):
     cloud_connect_timeout_s: float = 3.0  # longest wait to open a connection to the cloud
     max_prompt_tokens: int = 4096  # longest accepted prompt, tokens (also capped by the model's positions)
     max_output_tokens: int = 2048  # largest accepted max_tokens
+    edge_profile: Path | None = None  # this device's measured profile for --plan auto; default: measure at start
+    edge_memory_mb: float | None = None  # --plan auto: device memory budget for the model, MiB
+    min_edge_layers: int = 1  # --plan auto: blocks [0, K) always stay on the device
+    plan_workload: str = "128:64"  # --plan auto: PROMPT:OUTPUT tokens of a typical request
+    plan_seed: int = 0  # --plan auto: seed of the search
     log_level: str = "info"  # logging level

@@ -24,6 +24,7 @@ class TextStream:
         self._decoder = DecodeStream(skip_special_tokens=True)
         self._stop = [s for s in (stop or []) if s]
         self._pending = ""
+        self._undecoded: list[int] = []  # tokens whose bytes do not yet form whole characters
         self.text = ""  # everything released so far
         self.stopped = False
 
@@ -31,7 +32,9 @@ class TextStream:
         """Feed one token; return the text now safe to release ("" when held back)."""
         if self.stopped:
             return ""
-        self._pending += self._decoder.step(self._tokenizer, token_id) or ""
+        piece = self._decoder.step(self._tokenizer, token_id)
+        self._undecoded = [] if piece is not None else [*self._undecoded, token_id]
+        self._pending += piece or ""
         hits = [i for i in (self._pending.find(s) for s in self._stop) if i >= 0]
         if hits:
             self.stopped = True
@@ -39,8 +42,13 @@ class TextStream:
         return self._release(len(self._pending) - self._held_back())
 
     def flush(self) -> str:
-        """Release whatever was held back (the generation ended)."""
-        return "" if self.stopped else self._release(len(self._pending))
+        """Release whatever was held back (the generation ended), dangling bytes as a full decode shows them."""
+        if self.stopped:
+            return ""
+        if self._undecoded:
+            self._pending += self._tokenizer.decode(self._undecoded, skip_special_tokens=True)
+            self._undecoded = []
+        return self._release(len(self._pending))
 
     def _held_back(self) -> int:
         """Length of the longest suffix of the pending text that starts a stop string."""

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import sys
 from pathlib import Path
 
+from splitcore.defaults import DEFAULT_MODEL_DIR
 from splitcore.errors import EdgesplitError
 
 
@@ -39,9 +41,13 @@ def _serve_edge(args: argparse.Namespace) -> None:
     from edge_service.settings import EdgeSettings
     from splitcore.loading import read_config
 
-    settings = EdgeSettings(**_settings_kwargs(args, ["model_dir", "cloud_url", "cut", "head", "codec", "zstd_level",
-                                                      "allow_tokens_off_device", "host", "port", "threads"]))
-    plan_from_settings(settings, read_config(settings.model_dir).num_hidden_layers)  # refuse a bad plan before loading
+    flags = ["model_dir", "cloud_url", "cut", "head", "codec", "zstd_level", "allow_tokens_off_device", "host", "port",
+             "threads", "edge_profile", "edge_memory_mb", "min_edge_layers", "plan_workload"]
+    settings = EdgeSettings(**_settings_kwargs(args, flags))
+    if settings.cut != "auto":
+        plan_from_settings(settings, read_config(settings.model_dir).num_hidden_layers)  # refuse a bad plan early
+    else:
+        read_config(settings.model_dir)
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s edge %(name)s: %(message)s")
     uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level=settings.log_level)
 
@@ -50,6 +56,58 @@ def _demo(args: argparse.Namespace) -> None:
     from edgesplit.demo import run_demo
 
     run_demo(model_dir=args.model_dir, cut=args.cut, codec=args.codec, prompt=args.prompt, max_tokens=args.max_tokens)
+
+
+def _profile(args: argparse.Namespace) -> None:
+    import torch
+    from tqdm import tqdm
+
+    from partitioner.profiler import measure_profile
+    from splitcore.loading import load_checkpoint
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    loaded = load_checkpoint(args.model_dir)
+    emulation = args.emulate or (f"{args.threads} of {os.cpu_count()} cores" if args.threads else "")
+    profile = measure_profile(loaded, args.device_name, repeats=args.repeats, emulation=emulation,
+                              progress=lambda it: tqdm(list(it), desc=f"profiling {loaded.name} blocks"))
+    out = args.out or Path("profiles") / f"{args.device_name}-{loaded.name}.json"
+    profile.save(out)
+    total = sum(p.decode_at(128) for p in profile.layers)
+    print(f"wrote {out}: {profile.num_layers} blocks, {total:.2f} ms per decode step at context 128 "
+          f"with {profile.machine.threads} threads")
+
+
+def _plan(args: argparse.Namespace) -> None:
+    from partitioner.costmodel import Link, Workload
+    from partitioner.link_estimator import parse_bandwidth, parse_duration_ms
+    from partitioner.planning import codec_losses, describe, plan_for
+    from partitioner.profile import Profile
+    from partitioner.search import Constraints
+    from splitcore.loading import load_checkpoint
+
+    edge, cloud = Profile.load(args.edge_profile), Profile.load(args.cloud_profile)
+    prompt, _, output = args.workload.partition(":")
+    workload = Workload(prompt_tokens=int(prompt), output_tokens=int(output or 64))
+    link = Link(bandwidth_bps=parse_bandwidth(args.bandwidth), rtt_ms=parse_duration_ms(args.rtt))
+    losses: dict[str, float] = {}
+    if args.max_codec_loss is not None:
+        losses = codec_losses(load_checkpoint(args.model_dir))
+    constraints = Constraints(
+        edge_memory_bytes=int(args.edge_memory_mb * 2**20) if args.edge_memory_mb else None,
+        min_edge_layers=args.min_edge_layers, allow_tokens_off_device=args.allow_tokens_off_device,
+        codec_loss=losses, max_codec_loss=args.max_codec_loss)
+    result = plan_for(edge, cloud, link, workload, constraints, seed=args.seed, trials=args.trials)
+    if args.json:
+        best = result.best
+        print(json.dumps({"cut": [best.plan.cut_a, best.plan.cut_b], "head": best.plan.head, "codec": best.plan.codec,
+                          **best.estimate.model_dump(), "search_s": result.search_s,
+                          "baselines": {k: {"plan": v.plan.describe(), "feasible": v.feasible,
+                                            **v.estimate.model_dump()} for k, v in result.baselines.items()}}))
+    else:
+        print(describe(result, link, workload))
+        print(f"serve it with: edgesplit serve edge --cut {result.best.plan.cut_a}:{result.best.plan.cut_b} "
+              f"--head {result.best.plan.head} --codec {result.best.plan.codec}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -63,6 +121,32 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--prompt", default="And it came to pass, when the king", help="text to continue")
     demo.add_argument("--max-tokens", type=int, default=60)
     demo.set_defaults(func=_demo)
+
+    prof = sub.add_parser("profile", help="measure per-block latency and memory of a model on this machine")
+    prof.add_argument("--model", dest="model_dir", type=Path, default=DEFAULT_MODEL_DIR)
+    prof.add_argument("--device-name", required=True, help="what this machine is, e.g. edge or cloud")
+    prof.add_argument("--threads", type=int, help="torch threads (fewer emulates a slower device)")
+    prof.add_argument("--emulate", default="", help="how a slower device is emulated, recorded in the profile")
+    prof.add_argument("--repeats", type=int, default=5)
+    prof.add_argument("--out", type=Path, help="default: profiles/DEVICE-MODEL.json")
+    prof.set_defaults(func=_profile)
+
+    plan = sub.add_parser("plan", help="choose cut points for two profiles and a link")
+    plan.add_argument("--model", dest="model_dir", type=Path, default=DEFAULT_MODEL_DIR,
+                      help="checkpoint (used to measure codec accuracy with --max-codec-loss)")
+    plan.add_argument("--edge-profile", type=Path, required=True)
+    plan.add_argument("--cloud-profile", type=Path, required=True)
+    plan.add_argument("--bandwidth", required=True, help="e.g. 10mbit, 1gbit")
+    plan.add_argument("--rtt", required=True, help="e.g. 40ms")
+    plan.add_argument("--workload", default="128:64", help="PROMPT:OUTPUT tokens")
+    plan.add_argument("--edge-memory-mb", type=float, help="device memory budget")
+    plan.add_argument("--min-edge-layers", type=int, default=0, help="privacy: blocks that stay on the device")
+    plan.add_argument("--allow-tokens-off-device", action="store_true")
+    plan.add_argument("--max-codec-loss", type=float, help="largest perplexity ratio - 1 a codec may add")
+    plan.add_argument("--trials", type=int, default=150)
+    plan.add_argument("--seed", type=int, default=0)
+    plan.add_argument("--json", action="store_true")
+    plan.set_defaults(func=_plan)
 
     serve = sub.add_parser("serve", help="run one tier").add_subparsers(dest="tier", required=True)
     cloud = serve.add_parser("cloud", help="the cloud tier: shard endpoint and session store")
@@ -79,7 +163,12 @@ def build_parser() -> argparse.ArgumentParser:
     edge = serve.add_parser("edge", help="the edge tier: OpenAI-compatible API, tokenizer, front/back blocks")
     edge.add_argument("--model", dest="model_dir", type=Path, help="checkpoint directory")
     edge.add_argument("--cloud", dest="cloud_url", help="cloud base URL, e.g. http://127.0.0.1:8001")
-    edge.add_argument("--cut", help="A:B, A, 'edge' or 'cloud'")
+    edge.add_argument("--cut", help="A:B, A, 'edge', 'cloud' or 'auto'")
+    edge.add_argument("--plan", dest="cut", choices=["auto"], help="auto: search a plan at start (same as --cut auto)")
+    edge.add_argument("--edge-profile", type=Path, help="this device's profile for --plan auto")
+    edge.add_argument("--edge-memory-mb", type=float, help="--plan auto: device memory budget")
+    edge.add_argument("--min-edge-layers", type=int, help="--plan auto: blocks that stay on the device")
+    edge.add_argument("--workload", dest="plan_workload", help="--plan auto: PROMPT:OUTPUT tokens")
     edge.add_argument("--head", choices=["edge", "cloud"])
     edge.add_argument("--codec", choices=["fp32", "fp16", "bf16", "int8"])
     edge.add_argument("--zstd-level", type=int)

@@ -39,3 +39,25 @@ def test_the_demo_streams_a_generation_across_two_processes(checkpoint: Path) ->
     assert result.returncode == 0, result.stdout + result.stderr
     assert "edge [0, 1) -> cloud [1, 3) -> edge [3, 4)" in result.stdout
     assert "bytes up" in result.stdout and "raw fp32 hidden state: 256 bytes" in result.stdout
+
+
+def test_profile_then_plan_from_the_command_line(checkpoint: Path, tmp_path: Path) -> None:
+    import json
+
+    edge = run("profile", "--model", str(checkpoint), "--device-name", "edge", "--threads", "1", "--repeats", "2",
+               "--out", str(tmp_path / "edge.json"))
+    assert edge.returncode == 0, edge.stderr
+    cloud = run("profile", "--model", str(checkpoint), "--device-name", "cloud", "--repeats", "2",
+                "--out", str(tmp_path / "cloud.json"))
+    assert cloud.returncode == 0 and "wrote" in cloud.stdout
+    args = ["plan", "--model", str(checkpoint), "--edge-profile", str(tmp_path / "edge.json"),
+            "--cloud-profile", str(tmp_path / "cloud.json"), "--bandwidth", "10mbit", "--rtt", "40ms",
+            "--workload", "64:16", "--min-edge-layers", "1"]
+    human = run(*args)
+    assert human.returncode == 0, human.stderr
+    assert "chosen" in human.stdout and "edge-only" in human.stdout and "best single cut" in human.stdout
+    answer = json.loads(run(*args, "--json").stdout)
+    assert answer["cut"][0] >= 1 or answer["cut"] == [4, 4]
+    assert {"time_to_first_token_ms", "time_per_output_token_ms", "edge_memory_bytes", "bytes_per_token"} <= set(answer)
+    tight = run(*args, "--edge-memory-mb", "0.01")
+    assert tight.returncode == 2 and "device memory budget" in tight.stderr

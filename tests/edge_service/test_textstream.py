@@ -41,3 +41,10 @@ def test_text_that_only_looks_like_a_stop_start_is_released_at_the_end(models: d
     tok = models["gpt2"].tokenizer
     stream = TextStream(tok, stop=["edge keeps secrets"])
     assert "".join(pieces(stream, tok.encode(TEXT))) == TEXT and not stream.stopped
+
+
+def test_a_generation_ending_mid_character_ends_as_a_full_decode_does(models: dict[str, LoadedModel]) -> None:
+    tok = models["gpt2"].tokenizer
+    ids = tok.encode("ab東")[:-1]  # the last byte of the character is missing
+    text = "".join(pieces(TextStream(tok), ids))
+    assert text == tok.decode(ids) and text.endswith("\ufffd")

@@ -1,0 +1,76 @@
+"""Choosing a plan for a deployment: probe the link, gather both profiles, search, and explain the choice."""
+
+from __future__ import annotations
+
+import logging
+
+from partitioner.accuracy import split_logits
+from partitioner.costmodel import Link, Workload
+from partitioner.link_estimator import LinkEstimator
+from partitioner.profile import Profile
+from partitioner.search import Choice, Constraints, SearchResult, search
+from splitcore.errors import PlanError
+from splitcore.loading import LoadedModel
+from splitcore.plan import Plan
+
+log = logging.getLogger(__name__)
+PROBE_SMALL, PROBE_LARGE = 64, 256 * 1024  # bytes: the spread that lets the estimator see the bandwidth
+ACCURACY_TEXT = ("And God said, Let there be light: and there was light. And God saw the light, that it was good: "
+                 "and God divided the light from the darkness. The edge keeps the first blocks of the model.")
+
+
+def probe_link(probe: object, estimator: LinkEstimator, rounds: int = 4) -> None:
+    """Time `rounds` small and large probe exchanges into the estimator (`probe(nbytes) -> ms`)."""
+    for _ in range(rounds):
+        for nbytes in (PROBE_SMALL, PROBE_LARGE):
+            estimator.observe(nbytes, probe(nbytes))  # type: ignore[operator]
+
+
+def codec_losses(loaded: LoadedModel) -> dict[str, float]:
+    """Perplexity ratio - 1 of each lossy codec at the middle cut, on a fixed passage (teacher-forced)."""
+    import math
+
+    import torch
+
+    ids = torch.tensor(loaded.tokenizer.encode(ACCURACY_TEXT))  # type: ignore[union-attr]
+    n = loaded.layered.num_layers
+    ref = split_logits(loaded, ids, Plan(num_layers=n, cut_a=n, cut_b=n))
+
+    def nll(logits: torch.Tensor) -> float:
+        return float(torch.nn.functional.cross_entropy(logits[:-1], ids[1:]))
+
+    out = {}
+    for codec in ("fp16", "bf16", "int8"):
+        plan = Plan(num_layers=n, cut_a=max(1, n // 4), cut_b=n - n // 4, codec=codec)
+        out[codec] = abs(math.exp(nll(split_logits(loaded, ids, plan)) - nll(ref)) - 1)
+    return out
+
+
+def describe(result: SearchResult, link: Link, workload: Workload) -> str:
+    """A person's summary: the chosen plan, its predicted figures, and the alternatives it beat."""
+    def line(name: str, ch: Choice) -> str:
+        e = ch.estimate
+        flag = "" if ch.feasible else "  (not allowed by the constraints)"
+        return (f"  {name:16} {ch.plan.describe():60} total {e.total_ms:9.1f} ms  first token "
+                f"{e.time_to_first_token_ms:8.1f} ms  per token {e.time_per_output_token_ms:7.2f} ms  "
+                f"device {e.edge_memory_bytes / 2**20:7.1f} MiB  {e.bytes_per_token:6.0f} B/token{flag}")
+    best = result.best
+    lines = [f"link {link.bandwidth_bps / 1e6:g} Mbit/s, rtt {link.rtt_ms:g} ms; workload {workload.prompt_tokens} "
+             f"prompt + {workload.output_tokens} output tokens",
+             f"search: {result.trials} trials, {result.evaluated_plans} distinct plans, {result.search_s:.2f} s",
+             line("chosen", best)]
+    for name, alt in result.baselines.items():
+        ratio = alt.estimate.total_ms / best.estimate.total_ms
+        lines.append(line(name, alt) + f"  ({ratio:.2f}x the chosen plan's time)")
+    return "\n".join(lines)
+
+
+def plan_for(edge: Profile, cloud: Profile, link: Link, workload: Workload, constraints: Constraints,
+             seed: int = 0, trials: int = 150) -> SearchResult:
+    """Search, after checking both profiles describe the same model."""
+    if edge.fingerprint != cloud.fingerprint:
+        raise PlanError(f"edge profile is of {edge.model_name!r}, cloud profile of {cloud.model_name!r}: "
+                        "profile one model")
+    result = search(edge, cloud, link, workload, constraints, n_trials=trials, seed=seed)
+    log.info("chose %s (predicted %.1f ms per request)", result.best.plan.describe(), result.best.estimate.total_ms)
+    return result

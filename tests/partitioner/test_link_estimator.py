@@ -1,0 +1,39 @@
+"""Bandwidth and RTT from observed exchanges."""
+
+from __future__ import annotations
+
+import pytest
+
+from partitioner.link_estimator import LinkEstimator, parse_bandwidth, parse_duration_ms
+
+
+def exchange(nbytes: int, bandwidth_bps: float, rtt_ms: float, compute_ms: float = 0.0) -> tuple[int, float, float]:
+    return nbytes, rtt_ms + nbytes * 8 / bandwidth_bps * 1000 + compute_ms, compute_ms
+
+
+def test_decode_sized_frames_alone_pin_the_rtt_but_not_the_bandwidth() -> None:
+    est = LinkEstimator(prior_bandwidth_bps=50e6)
+    for _ in range(20):
+        est.observe(*exchange(830, 10e6, 40.0, compute_ms=5.0))
+    e = est.estimate()
+    assert e.bandwidth_bps == 50e6 and e.confidence <= 0.3
+    assert e.rtt_ms == pytest.approx(40.0 + 830 * 8 / 10e6 * 1000 - 830 * 8 / 50e6 * 1000)
+
+
+def test_frames_of_several_sizes_give_bandwidth_and_rtt() -> None:
+    est = LinkEstimator()
+    for nbytes in [64, 830, 262144, 64, 262144, 2048] * 5:
+        est.observe(*exchange(nbytes, 10e6, 40.0, compute_ms=3.0))
+    e = est.estimate()
+    assert e.bandwidth_bps == pytest.approx(10e6, rel=1e-6) and e.rtt_ms == pytest.approx(40.0, abs=1e-6)
+    assert e.confidence > 0.5 and e.samples == 30
+
+
+def test_an_unobserved_link_reports_the_prior_with_no_confidence() -> None:
+    e = LinkEstimator(prior_bandwidth_bps=1e8, prior_rtt_ms=2).estimate()
+    assert (e.bandwidth_bps, e.rtt_ms, e.confidence) == (1e8, 2, 0.0)
+
+
+def test_link_units_parse() -> None:
+    assert parse_bandwidth("10mbit") == 10e6 and parse_bandwidth("1gbit") == 1e9 and parse_bandwidth("500kbit") == 5e5
+    assert parse_duration_ms("40ms") == 40 and parse_duration_ms("0.15s") == 150

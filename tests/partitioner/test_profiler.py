@@ -1,0 +1,25 @@
+"""Measuring a profile on this machine, and its file form."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from partitioner.profile import Profile
+from partitioner.profiler import measure_profile
+from splitcore.loading import LoadedModel
+
+
+def test_a_measured_profile_covers_every_part_and_says_where_it_came_from(models: dict[str, LoadedModel],
+                                                                          tmp_path: Path) -> None:
+    loaded = models["llama"]
+    profile = measure_profile(loaded, "test-device", repeats=2, prefill=(8, 32), decode=(8, 64))
+    assert profile.num_layers == len(profile.layers) == 4 and profile.fingerprint == loaded.fingerprint
+    assert all(ms > 0 for part in profile.layers for ms in [*part.prefill_ms.values(), *part.decode_ms.values()])
+    block = loaded.layered.blocks[0]
+    assert profile.layer_weights_bytes[0] == sum(p.numel() * 4 for p in block.parameters())
+    head_dim = 64 // 4
+    assert profile.kv_bytes_per_token == [2 * 2 * head_dim * 4] * 4  # keys and values, 2 kv heads, fp32
+    assert profile.head_weights_bytes > 0  # llama's head is not tied
+    assert profile.versions["torch"] and profile.machine.threads >= 1 and profile.created_at
+    saved = profile.save(tmp_path / "p.json")
+    assert Profile.load(saved) == profile

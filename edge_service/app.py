@@ -5,6 +5,7 @@ Handlers validate, delegate to `Responder`/`Orchestrator`, and return.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import time
@@ -21,7 +22,7 @@ from edge_service.prompts import render_chat
 from edge_service.responses import Endpoint, Responder, make_request_id
 from edge_service.runtime import EdgeRuntime
 from edge_service.settings import EdgeSettings
-from splitcore.errors import ModelNotFoundError, UserError
+from splitcore.errors import EdgesplitError, ModelNotFoundError, UserError
 from splitcore.http import error_response, install_error_handlers
 from splitcore.loading import LoadedModel
 
@@ -37,7 +38,9 @@ def create_app(settings: EdgeSettings, loaded: LoadedModel | None = None) -> Fas
         if settings.threads:
             torch.set_num_threads(settings.threads)
         app.state.runtime = await run_in_threadpool(EdgeRuntime.build, settings, loaded)
+        prober = asyncio.create_task(_probe_when_idle(app.state.runtime))
         yield
+        prober.cancel()
         app.state.runtime.close()
 
     app = FastAPI(title="edgesplit edge", lifespan=lifespan)
@@ -86,6 +89,20 @@ def create_app(settings: EdgeSettings, loaded: LoadedModel | None = None) -> Fas
         return JSONResponse(body, status_code=200 if ok else 503)
 
     return app
+
+
+async def _probe_when_idle(runtime: EdgeRuntime) -> None:
+    """Keep the link estimate fresh: probe the cloud when no real exchange has happened for a while."""
+    from partitioner.planning import probe_link
+
+    settings = runtime.settings
+    while True:
+        await asyncio.sleep(settings.probe_interval_s)
+        if runtime.cloud is not None and runtime.link.idle_for_s() >= settings.probe_interval_s:
+            try:
+                await run_in_threadpool(probe_link, runtime.cloud.probe, runtime.link, 1)
+            except EdgesplitError as exc:  # an unreachable cloud is reported by /health, not here
+                log.debug("idle link probe failed: %s", exc)
 
 
 async def _generate(runtime: EdgeRuntime, body: _Common, prompt_ids: list[int], max_tokens: int | None,

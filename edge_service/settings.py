@@ -35,4 +35,5 @@ class EdgeSettings(BaseSettings):
     min_edge_layers: int = 1  # --plan auto: blocks [0, K) always stay on the device
     plan_workload: str = "128:64"  # --plan auto: PROMPT:OUTPUT tokens of a typical request
     plan_seed: int = 0  # --plan auto: seed of the search
+    probe_interval_s: float = 30.0  # probe the link when no request has crossed it for this long
     log_level: str = "info"  # logging level

@@ -75,7 +75,7 @@ def _step_ms(plan: Plan, edge: Profile, cloud: Profile, link: Link, rows: int, c
 
 
 def edge_memory_bytes(plan: Plan, edge: Profile, context: int) -> int:
-    """Weights the edge must hold for the plan, plus its KV cache at `context` positions."""
+    """Weights the edge must hold for the plan, its KV cache at `context` positions, and peak activations."""
     blocks = [i for i in range(edge.num_layers) if i < plan.cut_a or i >= plan.cut_b or not plan.uses_cloud]
     weights = sum(edge.layer_weights_bytes[i] for i in blocks)
     if plan.cut_a > 0 or not plan.uses_cloud:
@@ -84,7 +84,8 @@ def edge_memory_bytes(plan: Plan, edge: Profile, context: int) -> int:
         weights += edge.head_weights_bytes or (0 if plan.cut_a > 0 or not plan.uses_cloud
                                                else edge.embed_weights_bytes)  # a tied head needs the embeddings
     kv = sum(edge.kv_bytes_per_token[i] for i in blocks) * context
-    return int(weights + kv)
+    activations = edge.peak_activation_bytes_per_token * context if blocks else 0  # a prefill of the whole context
+    return int(weights + kv + activations)
 
 
 def predict(plan: Plan, edge: Profile, cloud: Profile, link: Link, workload: Workload) -> Estimate:

@@ -56,6 +56,8 @@ class Profile(StrictModel):
     layer_weights_bytes: list[int]
     head_weights_bytes: int = Field(description="0 when the head is tied to the embeddings")
     kv_bytes_per_token: list[int] = Field(description="per block: key and value cache bytes per position")
+    peak_activation_bytes_per_token: int = Field(
+        default=0, description="largest live intermediate of one block per position, computed from the config")
 
     def save(self, path: Path) -> Path:
         path.parent.mkdir(parents=True, exist_ok=True)

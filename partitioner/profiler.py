@@ -111,4 +111,13 @@ def measure_profile(loaded: LoadedModel, device_name: str, repeats: int = 5,
         embed_weights_bytes=embed_bytes, layer_weights_bytes=[_nbytes(b) for b in m.blocks],
         head_weights_bytes=0 if tied else _nbytes(m.lm_head) + _nbytes(m.norm),
         kv_bytes_per_token=[_kv_bytes_per_token(m, i) for i in range(m.num_layers)],
+        peak_activation_bytes_per_token=_peak_activation_bytes_per_token(m),
     )
+
+
+def _peak_activation_bytes_per_token(m: LayeredModel) -> int:
+    """The MLP's widest intermediate (gate and up for Llama-family) plus the block's input and output, fp32."""
+    config = m.config
+    inner = getattr(config, "intermediate_size", None) or getattr(config, "n_inner", None) or 4 * m.hidden_size
+    gated = 2 if m.model_type != "gpt2" else 1
+    return 4 * (gated * inner + 2 * m.hidden_size)

@@ -29,7 +29,7 @@ def synthetic_profile(name: str, layer_decode_ms: list[float], hidden_size: int 
         embed=_cost(0.001, 0.05), layers=[_cost(ms * prefill_per_token, ms) for ms in layer_decode_ms],
         head=_cost(0.0, head_ms, fixed_ms=head_ms), embed_weights_bytes=embed_weights_bytes,
         layer_weights_bytes=[layer_weights_bytes] * n, head_weights_bytes=0,
-        kv_bytes_per_token=[2 * 2 * hidden_size] * n,
+        kv_bytes_per_token=[2 * 2 * hidden_size] * n, peak_activation_bytes_per_token=4 * 6 * hidden_size,
     )
 
 

@@ -44,3 +44,17 @@ def test_an_auto_planned_edge_without_a_cloud_serves_edge_only(models: dict[str,
     with LoopbackServer(create_edge(settings, models["gpt2"])) as url:
         health = httpx.get(f"{url}/health").json()
         assert health["status"] == "ok" and health["plan"].startswith("edge-only")
+
+
+def test_an_idle_edge_probes_the_link_to_keep_its_estimate_fresh(models: dict[str, LoadedModel]) -> None:
+    import time
+
+    loaded = models["gpt2"]
+    with LoopbackServer(create_cloud(CloudSettings(), loaded)) as cloud_url:
+        app = create_edge(EdgeSettings(cloud_url=cloud_url, cut="1:3", probe_interval_s=0.2), loaded)
+        with LoopbackServer(app):
+            deadline = time.monotonic() + 5
+            while app.state.runtime.link.estimate().samples < 2 and time.monotonic() < deadline:
+                time.sleep(0.05)
+            estimate = app.state.runtime.link.estimate()
+            assert estimate.samples >= 2 and estimate.rtt_ms < 50

@@ -43,7 +43,9 @@ def test_the_cloud_head_answers_with_a_token_and_a_zero_cut_sends_tokens() -> No
 def test_device_memory_counts_the_edge_blocks_embeddings_and_cache() -> None:
     plan = Plan(num_layers=4, cut_a=1, cut_b=3)
     kv = 2 * EDGE.kv_bytes_per_token[0] * 100
-    assert edge_memory_bytes(plan, EDGE, 100) == EDGE.embed_weights_bytes + 2 * EDGE.layer_weights_bytes[0] + kv
+    activations = EDGE.peak_activation_bytes_per_token * 100
+    expected = EDGE.embed_weights_bytes + 2 * EDGE.layer_weights_bytes[0] + kv + activations
+    assert edge_memory_bytes(plan, EDGE, 100) == expected
 
 
 def test_interpolation_is_linear_between_and_beyond_measured_points() -> None:

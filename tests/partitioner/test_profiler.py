@@ -20,6 +20,7 @@ def test_a_measured_profile_covers_every_part_and_says_where_it_came_from(models
     head_dim = 64 // 4
     assert profile.kv_bytes_per_token == [2 * 2 * head_dim * 4] * 4  # keys and values, 2 kv heads, fp32
     assert profile.head_weights_bytes > 0  # llama's head is not tied
+    assert profile.peak_activation_bytes_per_token == 4 * (2 * 128 + 2 * 64)  # gate and up (128 wide), in and out
     assert profile.versions["torch"] and profile.machine.threads >= 1 and profile.created_at
     saved = profile.save(tmp_path / "p.json")
     assert Profile.load(saved) == profile

@@ -20,7 +20,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from partitioner.costmodel import Link, Workload  # noqa: E402
-from partitioner.search import Constraints, exact_best, search  # noqa: E402
+from partitioner.search import Constraints, exact_best, plan_space, search  # noqa: E402
 from partitioner.synthetic import random_profiles  # noqa: E402
 
 
@@ -44,7 +44,7 @@ def main() -> None:
             found = search(edge, cloud, link, Workload(), c, seed=seed)
             search_s.append(found.search_s)
             ratios.append(found.best.estimate.total_ms / exact.estimate.total_ms)
-            space = sum(1 for a in range(layers) for b in range(a + 1, layers + 1)) * 4 + layers * 4 + 1
+            space = len(plan_space(layers, c))
         print(f"| {layers} | {space} | {statistics.median(search_s):.2f} / {max(search_s):.2f} | "
               f"{statistics.median(exact_s):.2f} | {max(ratios):.4f} |")
 

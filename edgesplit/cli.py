@@ -101,13 +101,15 @@ def _plan(args: argparse.Namespace) -> None:
     if args.json:
         best = result.best
         print(json.dumps({"cut": [best.plan.cut_a, best.plan.cut_b], "head": best.plan.head, "codec": best.plan.codec,
+                          "zstd_level": best.plan.zstd_level,
                           **best.estimate.model_dump(), "search_s": result.search_s,
                           "baselines": {k: {"plan": v.plan.describe(), "feasible": v.feasible,
                                             **v.estimate.model_dump()} for k, v in result.baselines.items()}}))
     else:
         print(describe(result, link, workload))
-        print(f"serve it with: edgesplit serve edge --cut {result.best.plan.cut_a}:{result.best.plan.cut_b} "
-              f"--head {result.best.plan.head} --codec {result.best.plan.codec}")
+        chosen = result.best.plan
+        print(f"serve it with: edgesplit serve edge --cut {chosen.cut_a}:{chosen.cut_b} --head {chosen.head} "
+              f"--codec {chosen.codec} --zstd-level {chosen.zstd_level}")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -44,15 +44,23 @@ def _sum(parts: list[PartCost], start: int, end: int, tokens: int, decode: bool)
     return sum(p.decode_at(tokens) if decode else p.prefill_at(tokens) for p in parts[start:end])
 
 
-def _frame_bytes(plan: Plan, rows: int, hidden: int, tokens: bool) -> int:
-    body = rows * TOKEN_BYTES if tokens else raw_nbytes(DTYPE_BY_NAME[plan.codec], rows, hidden)
-    return body + HEADER_BYTES + HTTP_BYTES
+def _frame(plan: Plan, sender: Profile, receiver: Profile, rows: int, tokens: bool) -> tuple[int, float]:
+    """Bytes on the wire of one frame, and the sender's and receiver's codec time in ms."""
+    if tokens:
+        return rows * TOKEN_BYTES + HEADER_BYTES + HTTP_BYTES, 0.0
+    raw = raw_nbytes(DTYPE_BY_NAME[plan.codec], rows, sender.hidden_size)
+    sent, received = sender.codec_cost(plan.codec, plan.zstd_level), receiver.codec_cost(plan.codec, plan.zstd_level)
+    ratio = 1.0 if sent is None else (sent.decode_ratio if rows == 1 else sent.prefill_ratio)
+    mib = raw / 2**20
+    cpu = (sent.encode_ms_per_mib * mib if sent else 0.0) + (
+        received.decode_ms_per_mib * mib if received and ratio < 1.0 else 0.0)
+    return int(raw * min(1.0, ratio)) + HEADER_BYTES + HTTP_BYTES, cpu
 
 
 def _step_ms(plan: Plan, edge: Profile, cloud: Profile, link: Link, rows: int, context: int, decode: bool
              ) -> tuple[float, int]:
     """Time of one step (the prompt, or one token) and the bytes it moves both ways."""
-    n_layers, hidden = edge.num_layers, edge.hidden_size
+    n_layers = edge.num_layers
     at = context if decode else rows
 
     def cost(part: PartCost) -> float:
@@ -62,14 +70,15 @@ def _step_ms(plan: Plan, edge: Profile, cloud: Profile, link: Link, rows: int, c
         return cost(edge.embed) + _sum(edge.layers, 0, n_layers, at, decode) + cost(edge.head), 0
     ms = 0.0 if plan.cut_a == 0 else cost(edge.embed) + _sum(edge.layers, 0, plan.cut_a, at, decode)
     ms += (cost(cloud.embed) if plan.cut_a == 0 else 0.0) + _sum(cloud.layers, plan.cut_a, plan.cut_b, at, decode)
-    up = _frame_bytes(plan, rows, hidden, tokens=plan.cut_a == 0)
+    up, up_cpu = _frame(plan, edge, cloud, rows, tokens=plan.cut_a == 0)
     if plan.head == "cloud":
         ms += cost(cloud.head)
-        down = _frame_bytes(plan, 1, hidden, tokens=True)
+        down, down_cpu = _frame(plan, cloud, edge, 1, tokens=True)
     else:
         back_rows = rows if plan.cut_b < n_layers else 1  # no edge blocks after the cloud: only the last row
-        down = _frame_bytes(plan, back_rows, hidden, tokens=False)
+        down, down_cpu = _frame(plan, cloud, edge, back_rows, tokens=False)
         ms += _sum(edge.layers, plan.cut_b, n_layers, at, decode) + cost(edge.head)
+    ms += up_cpu + down_cpu
     ms += link.rtt_ms + link.overhead_ms + (up + down) * 8 / link.bandwidth_bps * 1000
     return ms, up + down
 

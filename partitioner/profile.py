@@ -14,6 +14,8 @@ from pydantic import Field
 
 from splitcore.schema import StrictModel
 
+ZSTD_LEVELS = (1, 3, 9)  # the zstd levels profiled and searched
+
 
 class PartCost(StrictModel):
     """Latency of one part (embeddings, one block, or the head) at measured token counts."""
@@ -26,6 +28,15 @@ class PartCost(StrictModel):
 
     def decode_at(self, context: int) -> float:
         return _interpolate(self.decode_ms, context)
+
+
+class CodecCost(StrictModel):
+    """What one codec (dtype and zstd level) does to real hidden states of the model on this machine."""
+
+    prefill_ratio: float = Field(description="frame body / raw payload for a many-position frame (<= 1)")
+    decode_ratio: float = Field(description="the same for a one-position frame (1.0 when zstd does not help)")
+    encode_ms_per_mib: float
+    decode_ms_per_mib: float
 
 
 class Machine(StrictModel):
@@ -56,8 +67,13 @@ class Profile(StrictModel):
     layer_weights_bytes: list[int]
     head_weights_bytes: int = Field(description="0 when the head is tied to the embeddings")
     kv_bytes_per_token: list[int] = Field(description="per block: key and value cache bytes per position")
+    codecs: dict[str, dict[int, CodecCost]] = Field(
+        default_factory=dict, description="codec -> zstd level -> measured cost; empty: no compression modelled")
     peak_activation_bytes_per_token: int = Field(
         default=0, description="largest live intermediate of one block per position, computed from the config")
+
+    def codec_cost(self, codec: str, level: int) -> CodecCost | None:
+        return self.codecs.get(codec, {}).get(level)
 
     def save(self, path: Path) -> Path:
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -18,7 +18,8 @@ from collections.abc import Callable, Iterable
 import torch
 import transformers
 
-from partitioner.profile import Machine, PartCost, Profile
+from partitioner.profile import ZSTD_LEVELS, CodecCost, Machine, PartCost, Profile
+from splitcore.codec import DTYPE_BY_NAME, Compressor, Decompressor, quantise
 from splitcore.layered import LayeredModel
 from splitcore.loading import LoadedModel
 from splitcore.ranges import LayerRange
@@ -86,6 +87,33 @@ def _kv_bytes_per_token(m: LayeredModel, i: int) -> int:
     return state.measure() // 8
 
 
+
+
+def _codec_cost(raw: bytes, row: bytes, level: int, repeats: int) -> CodecCost:
+    comp, decomp = Compressor(level), Decompressor()
+    body, zipped = comp.compress(raw)
+    mib = len(raw) / 2**20
+    encode_ms = _median_ms(lambda: comp.compress(raw), repeats)
+    decode_ms = _median_ms(lambda: decomp.decompress(body, len(raw)), repeats) if zipped else 0.0
+    return CodecCost(prefill_ratio=len(body) / len(raw), decode_ratio=len(comp.compress(row)[0]) / len(row),
+                     encode_ms_per_mib=encode_ms / mib, decode_ms_per_mib=decode_ms / mib)
+
+
+@torch.inference_mode()
+def measure_codecs(m: LayeredModel, repeats: int, positions: int = 128) -> dict[str, dict[int, CodecCost]]:
+    """Compression ratio and time of every codec and zstd level on the model's own mid-stack hidden states."""
+    ids = torch.randint(0, m.vocab_size, (positions,), generator=torch.Generator().manual_seed(0))
+    hidden = run_range(m, ShardState(m.new_cache()), LayerRange(start=0, end=max(1, m.num_layers // 2)),
+                       input_ids=ids)[0]  # (positions, hidden)
+    out: dict[str, dict[int, CodecCost]] = {}
+    for name, dtype in DTYPE_BY_NAME.items():
+        raw, row = quantise(hidden, dtype), quantise(hidden[-1:], dtype)
+        out[name] = {}
+        for level in ZSTD_LEVELS:
+            out[name][level] = _codec_cost(raw, row, level, repeats)
+    return out
+
+
 def measure_profile(loaded: LoadedModel, device_name: str, repeats: int = 5,
                     prefill: Iterable[int] = PREFILL_LENGTHS, decode: Iterable[int] = DECODE_CONTEXTS,
                     emulation: str = "", progress: Callable[[Iterable[int]], Iterable[int]] = lambda it: it) -> Profile:
@@ -112,6 +140,7 @@ def measure_profile(loaded: LoadedModel, device_name: str, repeats: int = 5,
         head_weights_bytes=0 if tied else _nbytes(m.lm_head) + _nbytes(m.norm),
         kv_bytes_per_token=[_kv_bytes_per_token(m, i) for i in range(m.num_layers)],
         peak_activation_bytes_per_token=_peak_activation_bytes_per_token(m),
+        codecs=measure_codecs(m, repeats),
     )
 
 

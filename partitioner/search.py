@@ -15,7 +15,7 @@ import optuna
 from pydantic import Field
 
 from partitioner.costmodel import Estimate, Link, Workload, predict
-from partitioner.profile import Profile
+from partitioner.profile import ZSTD_LEVELS, Profile
 from splitcore.errors import PlanError
 from splitcore.plan import CodecName, Plan, Tier
 from splitcore.schema import StrictModel
@@ -66,9 +66,11 @@ def plan_space(num_layers: int, c: Constraints) -> list[Plan]:
     for codec in allowed_codecs(c):
         for a in range(low, num_layers):
             for b in range(a + 1, num_layers + 1):
-                plans.append(Plan(num_layers=num_layers, cut_a=a, cut_b=b, codec=codec))
-                if b == num_layers and c.allow_tokens_off_device:
-                    plans.append(Plan(num_layers=num_layers, cut_a=a, cut_b=b, head="cloud", codec=codec))
+                for level in ZSTD_LEVELS:
+                    plans.append(Plan(num_layers=num_layers, cut_a=a, cut_b=b, codec=codec, zstd_level=level))
+                    if b == num_layers and c.allow_tokens_off_device:
+                        plans.append(Plan(num_layers=num_layers, cut_a=a, cut_b=b, head="cloud", codec=codec,
+                                          zstd_level=level))
     return plans
 
 
@@ -135,9 +137,11 @@ def search(edge: Profile, cloud: Profile, link: Link, workload: Workload, c: Con
         if b == num_layers and a < b and c.allow_tokens_off_device:
             head = cast(Tier, trial.suggest_categorical("head", ["edge", "cloud"]))
         codec = cast(CodecName, trial.suggest_categorical("codec", codecs))
+        level = cast(int, trial.suggest_categorical("zstd_level", ZSTD_LEVELS))
         if a == b:  # nothing in the cloud: edge-only
-            a = b = num_layers
-        plan = Plan(num_layers=num_layers, cut_a=a, cut_b=b, head=head, codec=codec if a < b else "fp32")
+            plan = Plan(num_layers=num_layers, cut_a=num_layers, cut_b=num_layers, codec="fp32")
+        else:
+            plan = Plan(num_layers=num_layers, cut_a=a, cut_b=b, head=head, codec=codec, zstd_level=level)
         trial.set_user_attr("plan", plan.model_dump())
         estimate = evaluate(plan)
         over = 0 if c.edge_memory_bytes is None else estimate.edge_memory_bytes - c.edge_memory_bytes
@@ -162,9 +166,11 @@ def search(edge: Profile, cloud: Profile, link: Link, workload: Workload, c: Con
 def _anchors(num_layers: int, low: int, codecs: list[CodecName], c: Constraints) -> list[dict[str, int | str]]:
     """Trials to start from: edge-only, the least-memory plan, and (if allowed) cloud-only."""
     cheapest = codecs[-1]
-    anchors: list[dict[str, int | str]] = [{"cut_a": num_layers, "cut_b": num_layers, "codec": cheapest}]
+    anchors: list[dict[str, int | str]] = [{"cut_a": num_layers, "cut_b": num_layers, "codec": cheapest,
+                                             "zstd_level": ZSTD_LEVELS[0]}]
     if low < num_layers:
-        least: dict[str, int | str] = {"cut_a": low, "cut_b": num_layers, "codec": cheapest}
+        least: dict[str, int | str] = {"cut_a": low, "cut_b": num_layers, "codec": cheapest,
+                                       "zstd_level": ZSTD_LEVELS[0]}
         if c.allow_tokens_off_device:
             least["head"] = "cloud"
         anchors.append(least)
@@ -210,9 +216,11 @@ def pareto_front(edge: Profile, cloud: Profile, link: Link, workload: Workload, 
         if b == num_layers and a < b and c.allow_tokens_off_device:
             head = cast(Tier, trial.suggest_categorical("head", ["edge", "cloud"]))
         codec = cast(CodecName, trial.suggest_categorical("codec", codecs))
+        level = cast(int, trial.suggest_categorical("zstd_level", ZSTD_LEVELS))
         if a == b:
-            a = b = num_layers
-        plan = Plan(num_layers=num_layers, cut_a=a, cut_b=b, head=head, codec=codec if a < b else "fp32")
+            plan = Plan(num_layers=num_layers, cut_a=num_layers, cut_b=num_layers, codec="fp32")
+        else:
+            plan = Plan(num_layers=num_layers, cut_a=a, cut_b=b, head=head, codec=codec, zstd_level=level)
         est = seen.setdefault(plan, predict(plan, edge, cloud, link, workload))
         trial.set_constraint("edge_memory", 0.0 if c.edge_memory_bytes is None
                              else float(est.edge_memory_bytes - c.edge_memory_bytes))

@@ -30,7 +30,7 @@ class Plan(BaseModel):
     cut_b: int = Field(ge=0, description="first block back on the edge; the cloud runs [cut_a, cut_b)")
     head: Tier = "edge"
     codec: CodecName = "fp16"
-    zstd_level: int = Field(default=1, ge=-7, le=22, description="0 or below: fastest; 1-22: stronger")
+    zstd_level: int = Field(default=1, ge=-7, le=22, description="negative: faster, weaker; 0: zstd's default (3)")
 
     @model_validator(mode="after")
     def _consistent(self) -> Plan:

@@ -53,3 +53,21 @@ def test_interpolation_is_linear_between_and_beyond_measured_points() -> None:
     assert cost.prefill_at(40) == pytest.approx(2.5)
     assert cost.prefill_at(112) == pytest.approx(7.0)
     assert cost.decode_at(4) == pytest.approx(1.0 - 12 / 496)
+
+
+def test_measured_compression_shrinks_prefill_frames_and_costs_codec_time() -> None:
+    from partitioner.profile import CodecCost
+
+    cost = CodecCost(prefill_ratio=0.5, decode_ratio=1.0, encode_ms_per_mib=100.0, decode_ms_per_mib=50.0)
+    edge = EDGE.model_copy(update={"codecs": {"fp32": {3: cost}}})
+    cloud = CLOUD.model_copy(update={"codecs": {"fp32": {3: cost}}})
+    plain = Plan(num_layers=4, cut_a=1, cut_b=3, codec="fp32", zstd_level=1)  # no figures for level 1: raw
+    zipped = Plan(num_layers=4, cut_a=1, cut_b=3, codec="fp32", zstd_level=3)
+    workload = Workload(prompt_tokens=256, output_tokens=2)
+    a, b = predict(plain, edge, cloud, LINK, workload), predict(zipped, edge, cloud, LINK, workload)
+    raw = 256 * 100 * 4  # bytes of one prefill frame's payload
+    mib = raw / 2**20
+    # half the payload each way saves its transfer time, and costs encode + decode on both frames
+    saved_ms = 2 * (raw / 2) * 8 / LINK.bandwidth_bps * 1000
+    assert b.time_to_first_token_ms == pytest.approx(a.time_to_first_token_ms - saved_ms + 2 * 150.0 * mib)
+    assert b.bytes_per_token == a.bytes_per_token  # one-position frames do not compress (decode ratio 1.0)

@@ -24,3 +24,15 @@ def test_a_measured_profile_covers_every_part_and_says_where_it_came_from(models
     assert profile.versions["torch"] and profile.machine.threads >= 1 and profile.created_at
     saved = profile.save(tmp_path / "p.json")
     assert Profile.load(saved) == profile
+
+
+def test_codec_costs_are_measured_on_real_hidden_states(models: dict[str, LoadedModel]) -> None:
+    from partitioner.profile import ZSTD_LEVELS
+    from partitioner.profiler import measure_codecs
+
+    codecs = measure_codecs(models["gpt2"].layered, repeats=2, positions=32)
+    assert set(codecs) == {"fp32", "fp16", "bf16", "int8"}
+    for levels in codecs.values():
+        assert set(levels) == set(ZSTD_LEVELS)
+        for cost in levels.values():
+            assert 0 < cost.prefill_ratio <= 1.0 and 0 < cost.decode_ratio <= 1.0 and cost.encode_ms_per_mib > 0

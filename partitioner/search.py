@@ -62,7 +62,7 @@ def plan_space(num_layers: int, c: Constraints) -> list[Plan]:
     plans = [Plan(num_layers=num_layers, cut_a=num_layers, cut_b=num_layers, codec="fp32")]  # edge-only
     if c.min_edge_layers > num_layers:
         return []
-    low = c.min_edge_layers if c.allow_tokens_off_device else max(1, c.min_edge_layers)
+    low = _lowest_cut(c)
     for codec in allowed_codecs(c):
         for a in range(low, num_layers):
             for b in range(a + 1, num_layers + 1):
@@ -72,6 +72,25 @@ def plan_space(num_layers: int, c: Constraints) -> list[Plan]:
                         plans.append(Plan(num_layers=num_layers, cut_a=a, cut_b=b, head="cloud", codec=codec,
                                           zstd_level=level))
     return plans
+
+
+def _lowest_cut(c: Constraints) -> int:
+    """The smallest first cloud block the privacy settings allow (0 sends token ids off the device)."""
+    return c.min_edge_layers if c.allow_tokens_off_device else max(1, c.min_edge_layers)
+
+
+def _suggest(trial: optuna.Trial, num_layers: int, low: int, codecs: list[CodecName], c: Constraints) -> Plan:
+    """One plan from the trial's suggestions; only the structurally allowed space is offered."""
+    a = trial.suggest_int("cut_a", low, num_layers)
+    b = trial.suggest_int("cut_b", a, num_layers)
+    head: Tier = "edge"
+    if b == num_layers and a < b and c.allow_tokens_off_device:
+        head = cast(Tier, trial.suggest_categorical("head", ["edge", "cloud"]))
+    codec = cast(CodecName, trial.suggest_categorical("codec", codecs))
+    level = cast(int, trial.suggest_categorical("zstd_level", ZSTD_LEVELS))
+    if a == b:  # nothing in the cloud: edge-only
+        return Plan(num_layers=num_layers, cut_a=num_layers, cut_b=num_layers, codec="fp32")
+    return Plan(num_layers=num_layers, cut_a=a, cut_b=b, head=head, codec=codec, zstd_level=level)
 
 
 def _fits(estimate: Estimate, c: Constraints) -> bool:
@@ -120,7 +139,7 @@ def search(edge: Profile, cloud: Profile, link: Link, workload: Workload, c: Con
     started = time.perf_counter()
     num_layers = edge.num_layers
     codecs = allowed_codecs(c)
-    low = c.min_edge_layers if c.allow_tokens_off_device else max(1, c.min_edge_layers)
+    low = _lowest_cut(c)
     if low > num_layers:
         raise InfeasibleError(_binding([], edge, c))
     cache: dict[Plan, Estimate] = {}
@@ -131,17 +150,7 @@ def search(edge: Profile, cloud: Profile, link: Link, workload: Workload, c: Con
         return cache[plan]
 
     def objective_fn(trial: optuna.Trial) -> float:
-        a = trial.suggest_int("cut_a", low, num_layers)
-        b = trial.suggest_int("cut_b", a, num_layers)
-        head: Tier = "edge"
-        if b == num_layers and a < b and c.allow_tokens_off_device:
-            head = cast(Tier, trial.suggest_categorical("head", ["edge", "cloud"]))
-        codec = cast(CodecName, trial.suggest_categorical("codec", codecs))
-        level = cast(int, trial.suggest_categorical("zstd_level", ZSTD_LEVELS))
-        if a == b:  # nothing in the cloud: edge-only
-            plan = Plan(num_layers=num_layers, cut_a=num_layers, cut_b=num_layers, codec="fp32")
-        else:
-            plan = Plan(num_layers=num_layers, cut_a=a, cut_b=b, head=head, codec=codec, zstd_level=level)
+        plan = _suggest(trial, num_layers, low, codecs, c)
         trial.set_user_attr("plan", plan.model_dump())
         estimate = evaluate(plan)
         over = 0 if c.edge_memory_bytes is None else estimate.edge_memory_bytes - c.edge_memory_bytes
@@ -149,10 +158,10 @@ def search(edge: Profile, cloud: Profile, link: Link, workload: Workload, c: Con
         return float(getattr(estimate, objective))
 
     sampler = optuna.samplers.TPESampler(seed=seed, n_startup_trials=20)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(direction="minimize", sampler=sampler)
     for plan in _anchors(num_layers, low, codecs, c):
         study.enqueue_trial(plan)
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
     study.optimize(objective_fn, n_trials=n_trials)
     feasible = [Choice(plan=p, estimate=e) for p, e in cache.items() if _fits(e, c)]
     best = _best(feasible, objective)
@@ -204,23 +213,13 @@ def pareto_front(edge: Profile, cloud: Profile, link: Link, workload: Workload, 
     """Plans no other evaluated plan beats on latency, device memory and bytes per token at once (NSGA-II)."""
     num_layers = edge.num_layers
     codecs = allowed_codecs(c)
-    low = c.min_edge_layers if c.allow_tokens_off_device else max(1, c.min_edge_layers)
+    low = _lowest_cut(c)
     if low > num_layers:
         raise InfeasibleError(_binding([], edge, c))
     seen: dict[Plan, Estimate] = {}
 
     def objectives(trial: optuna.Trial) -> tuple[float, float, float]:
-        a = trial.suggest_int("cut_a", low, num_layers)
-        b = trial.suggest_int("cut_b", a, num_layers)
-        head: Tier = "edge"
-        if b == num_layers and a < b and c.allow_tokens_off_device:
-            head = cast(Tier, trial.suggest_categorical("head", ["edge", "cloud"]))
-        codec = cast(CodecName, trial.suggest_categorical("codec", codecs))
-        level = cast(int, trial.suggest_categorical("zstd_level", ZSTD_LEVELS))
-        if a == b:
-            plan = Plan(num_layers=num_layers, cut_a=num_layers, cut_b=num_layers, codec="fp32")
-        else:
-            plan = Plan(num_layers=num_layers, cut_a=a, cut_b=b, head=head, codec=codec, zstd_level=level)
+        plan = _suggest(trial, num_layers, low, codecs, c)
         est = seen.setdefault(plan, predict(plan, edge, cloud, link, workload))
         trial.set_constraint("edge_memory", 0.0 if c.edge_memory_bytes is None
                              else float(est.edge_memory_bytes - c.edge_memory_bytes))

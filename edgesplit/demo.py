@@ -32,6 +32,7 @@ def run_demo(model_dir: Path | None, cut: str | None, codec: str, prompt: str, m
             serve("edge", edge_args, edge_port, logs / "edge.log") as edge:
         wait_healthy(f"http://127.0.0.1:{cloud_port}/health", cloud)
         wait_healthy(f"http://127.0.0.1:{edge_port}/health", edge)
+        _plan(model_dir, f"http://127.0.0.1:{cloud_port}", prompt_tokens=16, output_tokens=max_tokens)
         print(f"\nprompt     {prompt}\ngeneration ", end="", flush=True)
         started = time.perf_counter()
         final = _stream(f"http://127.0.0.1:{edge_port}", prompt, max_tokens)
@@ -45,6 +46,36 @@ def run_demo(model_dir: Path | None, cut: str | None, codec: str, prompt: str, m
     print(f"prefill    {link['prefill_bytes_up']} bytes up, {link['prefill_bytes_down']} bytes down")
     print(f"per token  {link['decode_bytes_up_per_token']:.0f} bytes up, {link['decode_bytes_down_per_token']:.0f} "
           f"bytes down (raw fp32 hidden state: {raw_fp32} bytes)")
+
+
+def _plan(model_dir: Path, cloud_url: str, prompt_tokens: int, output_tokens: int) -> None:
+    """Profile this process as the edge (1 thread), fetch the cloud's profile, probe the link, and search."""
+    import torch
+    from transformers.utils import logging as hf_logging
+
+    from edge_service.cloud_client import CloudClient
+    from partitioner.costmodel import Workload
+    from partitioner.link_estimator import LinkEstimator
+    from partitioner.planning import describe, plan_for, probe_link
+    from partitioner.profile import Profile
+    from partitioner.profiler import measure_profile
+    from partitioner.search import Constraints
+    from splitcore.loading import load_checkpoint
+
+    print("profiling  the edge (this process, 1 thread) and the cloud (GET /profile); probing the link ...")
+    torch.set_num_threads(1)
+    hf_logging.disable_progress_bar()
+    edge_profile = measure_profile(load_checkpoint(model_dir), "edge", repeats=3, emulation="1 thread")
+    client = CloudClient(cloud_url)
+    cloud_profile = Profile.model_validate(client.profile())
+    estimator = LinkEstimator()
+    probe_link(client.probe, estimator)
+    client.close()
+    link = estimator.estimate().as_link()
+    workload = Workload(prompt_tokens=prompt_tokens, output_tokens=output_tokens)
+    result = plan_for(edge_profile, cloud_profile, link, workload, Constraints(min_edge_layers=1))
+    print("planner    " + describe(result, link, workload).replace("\n", "\n           "))
+    print("           (the demo runs the split it was given, to show activations crossing the link)")
 
 
 def _stream(base_url: str, prompt: str, max_tokens: int) -> dict:

@@ -55,7 +55,7 @@ def describe(result: SearchResult, link: Link, workload: Workload) -> str:
                 f"{e.time_to_first_token_ms:8.1f} ms  per token {e.time_per_output_token_ms:7.2f} ms  "
                 f"device {e.edge_memory_bytes / 2**20:7.1f} MiB  {e.bytes_per_token:6.0f} B/token{flag}")
     best = result.best
-    lines = [f"link {link.bandwidth_bps / 1e6:g} Mbit/s, rtt {link.rtt_ms:g} ms; workload {workload.prompt_tokens} "
+    lines = [f"link {link.bandwidth_bps / 1e6:.1f} Mbit/s, rtt {link.rtt_ms:.2f} ms; workload {workload.prompt_tokens} "
              f"prompt + {workload.output_tokens} output tokens",
              f"search: {result.trials} trials, {result.evaluated_plans} distinct plans, {result.search_s:.2f} s",
              line("chosen", best)]

@@ -49,8 +49,7 @@ def auto_plan(settings: EdgeSettings, loaded: LoadedModel, cloud: CloudClient, e
         edge_profile = Profile.load(settings.edge_profile)
     else:
         edge_profile = measure_profile(loaded, device_name="edge", repeats=3)
-    prompt, _, output = settings.plan_workload.partition(":")
-    workload = Workload(prompt_tokens=int(prompt), output_tokens=int(output or 64))
+    workload = Workload.parse(settings.plan_workload)
     constraints = Constraints(
         edge_memory_bytes=int(settings.edge_memory_mb * 2**20) if settings.edge_memory_mb else None,
         min_edge_layers=settings.min_edge_layers, allow_tokens_off_device=settings.allow_tokens_off_device)

@@ -44,10 +44,9 @@ def _serve_edge(args: argparse.Namespace) -> None:
     flags = ["model_dir", "cloud_url", "cut", "head", "codec", "zstd_level", "allow_tokens_off_device", "host", "port",
              "threads", "edge_profile", "edge_memory_mb", "min_edge_layers", "plan_workload"]
     settings = EdgeSettings(**_settings_kwargs(args, flags))
+    config = read_config(settings.model_dir)  # refuse a missing or unsupported checkpoint before loading it
     if settings.cut != "auto":
-        plan_from_settings(settings, read_config(settings.model_dir).num_hidden_layers)  # refuse a bad plan early
-    else:
-        read_config(settings.model_dir)
+        plan_from_settings(settings, config.num_hidden_layers)  # and a bad plan
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s edge %(name)s: %(message)s")
     uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level=settings.log_level)
 
@@ -79,16 +78,16 @@ def _profile(args: argparse.Namespace) -> None:
 
 
 def _plan(args: argparse.Namespace) -> None:
+    from partitioner.accuracy import codec_losses
     from partitioner.costmodel import Link, Workload
     from partitioner.link_estimator import parse_bandwidth, parse_duration_ms
-    from partitioner.planning import codec_losses, describe, plan_for
+    from partitioner.planning import describe, plan_for
     from partitioner.profile import Profile
     from partitioner.search import Constraints
     from splitcore.loading import load_checkpoint
 
     edge, cloud = Profile.load(args.edge_profile), Profile.load(args.cloud_profile)
-    prompt, _, output = args.workload.partition(":")
-    workload = Workload(prompt_tokens=int(prompt), output_tokens=int(output or 64))
+    workload = Workload.parse(args.workload)
     link = Link(bandwidth_bps=parse_bandwidth(args.bandwidth), rtt_ms=parse_duration_ms(args.rtt))
     losses: dict[str, float] = {}
     if args.max_codec_loss is not None:

@@ -61,6 +61,23 @@ def _nll(logits: torch.Tensor, ids: torch.Tensor) -> float:
     return float(torch.nn.functional.cross_entropy(logits[:-1], ids[1:]))
 
 
+ACCURACY_TEXT = ("And God said, Let there be light: and there was light. And God saw the light, that it was good: "
+                 "and God divided the light from the darkness. The edge keeps the first blocks of the model.")
+
+
+def codec_losses(loaded: LoadedModel, text: str = ACCURACY_TEXT) -> dict[str, float]:
+    """Perplexity ratio - 1 of each lossy codec at the middle cut on `text` (teacher-forced): the planner's limit."""
+    assert loaded.tokenizer is not None, "codec losses are measured on text"
+    ids = torch.tensor(loaded.tokenizer.encode(text))
+    n = loaded.layered.num_layers
+    ref_nll = _nll(split_logits(loaded, ids, Plan(num_layers=n, cut_a=n, cut_b=n)), ids)
+    losses = {}
+    for codec in ("fp16", "bf16", "int8"):
+        plan = Plan(num_layers=n, cut_a=max(1, n // 4), cut_b=n - n // 4, codec=codec)
+        losses[codec] = abs(math.exp(_nll(split_logits(loaded, ids, plan), ids) - ref_nll) - 1)
+    return losses
+
+
 def greedy_agreement(loaded: LoadedModel, plan: Plan, prompt: list[int], n: int, reference: list[int]) -> float:
     """Fraction of greedy tokens through edge and cloud (in process) equal to `reference`, position by position."""
     from cloud_service.engine import ShardEngine  # the real cloud engine, without the HTTP hop

@@ -31,6 +31,12 @@ class Workload(StrictModel):
     prompt_tokens: int = Field(default=128, ge=1)
     output_tokens: int = Field(default=64, ge=1)
 
+    @classmethod
+    def parse(cls, spec: str) -> Workload:
+        """'PROMPT:OUTPUT' tokens, e.g. '128:64'; 'PROMPT' alone keeps 64 output tokens."""
+        prompt, _, output = spec.partition(":")
+        return cls(prompt_tokens=int(prompt), output_tokens=int(output or 64))
+
 
 class Estimate(StrictModel):
     time_to_first_token_ms: float

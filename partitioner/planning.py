@@ -4,19 +4,14 @@ from __future__ import annotations
 
 import logging
 
-from partitioner.accuracy import split_logits
 from partitioner.costmodel import Link, Workload
 from partitioner.link_estimator import LinkEstimator
 from partitioner.profile import Profile
 from partitioner.search import Choice, Constraints, SearchResult, search
 from splitcore.errors import PlanError
-from splitcore.loading import LoadedModel
-from splitcore.plan import Plan
 
 log = logging.getLogger(__name__)
 PROBE_SMALL, PROBE_LARGE = 64, 256 * 1024  # bytes: the spread that lets the estimator see the bandwidth
-ACCURACY_TEXT = ("And God said, Let there be light: and there was light. And God saw the light, that it was good: "
-                 "and God divided the light from the darkness. The edge keeps the first blocks of the model.")
 
 
 def probe_link(probe: object, estimator: LinkEstimator, rounds: int = 4) -> None:
@@ -24,26 +19,6 @@ def probe_link(probe: object, estimator: LinkEstimator, rounds: int = 4) -> None
     for _ in range(rounds):
         for nbytes in (PROBE_SMALL, PROBE_LARGE):
             estimator.observe(nbytes, probe(nbytes))  # type: ignore[operator]
-
-
-def codec_losses(loaded: LoadedModel) -> dict[str, float]:
-    """Perplexity ratio - 1 of each lossy codec at the middle cut, on a fixed passage (teacher-forced)."""
-    import math
-
-    import torch
-
-    ids = torch.tensor(loaded.tokenizer.encode(ACCURACY_TEXT))  # type: ignore[union-attr]
-    n = loaded.layered.num_layers
-    ref = split_logits(loaded, ids, Plan(num_layers=n, cut_a=n, cut_b=n))
-
-    def nll(logits: torch.Tensor) -> float:
-        return float(torch.nn.functional.cross_entropy(logits[:-1], ids[1:]))
-
-    out = {}
-    for codec in ("fp16", "bf16", "int8"):
-        plan = Plan(num_layers=n, cut_a=max(1, n // 4), cut_b=n - n // 4, codec=codec)
-        out[codec] = abs(math.exp(nll(split_logits(loaded, ids, plan)) - nll(ref)) - 1)
-    return out
 
 
 def describe(result: SearchResult, link: Link, workload: Workload) -> str:

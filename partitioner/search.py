@@ -79,6 +79,18 @@ def _lowest_cut(c: Constraints) -> int:
     return c.min_edge_layers if c.allow_tokens_off_device else max(1, c.min_edge_layers)
 
 
+def _study_bounds(c: Constraints, edge: Profile) -> tuple[list[CodecName], int]:
+    """The codecs and lowest cut a study may suggest.
+
+    Raises:
+        InfeasibleError: the privacy settings keep more blocks on the device than the model has.
+    """
+    low = _lowest_cut(c)
+    if low > edge.num_layers:
+        raise InfeasibleError(_binding([], edge, c))
+    return allowed_codecs(c), low
+
+
 def _suggest(trial: optuna.Trial, num_layers: int, low: int, codecs: list[CodecName], c: Constraints) -> Plan:
     """One plan from the trial's suggestions; only the structurally allowed space is offered."""
     a = trial.suggest_int("cut_a", low, num_layers)
@@ -138,10 +150,7 @@ def search(edge: Profile, cloud: Profile, link: Link, workload: Workload, c: Con
     """
     started = time.perf_counter()
     num_layers = edge.num_layers
-    codecs = allowed_codecs(c)
-    low = _lowest_cut(c)
-    if low > num_layers:
-        raise InfeasibleError(_binding([], edge, c))
+    codecs, low = _study_bounds(c, edge)
     cache: dict[Plan, Estimate] = {}
 
     def evaluate(plan: Plan) -> Estimate:
@@ -212,10 +221,7 @@ def pareto_front(edge: Profile, cloud: Profile, link: Link, workload: Workload, 
                  n_trials: int = 200, seed: int = 0) -> list[Choice]:
     """Plans no other evaluated plan beats on latency, device memory and bytes per token at once (NSGA-II)."""
     num_layers = edge.num_layers
-    codecs = allowed_codecs(c)
-    low = _lowest_cut(c)
-    if low > num_layers:
-        raise InfeasibleError(_binding([], edge, c))
+    codecs, low = _study_bounds(c, edge)
     seen: dict[Plan, Estimate] = {}
 
     def objectives(trial: optuna.Trial) -> tuple[float, float, float]:

@@ -20,3 +20,11 @@ def test_fp32_is_exact_and_lossy_codecs_are_bounded(models: dict[str, LoadedMode
         else:
             assert r.max_logit_diff < 1.0 and abs(r.perplexity_ratio - 1) < 0.1
     assert max(r.max_logit_diff for r in rows if r.codec == "int8") > 0, "int8 must actually round"
+
+
+def test_codec_losses_rank_int8_above_fp16(models: dict[str, LoadedModel]) -> None:
+    from partitioner.accuracy import codec_losses
+
+    losses = codec_losses(models["gpt2"])
+    assert set(losses) == {"fp16", "bf16", "int8"}
+    assert 0 <= losses["fp16"] < losses["int8"]

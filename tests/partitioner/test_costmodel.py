@@ -71,3 +71,8 @@ def test_measured_compression_shrinks_prefill_frames_and_costs_codec_time() -> N
     saved_ms = 2 * (raw / 2) * 8 / LINK.bandwidth_bps * 1000
     assert b.time_to_first_token_ms == pytest.approx(a.time_to_first_token_ms - saved_ms + 2 * 150.0 * mib)
     assert b.bytes_per_token == a.bytes_per_token  # one-position frames do not compress (decode ratio 1.0)
+
+
+def test_a_workload_parses_from_prompt_and_output_tokens() -> None:
+    assert Workload.parse("128:32") == Workload(prompt_tokens=128, output_tokens=32)
+    assert Workload.parse("256") == Workload(prompt_tokens=256, output_tokens=64)

@@ -5,6 +5,9 @@ elapsed minus compute, is modelled as `rtt + bytes * 8 / bandwidth`: a least-squ
 recent exchanges gives the RTT (intercept) and bandwidth (slope). Decode steps alone all have the same size,
 which pins the RTT but not the bandwidth: an active probe (one small and one large body) supplies the spread
 when the service is idle. The confidence grows with the number of samples and the spread of their sizes.
+
+Only exchanges of the last `max_age_s` count (or the newest few, when the link has been quiet that long), so
+after the link changes the estimate follows within that horizon instead of averaging the old link in.
 """
 
 from __future__ import annotations
@@ -41,28 +44,38 @@ class LinkEstimator:
     """Thread-safe; `observe` is called once per exchange by the orchestrator and the prober."""
 
     def __init__(self, window: int = 128, prior_bandwidth_bps: float = 100e6, prior_rtt_ms: float = 1.0,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, max_age_s: float = 6.0, min_recent: int = 4) -> None:
         self._samples: deque[Sample] = deque(maxlen=window)
         self._lock = threading.Lock()
         self._clock = clock
         self._prior = LinkEstimate(prior_bandwidth_bps, prior_rtt_ms, 0.0, 0)
+        self.max_age_s = max_age_s  # exchanges older than this no longer count (unless too few are newer)
+        self.min_recent = min_recent  # the newest this many always count, however old
+        self.bytes_observed = 0  # both ways, every exchange since start
+        self._bandwidth_bps = prior_bandwidth_bps
 
     def observe(self, bytes_total: int, elapsed_ms: float, compute_ms: float = 0.0) -> None:
         with self._lock:
             self._samples.append(Sample(self._clock(), bytes_total, max(0.0, elapsed_ms - compute_ms)))
+            self.bytes_observed += bytes_total
 
     def estimate(self) -> LinkEstimate:
         with self._lock:
             samples = list(self._samples)
+        oldest = self._clock() - self.max_age_s
+        recent = [s for s in samples if s.at_s >= oldest]
+        samples = recent if len(recent) >= self.min_recent else samples[-self.min_recent:]
         if not samples:
             return self._prior
         xs = [float(s.bytes_total) for s in samples]
         ys = [s.transfer_ms for s in samples]
         if len(set(xs)) < 2 or max(xs) < 2 * min(xs):  # sizes too alike: only the RTT is known
-            rtt = statistics.median(ys) - statistics.median(xs) * 8 / self._prior.bandwidth_bps * 1000
-            return LinkEstimate(self._prior.bandwidth_bps, max(0.0, rtt), min(0.3, len(samples) / 30), len(samples))
+            known = self._bandwidth_bps  # the last bandwidth seen from well-spread sizes, else the prior
+            rtt = statistics.median(ys) - statistics.median(xs) * 8 / known * 1000
+            return LinkEstimate(known, max(0.0, rtt), min(0.3, len(samples) / 30), len(samples))
         slope, intercept = statistics.linear_regression(xs, ys)
-        bandwidth = 8 / (slope / 1000) if slope > 0 else self._prior.bandwidth_bps
+        bandwidth = 8 / (slope / 1000) if slope > 0 else self._bandwidth_bps
+        self._bandwidth_bps = bandwidth
         spread = min(1.0, (max(xs) / min(xs)) / 100)
         return LinkEstimate(bandwidth, max(0.0, intercept), min(1.0, len(samples) / 30) * (0.5 + 0.5 * spread),
                             len(samples))

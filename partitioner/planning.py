@@ -12,13 +12,19 @@ from splitcore.errors import PlanError
 
 log = logging.getLogger(__name__)
 PROBE_SMALL, PROBE_LARGE = 64, 256 * 1024  # bytes: the spread that lets the estimator see the bandwidth
+PROBE_MIN_LARGE = 4 * 1024  # bytes: the large probe never shrinks below this
 
 
-def probe_link(probe: object, estimator: LinkEstimator, rounds: int = 4) -> None:
+def probe_link(probe: object, estimator: LinkEstimator, rounds: int = 4, large_bytes: int = PROBE_LARGE) -> None:
     """Time `rounds` small and large probe exchanges into the estimator (`probe(nbytes) -> ms`)."""
     for _ in range(rounds):
-        for nbytes in (PROBE_SMALL, PROBE_LARGE):
+        for nbytes in (PROBE_SMALL, large_bytes):
             estimator.observe(nbytes, probe(nbytes))  # type: ignore[operator]
+
+
+def probe_size(bandwidth_bps: float, budget_ms: float = 50.0) -> int:
+    """A large probe that takes about `budget_ms` on the estimated link, so probing a slow link stays cheap."""
+    return int(min(PROBE_LARGE, max(PROBE_MIN_LARGE, bandwidth_bps * budget_ms / 1000 / 8)))
 
 
 def describe(result: SearchResult, link: Link, workload: Workload) -> str:

@@ -72,6 +72,23 @@ class Profile(StrictModel):
     peak_activation_bytes_per_token: int = Field(
         default=0, description="largest live intermediate of one block per position, computed from the config")
 
+    def slowed(self, factor: float) -> Profile:
+        """This profile on a device `factor` times slower at compute (the edge's `--emulate-slowdown`).
+
+        Block, embedding and head latencies scale; codec costs, sizes and memory do not, just as the emulation
+        stretches only model compute.
+        """
+        if factor == 1.0:
+            return self
+
+        def scale(part: PartCost) -> PartCost:
+            return PartCost(prefill_ms={k: v * factor for k, v in part.prefill_ms.items()},
+                            decode_ms={k: v * factor for k, v in part.decode_ms.items()})
+        how = f"compute stretched {factor:g}x by sleeping after each step"
+        machine = self.machine.model_copy(update={"emulation": "; ".join(filter(None, [self.machine.emulation, how]))})
+        return self.model_copy(update={"embed": scale(self.embed), "layers": [scale(p) for p in self.layers],
+                                       "head": scale(self.head), "machine": machine})
+
     def codec_cost(self, codec: str, level: int) -> CodecCost | None:
         return self.codecs.get(codec, {}).get(level)
 

@@ -37,3 +37,41 @@ def test_an_unobserved_link_reports_the_prior_with_no_confidence() -> None:
 def test_link_units_parse() -> None:
     assert parse_bandwidth("10mbit") == 10e6 and parse_bandwidth("1gbit") == 1e9 and parse_bandwidth("500kbit") == 5e5
     assert parse_duration_ms("40ms") == 40 and parse_duration_ms("0.15s") == 150
+
+
+def test_the_estimate_follows_a_changed_link_once_old_exchanges_age_out() -> None:
+    now = [0.0]
+    est = LinkEstimator(clock=lambda: now[0], max_age_s=5.0, min_recent=4)
+    for nbytes in [64, 262144] * 10:
+        est.observe(*exchange(nbytes, 100e6, 1.0))
+        now[0] += 0.1
+    assert est.estimate().rtt_ms == pytest.approx(1.0, abs=1e-6)
+    now[0] += 10.0
+    for nbytes in [64, 262144] * 3:
+        est.observe(*exchange(nbytes, 5e6, 80.0))
+        now[0] += 0.1
+    e = est.estimate()
+    assert e.rtt_ms == pytest.approx(80.0, abs=1e-6) and e.bandwidth_bps == pytest.approx(5e6, rel=1e-6)
+
+
+def test_a_quiet_link_keeps_its_newest_exchanges() -> None:
+    now = [0.0]
+    est = LinkEstimator(clock=lambda: now[0], max_age_s=1.0, min_recent=4)
+    for nbytes in [64, 262144] * 2:
+        est.observe(*exchange(nbytes, 20e6, 10.0))
+    now[0] += 100.0
+    e = est.estimate()
+    assert e.samples == 4 and e.rtt_ms == pytest.approx(10.0, abs=1e-6)
+
+
+def test_decode_only_traffic_keeps_the_bandwidth_last_measured_not_the_prior() -> None:
+    now = [0.0]
+    est = LinkEstimator(clock=lambda: now[0], prior_bandwidth_bps=100e6, max_age_s=1.0, min_recent=4)
+    for nbytes in [64, 262144] * 4:
+        est.observe(*exchange(nbytes, 8e6, 20.0))
+    assert est.estimate().bandwidth_bps == pytest.approx(8e6, rel=1e-6)
+    now[0] += 5.0
+    for _ in range(10):
+        est.observe(*exchange(830, 8e6, 20.0))
+    e = est.estimate()
+    assert e.bandwidth_bps == pytest.approx(8e6, rel=1e-6) and e.rtt_ms == pytest.approx(20.0, abs=1e-6)

@@ -13,12 +13,15 @@ from fastapi import FastAPI, Request, Response
 from fastapi.concurrency import run_in_threadpool
 
 from cloud_service.engine import ShardEngine
+from cloud_service.metrics import CloudMetrics
 from cloud_service.sessions import SessionStore
 from cloud_service.settings import CloudSettings
-from splitcore.errors import PlanError, SessionNotFoundError
+from splitcore.errors import EdgesplitError, PlanError, SessionNotFoundError
 from splitcore.http import install_error_handlers, read_body
 from splitcore.loading import LoadedModel, load_checkpoint
+from splitcore.metrics import install_metrics_route
 from splitcore.plan import parse_cut
+from splitcore.ranges import LayerRange
 from splitcore.wire import MEDIA_TYPE
 
 log = logging.getLogger(__name__)
@@ -47,20 +50,33 @@ def create_app(settings: CloudSettings, loaded: LoadedModel | None = None) -> Fa
         if settings.threads:
             torch.set_num_threads(settings.threads)
         app.state.engine = await run_in_threadpool(build_engine, settings, loaded)
+        metrics.watch(app.state.engine.store)
         sweeper = asyncio.create_task(_sweep_forever(app.state.engine.store))
         yield
         sweeper.cancel()
 
+    metrics = CloudMetrics()
     app = FastAPI(title="edgesplit cloud", lifespan=lifespan)
     install_error_handlers(app)
+    install_metrics_route(app, metrics.registry)
     max_body = int(settings.max_frame_mb * 2**20)
 
     @app.post("/v1/shard/forward", response_class=Response,
               responses={200: {"content": {MEDIA_TYPE: {}}, "description": "answer frame"}})
     async def forward(request: Request) -> Response:
         """Run a frame's blocks for its session; body and answer are binary frames (`splitcore.wire`)."""
-        data = await read_body(request, max_body)
-        answer = await run_in_threadpool(request.app.state.engine.forward, data)
+        metrics.in_flight.inc()
+        try:
+            with metrics.step_latency.time():
+                data = await read_body(request, max_body)
+                metrics.link_bytes.labels("received").inc(len(data))
+                answer = await run_in_threadpool(request.app.state.engine.forward, data)
+        except EdgesplitError as exc:  # counted, then answered by the app's error handler
+            metrics.errors.labels(type(exc).__name__).inc()
+            raise
+        finally:
+            metrics.in_flight.dec()
+        metrics.link_bytes.labels("sent").inc(len(answer))
         return Response(answer, media_type=MEDIA_TYPE)
 
     @app.delete("/v1/sessions/{session_id}", status_code=204)
@@ -79,6 +95,16 @@ def create_app(settings: CloudSettings, loaded: LoadedModel | None = None) -> Fa
                 "num_layers": m.num_layers, "hidden_size": m.hidden_size, "vocab_size": m.vocab_size,
                 "held_layers": [engine.held.start, engine.held.end]}
 
+    @app.post("/v1/layers")
+    async def hold_layers(wanted: LayerRange, request: Request) -> dict:
+        """Load blocks `[start, end)` (and any between them and those held) before an edge switches to a plan."""
+        engine: ShardEngine = request.app.state.engine
+        if wanted.end > engine.model.num_layers:
+            raise PlanError(f"this model has {engine.model.num_layers} blocks; asked for {wanted}")
+        budget = int(settings.max_weights_mb * 2**20) if settings.max_weights_mb else None
+        held = await run_in_threadpool(engine.hold, wanted, lambda: load_checkpoint(settings.model_dir), budget)
+        return {"held_layers": [held.start, held.end]}
+
     @app.post("/v1/probe", status_code=204)
     async def probe(request: Request) -> Response:
         """Swallow a body and answer empty: the edge times it to estimate bandwidth and RTT."""
@@ -93,6 +119,7 @@ def create_app(settings: CloudSettings, loaded: LoadedModel | None = None) -> Fa
             request.app.state.profile_json = await run_in_threadpool(_load_or_measure_profile, settings, engine)
         return Response(request.app.state.profile_json, media_type="application/json")
 
+    @app.get("/ready")
     @app.get("/health")
     async def health(request: Request) -> dict:
         """Liveness and load: live sessions and their cache memory."""

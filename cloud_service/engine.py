@@ -6,6 +6,7 @@ import logging
 import threading
 import time
 import uuid
+from collections.abc import Callable
 
 import torch
 from pydantic import ValidationError
@@ -34,6 +35,7 @@ class ShardEngine:
         self.limits = limits or Limits(max_cols=self.model.hidden_size)
         self.held = held or LayerRange(start=0, end=self.model.num_layers)
         self.max_positions = int(getattr(self.model.config, "max_position_embeddings", 0) or 2**31)
+        self._hold_lock = threading.Lock()
         self._local = threading.local()  # zstd contexts are not thread-safe: one decoder per worker thread
 
     def _decoder(self) -> FrameCodec:
@@ -53,6 +55,37 @@ class ShardEngine:
         session = self._open(frame) if frame.position == 0 else self.store.get(frame.session)
         with session.lock:
             return self._step(session, frame)
+
+    def hold(self, wanted: LayerRange, load: Callable[[], LoadedModel] | None,
+             max_weights_bytes: int | None = None) -> LayerRange:
+        """Make sure blocks `wanted` are in memory, loading the missing ones; return what is held now.
+
+        Blocks are only added (the held range grows to cover both), so sessions running on the blocks held before
+        go on undisturbed while an edge switches plans.
+
+        Raises:
+            PlanError: the blocks cannot be loaded here (no checkpoint, another model, over the weights budget).
+        """
+        with self._hold_lock:
+            held = self.held
+            if wanted.within(held):
+                return held
+            grown = LayerRange(start=min(held.start, wanted.start), end=max(held.end, wanted.end))
+            if load is None:
+                raise PlanError(f"this cloud holds blocks {held} and has no checkpoint to load {wanted} from")
+            fresh = load()
+            if fresh.fingerprint != self.loaded.fingerprint:
+                raise PlanError("the checkpoint on disk is no longer the model this cloud serves; restart it")
+            need = sum(p.numel() * p.element_size() for i in grown for p in fresh.layered.blocks[i].parameters())
+            if max_weights_bytes is not None and need > max_weights_bytes:
+                raise PlanError(f"blocks {grown} need {need / 2**20:.1f} MiB of weights; this cloud's budget is "
+                                f"{max_weights_bytes / 2**20:.1f} MiB")
+            for i in grown:
+                if i not in range(held.start, held.end):
+                    self.model.blocks[i] = fresh.layered.blocks[i]
+            self.held = grown  # after the blocks are in place: frames are checked against it
+            log.info("now holding blocks %s (asked for %s)", grown, wanted)
+            return grown
 
     def end(self, sid: uuid.UUID) -> bool:
         """Free a session's cache; False when it was not live."""

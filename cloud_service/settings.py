@@ -18,6 +18,7 @@ class CloudSettings(BaseSettings):
     host: str = "127.0.0.1"  # address to listen on
     port: int = 8001  # TCP port to listen on
     layers: str | None = None  # "A:B": keep only blocks [A, B) in memory; default: all blocks
+    max_weights_mb: float | None = None  # budget for block weights when an edge asks for more blocks; None: no limit
     threads: int | None = None  # torch intra-op threads; default: torch's choice (all cores)
     session_ttl_s: float = 300.0  # a session idle this long is dropped with its KV cache
     max_sessions: int = 256  # sessions held at once; least recently used idle ones are evicted beyond it

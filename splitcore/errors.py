@@ -25,6 +25,21 @@ class UnsupportedModelError(UserError):
     """The checkpoint's architecture is not one edgesplit knows how to cut."""
 
 
+class AuthenticationError(UserError):
+    """No credentials where they are required."""
+
+    status_code = 401
+    error_type = "authentication_error"
+    headers = {"www-authenticate": "Bearer"}
+
+
+class PermissionDeniedError(UserError):
+    """Credentials given, but not the right ones (or the guarded surface is switched off)."""
+
+    status_code = 403
+    error_type = "permission_error"
+
+
 class ModelNotFoundError(UserError):
     """The request names a model this service does not serve."""
 

@@ -43,7 +43,7 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _domain(_: Request, exc: EdgesplitError) -> JSONResponse:
         if exc.status_code >= 500:
             log.warning("%s: %s", type(exc).__name__, exc)
-        return error_response(exc.status_code, str(exc), exc.error_type)
+        return error_response(exc.status_code, str(exc), exc.error_type, headers=getattr(exc, "headers", None))
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:

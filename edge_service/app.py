@@ -16,6 +16,8 @@ from fastapi import FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, StreamingResponse
 
+from edge_service import admin
+from edge_service.metrics import EdgeMetrics
 from edge_service.openai_api import ChatCompletionRequest, CompletionRequest, _Common
 from edge_service.orchestrator import GenerationRequest
 from edge_service.prompts import render_chat
@@ -25,6 +27,7 @@ from edge_service.settings import EdgeSettings
 from splitcore.errors import EdgesplitError, ModelNotFoundError, UserError
 from splitcore.http import error_response, install_error_handlers
 from splitcore.loading import LoadedModel
+from splitcore.metrics import install_metrics_route
 
 log = logging.getLogger(__name__)
 PLAIN_CHAT_STOP = "\nUser:"  # the plain chat template's next turn: stop before the model writes it
@@ -37,14 +40,19 @@ def create_app(settings: EdgeSettings, loaded: LoadedModel | None = None) -> Fas
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         if settings.threads:
             torch.set_num_threads(settings.threads)
-        app.state.runtime = await run_in_threadpool(EdgeRuntime.build, settings, loaded)
-        prober = asyncio.create_task(_probe_when_idle(app.state.runtime))
+        runtime = app.state.runtime = await run_in_threadpool(EdgeRuntime.build, settings, loaded, metrics)
+        tasks = [asyncio.create_task(_probe_when_idle(runtime)), asyncio.create_task(_replan_forever(runtime))]
         yield
-        prober.cancel()
-        app.state.runtime.close()
+        for task in tasks:
+            task.cancel()
+        runtime.close()
 
+    metrics = EdgeMetrics()
     app = FastAPI(title="edgesplit edge", lifespan=lifespan)
     install_error_handlers(app)
+    install_metrics_route(app, metrics.registry)
+    app.include_router(admin.router)
+    app.include_router(admin.guarded)
 
     @app.post("/v1/completions")
     async def completions(body: CompletionRequest, request: Request):  # type: ignore[no-untyped-def]
@@ -76,6 +84,7 @@ def create_app(settings: EdgeSettings, loaded: LoadedModel | None = None) -> Fas
         return {"object": "list", "data": [{"id": runtime.loaded.name, "object": "model", "created": 0,
                                             "owned_by": "edgesplit"}]}
 
+    @app.get("/ready")
     @app.get("/health")
     async def health(request: Request) -> JSONResponse:
         """200 when the model is loaded and the plan's cloud answers with the same model; 503 otherwise."""
@@ -92,17 +101,33 @@ def create_app(settings: EdgeSettings, loaded: LoadedModel | None = None) -> Fas
 
 
 async def _probe_when_idle(runtime: EdgeRuntime) -> None:
-    """Keep the link estimate fresh: probe the cloud when no real exchange has happened for a while."""
-    from partitioner.planning import probe_link
+    """Keep the link estimate fresh: probe the cloud when no real exchange has happened for a while.
+
+    The large probe is sized to take about 50 ms on the estimated link, so a slow link is not flooded.
+    """
+    from partitioner.planning import PROBE_SMALL, probe_link, probe_size
 
     settings = runtime.settings
     while True:
         await asyncio.sleep(settings.probe_interval_s)
-        if runtime.cloud is not None and runtime.link.idle_for_s() >= settings.probe_interval_s:
+        if runtime.link.idle_for_s() >= settings.probe_interval_s:
+            large = probe_size(runtime.link.estimate().bandwidth_bps)
             try:
-                await run_in_threadpool(probe_link, runtime.cloud.probe, runtime.link, 1)
+                await run_in_threadpool(probe_link, runtime.cloud.probe, runtime.link, 1, large)
+                runtime.metrics.link_bytes.labels("sent").inc(PROBE_SMALL + large)
             except EdgesplitError as exc:  # an unreachable cloud is reported by /health, not here
                 log.debug("idle link probe failed: %s", exc)
+
+
+async def _replan_forever(runtime: EdgeRuntime) -> None:
+    """Check the link against the plan every `replan_interval_s`; `Replanner.tick` decides."""
+    while True:
+        await asyncio.sleep(runtime.settings.replan_interval_s)
+        try:
+            await run_in_threadpool(runtime.replanner.tick)
+        except EdgesplitError as exc:  # the cloud went away mid-search, or refused the blocks: try again later
+            runtime.metrics.cloud_errors.labels(type(exc).__name__).inc()
+            log.warning("re-planning failed: %s", exc)
 
 
 async def _generate(runtime: EdgeRuntime, body: _Common, prompt_ids: list[int], max_tokens: int | None,
@@ -115,7 +140,7 @@ async def _generate(runtime: EdgeRuntime, body: _Common, prompt_ids: list[int], 
     room = min(settings.max_output_tokens, runtime.max_positions - len(prompt_ids))
     request = GenerationRequest(prompt_ids=prompt_ids, max_tokens=max_tokens or room, sampling=body.sampling,
                                 stop=tuple(stop), request_id=make_request_id())
-    responder = Responder(runtime.orchestrator, runtime.loaded.name, endpoint)
+    responder = Responder(runtime.orchestrator, runtime.loaded.name, endpoint, runtime.metrics)
     started = time.perf_counter()
     if body.stream:
         events = await responder.stream(request, body.include_usage)

@@ -67,6 +67,12 @@ class CloudClient:
         """The cloud's model identity and held blocks."""
         return self._request("GET", "/v1/info").json()
 
+    def hold(self, start: int, end: int) -> tuple[int, int]:
+        """Ask the cloud to load blocks [start, end); return the blocks it holds now."""
+        held = self._request("POST", "/v1/layers", json={"start": start, "end": end},
+                             headers={"content-type": "application/json"}).json()["held_layers"]
+        return int(held[0]), int(held[1])
+
     def close(self) -> None:
         self._http.close()
 

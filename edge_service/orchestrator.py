@@ -79,6 +79,7 @@ class Finished:
     link: LinkStats
     time_to_first_token_ms: float
     total_ms: float
+    inter_token_ms: list[float] = field(default_factory=list)  # time between consecutive tokens after the first
 
 
 @dataclass
@@ -94,6 +95,7 @@ class _Context:
     meta: bytes
     position: int = 0
     opened: bool = False  # a frame was sent: the cloud may hold a session to end
+    step_cloud_s: float = 0.0  # this step's time waiting on the cloud (not stretched by the slowdown)
     link: LinkStats = field(default_factory=LinkStats)
 
 
@@ -101,17 +103,24 @@ class Orchestrator:
     """Runs generations under a plan; the plan a generation starts with is the one it finishes with."""
 
     def __init__(self, loaded: LoadedModel, plan: Plan, cloud: CloudLink | None,
-                 link_observer: Callable[[int, float, float], None] | None = None) -> None:
-        assert plan.num_layers == loaded.layered.num_layers, "plan and model disagree on the number of blocks"
-        assert cloud is not None or not plan.uses_cloud, "a plan that uses the cloud needs a cloud link"
+                 link_observer: Callable[[int, float, float], None] | None = None, slowdown: float = 1.0) -> None:
         assert loaded.tokenizer is not None, "the edge owns the tokenizer"
+        assert slowdown >= 1.0, "the emulated slowdown stretches compute; it cannot speed it up"
         self.tokenizer = loaded.tokenizer
         self.loaded = loaded
         self.model = loaded.layered
-        self.plan = plan
         self.cloud = cloud
         self.link_observer = link_observer  # (bytes both ways, elapsed ms, cloud compute ms) per exchange
+        self.slowdown = slowdown  # emulate a slower device: sleep (slowdown - 1) x each step's edge compute
         self.eos_ids = _eos_ids(loaded)
+        self.plan = plan
+        self.set_plan(plan)
+
+    def set_plan(self, plan: Plan) -> None:
+        """Make `plan` the one new generations start with; generations already running keep theirs."""
+        assert plan.num_layers == self.model.num_layers, "plan and model disagree on the number of blocks"
+        assert self.cloud is not None or not plan.uses_cloud, "a plan that uses the cloud needs a cloud link"
+        self.plan = plan  # one reference swap: each generation reads it once, in `_context`
 
     def generate(self, request: GenerationRequest, cancel: threading.Event | None = None
                  ) -> Generator[str | Finished, None, None]:
@@ -126,9 +135,11 @@ class Orchestrator:
         tokens: list[int] = []
         reason: FinishReason = "length"
         first_token_ms = 0.0
+        gaps: list[float] = []
         try:
             token = self._step(ctx, torch.tensor(request.prompt_ids))
-            first_token_ms = (time.perf_counter() - started) * 1000
+            last = time.perf_counter()
+            first_token_ms = (last - started) * 1000
             while True:
                 tokens.append(token)
                 if token in self.eos_ids:
@@ -145,13 +156,16 @@ class Orchestrator:
                     reason = "cancelled"
                     break
                 token = self._step(ctx, torch.tensor([token]))
+                now = time.perf_counter()
+                gaps.append((now - last) * 1000)
+                last = now
             if piece := text.flush():
                 yield piece
         finally:
             if ctx.opened:
                 self.cloud.end_session(ctx.session)  # type: ignore[union-attr]
         yield Finished(reason, len(request.prompt_ids), tokens, ctx.plan, ctx.link, first_token_ms,
-                       (time.perf_counter() - started) * 1000)
+                       (time.perf_counter() - started) * 1000, gaps)
 
     def _context(self, request: GenerationRequest) -> _Context:
         plan = self.plan  # one read: a plan swapped mid-generation does not affect this one
@@ -162,10 +176,20 @@ class Orchestrator:
                         codec=FrameCodec(DTYPE_BY_NAME[plan.codec], plan.zstd_level),
                         sampler=Sampler(request.sampling), meta=meta.model_dump_json().encode())
 
-    @torch.inference_mode()
     def _step(self, ctx: _Context, ids: torch.Tensor) -> int:
         """Run one step (the prompt, or one token) through every tier; return the next token."""
+        if self.slowdown == 1.0:
+            return self._run_step(ctx, ids)
+        started = time.perf_counter()
+        token = self._run_step(ctx, ids)
+        edge_s = time.perf_counter() - started - ctx.step_cloud_s
+        time.sleep(max(0.0, edge_s) * (self.slowdown - 1))  # sleeping frees the core, as a slower device would
+        return token
+
+    @torch.inference_mode()
+    def _run_step(self, ctx: _Context, ids: torch.Tensor) -> int:
         plan, model = ctx.plan, self.model
+        ctx.step_cloud_s = 0.0
         if not plan.uses_cloud:  # a = b: the cloud's range is empty, the edge runs every block
             all_blocks = LayerRange(start=0, end=plan.num_layers)
             return ctx.sampler(model.logits(run_range(model, ctx.front, all_blocks, input_ids=ids)))
@@ -192,6 +216,7 @@ class Orchestrator:
         ctx.opened = True
         data = self.cloud.forward(frame)  # type: ignore[union-attr]
         elapsed_ms = (time.perf_counter() - sent) * 1000
+        ctx.step_cloud_s = elapsed_ms / 1000
         answer = ctx.codec.decode(data)
         expected = Kind.TOKENS if plan.head == "cloud" else Kind.HIDDEN
         if answer.session != ctx.session or answer.position != ctx.position or answer.kind != expected:

@@ -13,6 +13,7 @@ from typing import Literal
 import anyio
 from fastapi.concurrency import iterate_in_threadpool, run_in_threadpool
 
+from edge_service.metrics import EdgeMetrics
 from edge_service.openai_api import Usage
 from edge_service.orchestrator import Finished, GenerationRequest, Orchestrator
 from splitcore.errors import EdgesplitError
@@ -43,8 +44,10 @@ def _finish(done: Finished) -> str:
 class Responder:
     """Builds the body or the event stream of one request."""
 
-    def __init__(self, orchestrator: Orchestrator, model_name: str, endpoint: Endpoint) -> None:
+    def __init__(self, orchestrator: Orchestrator, model_name: str, endpoint: Endpoint,
+                 metrics: EdgeMetrics | None = None) -> None:
         self.orchestrator = orchestrator
+        self.metrics = metrics or EdgeMetrics()
         self.model_name = model_name
         self.endpoint = endpoint
         prefix = "cmpl" if endpoint == "completion" else "chatcmpl"
@@ -67,9 +70,17 @@ class Responder:
 
     async def body(self, request: GenerationRequest) -> dict:
         """The whole generation as one response body."""
-        events = await run_in_threadpool(lambda: list(self.orchestrator.generate(request)))
+        self.metrics.active.inc()
+        try:
+            events = await run_in_threadpool(lambda: list(self.orchestrator.generate(request)))
+        except BaseException as exc:
+            self.metrics.failed(exc, self.endpoint)
+            raise
+        finally:
+            self.metrics.active.dec()
         done = events[-1]
         assert isinstance(done, Finished)
+        self.metrics.finished(done, self.endpoint)
         text = "".join(e for e in events if isinstance(e, str))
         out = self._envelope([self._choice(text, _finish(done), chunk=False)], chunk=False)
         out["usage"] = _usage(done)
@@ -84,9 +95,12 @@ class Responder:
         """
         cancel = threading.Event()
         events = self.orchestrator.generate(request, cancel)
+        self.metrics.active.inc()
         try:
             head = await run_in_threadpool(next, events)
-        except BaseException:
+        except BaseException as exc:
+            self.metrics.active.dec()
+            self.metrics.failed(exc, self.endpoint)
             await run_in_threadpool(events.close)
             raise
         return self._events(head, events, cancel, include_usage)
@@ -99,12 +113,15 @@ class Responder:
         cloud session.
         """
         first = True
+        ended = False
         try:
             if self.endpoint == "chat":
                 yield _sse(self._envelope([self._choice("", None, chunk=True, first=True)], chunk=True))
                 first = False
             async for event in _chain(head, iterate_in_threadpool(events)):
                 if isinstance(event, Finished):
+                    ended = True
+                    self.metrics.finished(event, self.endpoint)
                     yield _sse(self._envelope([self._choice("", _finish(event), chunk=True)], chunk=True))
                     if include_usage:
                         tail = self._envelope([], chunk=True)
@@ -116,9 +133,14 @@ class Responder:
                     first = False
             yield "data: [DONE]\n\n"
         except EdgesplitError as exc:  # headers are sent: the error goes in the stream, as OpenAI does
+            ended = True
+            self.metrics.failed(exc, self.endpoint)
             log.warning("request %s failed mid-stream: %s", self.id, exc)
             yield _sse(error_body(str(exc), exc.error_type, code=exc.status_code))
         finally:
+            self.metrics.active.dec()
+            if not ended:  # the client hung up before the end
+                self.metrics.disconnected(self.endpoint)
             cancel.set()
             with anyio.CancelScope(shield=True):  # a hung-up client cancels us; the cloud session must still end
                 await run_in_threadpool(events.close)

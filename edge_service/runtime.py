@@ -6,7 +6,9 @@ import logging
 from dataclasses import dataclass
 
 from edge_service.cloud_client import CloudClient
+from edge_service.metrics import EdgeMetrics
 from edge_service.orchestrator import Orchestrator
+from edge_service.replanner import Replanner
 from edge_service.settings import EdgeSettings
 from partitioner.link_estimator import LinkEstimator
 from splitcore.errors import CloudUnavailableError, PlanError
@@ -30,33 +32,23 @@ def plan_from_settings(settings: EdgeSettings, num_layers: int) -> Plan:
     return plan
 
 
-def auto_plan(settings: EdgeSettings, loaded: LoadedModel, cloud: CloudClient, estimator: LinkEstimator) -> Plan:
-    """Plan at start-up from both tiers' profiles and a probed link; edge-only when the cloud cannot be reached."""
-    from partitioner.costmodel import Workload
-    from partitioner.planning import describe, plan_for, probe_link
-    from partitioner.profile import Profile
-    from partitioner.profiler import measure_profile
-    from partitioner.search import Constraints
+def plan_at_start(replanner: Replanner, estimator: LinkEstimator) -> None:
+    """`--plan auto`: probe the link, search with both profiles, switch; edge-only while the cloud is unreachable."""
+    from partitioner.planning import describe, probe_link
 
-    n = loaded.layered.num_layers
+    cloud = replanner.cloud
     try:
-        cloud_profile = Profile.model_validate(cloud.profile())
+        if cloud is None:
+            raise CloudUnavailableError("no cloud configured")
+        cloud.info()  # fail fast, before spending time measuring the edge
         probe_link(cloud.probe, estimator)
+        result = replanner.search()
     except CloudUnavailableError as exc:
-        log.warning("--plan auto: %s; serving edge-only until replanned", exc)
-        return Plan(num_layers=n, cut_a=n, cut_b=n)
-    if settings.edge_profile is not None:
-        edge_profile = Profile.load(settings.edge_profile)
-    else:
-        edge_profile = measure_profile(loaded, device_name="edge", repeats=3)
-    workload = Workload.parse(settings.plan_workload)
-    constraints = Constraints(
-        edge_memory_bytes=int(settings.edge_memory_mb * 2**20) if settings.edge_memory_mb else None,
-        min_edge_layers=settings.min_edge_layers, allow_tokens_off_device=settings.allow_tokens_off_device)
+        log.warning("--plan auto: %s; serving edge-only until the cloud answers", exc)
+        return
     link = estimator.estimate().as_link()
-    result = plan_for(edge_profile, cloud_profile, link, workload, constraints, seed=settings.plan_seed)
-    log.info("--plan auto:\n%s", describe(result, link, workload))
-    return result.best.plan
+    log.info("--plan auto:\n%s", describe(result, link, replanner.workload))
+    replanner.switch(result.best.plan, "start", link)
 
 
 @dataclass
@@ -66,32 +58,35 @@ class EdgeRuntime:
     settings: EdgeSettings
     loaded: LoadedModel
     orchestrator: Orchestrator
-    cloud: CloudClient | None
+    cloud: CloudClient
     max_positions: int
     link: LinkEstimator
+    metrics: EdgeMetrics
+    replanner: Replanner
 
     @classmethod
-    def build(cls, settings: EdgeSettings, loaded: LoadedModel | None = None) -> EdgeRuntime:
+    def build(cls, settings: EdgeSettings, loaded: LoadedModel | None = None,
+              metrics: EdgeMetrics | None = None) -> EdgeRuntime:
+        """Load the model, connect the cloud client, and start on the configured plan (or search one)."""
         loaded = loaded or load_checkpoint(settings.model_dir)
+        n = loaded.layered.num_layers
+        metrics = metrics or EdgeMetrics()
         estimator = LinkEstimator()
         cloud = CloudClient(settings.cloud_url, settings.cloud_timeout_s, settings.cloud_connect_timeout_s)
-        if settings.cut == "auto":
-            plan = auto_plan(settings, loaded, cloud, estimator)
-        else:
-            plan = plan_from_settings(settings, loaded.layered.num_layers)
+        auto = settings.cut == "auto"
+        plan = Plan(num_layers=n, cut_a=n, cut_b=n) if auto else plan_from_settings(settings, n)
+        orchestrator = Orchestrator(loaded, plan, cloud, estimator.observe, slowdown=settings.emulate_slowdown)
+        replanner = Replanner(settings, loaded, orchestrator, cloud, estimator, metrics)
+        if auto:
+            plan_at_start(replanner, estimator)
+        log.info("edge plan: %s", orchestrator.plan.describe())
         positions = int(getattr(loaded.layered.config, "max_position_embeddings", 0) or 2**31)
-        log.info("edge plan: %s", plan.describe())
-        link: CloudClient | None = cloud
-        if not plan.uses_cloud:
-            cloud.close()
-            link = None
-        orchestrator = Orchestrator(loaded, plan, link, estimator.observe)
-        return cls(settings, loaded, orchestrator, link, positions, estimator)
+        return cls(settings, loaded, orchestrator, cloud, positions, estimator, metrics, replanner)
 
     def cloud_status(self) -> tuple[bool, str]:
         """Ready when the plan needs no cloud, or the cloud answers, serves this model and holds the plan's blocks."""
         plan = self.orchestrator.plan
-        if self.cloud is None or not plan.uses_cloud:
+        if not plan.uses_cloud:
             return True, "edge-only plan: no cloud needed"
         try:
             info = self.cloud.info()
@@ -106,5 +101,4 @@ class EdgeRuntime:
         return True, f"cloud at {self.cloud.base_url} ready"
 
     def close(self) -> None:
-        if self.cloud is not None:
-            self.cloud.close()
+        self.cloud.close()

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from splitcore.defaults import DEFAULT_MODEL_DIR
@@ -33,7 +34,16 @@ class EdgeSettings(BaseSettings):
     edge_profile: Path | None = None  # this device's measured profile for --plan auto; default: measure at start
     edge_memory_mb: float | None = None  # --plan auto: device memory budget for the model, MiB
     min_edge_layers: int = 1  # --plan auto: blocks [0, K) always stay on the device
+    max_codec_loss: float | None = Field(default=None, ge=0.0)  # --plan auto: most perplexity ratio - 1 a codec adds
     plan_workload: str = "128:64"  # --plan auto: PROMPT:OUTPUT tokens of a typical request
     plan_seed: int = 0  # --plan auto: seed of the search
-    probe_interval_s: float = 30.0  # probe the link when no request has crossed it for this long
+    probe_interval_s: float = 2.0  # probe the link when no request has crossed it for this long (sized to ~50 ms)
+    adaptive: bool = True  # with --plan auto: re-plan on its own when the link estimate moves
+    replan_interval_s: float = 1.0  # how often the link estimate is checked against the plan's
+    replan_threshold: float = Field(default=1.5, gt=1.0)  # factor by which bandwidth or RTT must move to re-plan
+    replan_rtt_floor_ms: float = 3.0  # RTT moves smaller than this never count (loopback jitter)
+    replan_confirmations: int = Field(default=2, ge=1)  # consecutive checks the move must last
+    replan_min_gain: float = Field(default=0.1, ge=0.0, lt=1.0)  # switch only if predicted this fraction faster
+    emulate_slowdown: float = Field(default=1.0, ge=1.0)  # emulate a slower device: edge compute takes N x as long
+    admin_token: SecretStr | None = None  # bearer token of /admin/*; unset: the admin API answers 403
     log_level: str = "info"  # logging level

@@ -26,7 +26,8 @@ def _serve_cloud(args: argparse.Namespace) -> None:
     from splitcore.loading import read_config
 
     settings = CloudSettings(**_settings_kwargs(args, ["model_dir", "host", "port", "layers", "threads",
-                                                       "session_ttl_s", "max_sessions", "max_cache_mb"]))
+                                                       "session_ttl_s", "max_sessions", "max_cache_mb",
+                                                       "max_weights_mb", "profile"]))
     read_config(settings.model_dir)  # refuse a missing or unsupported checkpoint before starting the server
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s cloud %(name)s: %(message)s")
     uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level=settings.log_level,
@@ -42,7 +43,8 @@ def _serve_edge(args: argparse.Namespace) -> None:
     from splitcore.loading import read_config
 
     flags = ["model_dir", "cloud_url", "cut", "head", "codec", "zstd_level", "allow_tokens_off_device", "host", "port",
-             "threads", "edge_profile", "edge_memory_mb", "min_edge_layers", "plan_workload"]
+             "threads", "edge_profile", "edge_memory_mb", "min_edge_layers", "plan_workload", "emulate_slowdown",
+             "max_codec_loss", "probe_interval_s", "replan_interval_s", "adaptive"]
     settings = EdgeSettings(**_settings_kwargs(args, flags))
     config = read_config(settings.model_dir)  # refuse a missing or unsupported checkpoint before loading it
     if settings.cut != "auto":
@@ -159,6 +161,8 @@ def build_parser() -> argparse.ArgumentParser:
     cloud.add_argument("--session-ttl-s", type=float)
     cloud.add_argument("--max-sessions", type=int)
     cloud.add_argument("--max-cache-mb", type=float)
+    cloud.add_argument("--max-weights-mb", type=float, help="budget for block weights an edge may ask to load")
+    cloud.add_argument("--profile", type=Path, help="measured profile to serve (default: measure on first request)")
     cloud.set_defaults(func=_serve_cloud)
 
     edge = serve.add_parser("edge", help="the edge tier: OpenAI-compatible API, tokenizer, front/back blocks")
@@ -170,6 +174,12 @@ def build_parser() -> argparse.ArgumentParser:
     edge.add_argument("--edge-memory-mb", type=float, help="--plan auto: device memory budget")
     edge.add_argument("--min-edge-layers", type=int, help="--plan auto: blocks that stay on the device")
     edge.add_argument("--workload", dest="plan_workload", help="--plan auto: PROMPT:OUTPUT tokens")
+    edge.add_argument("--max-codec-loss", type=float, help="--plan auto: largest perplexity ratio - 1 of a codec")
+    edge.add_argument("--no-adaptive", dest="adaptive", action="store_false", default=None,
+                      help="--plan auto: plan once at start, never again on its own")
+    edge.add_argument("--emulate-slowdown", type=float, help="emulate a device N x slower at compute (sleeps)")
+    edge.add_argument("--probe-interval-s", type=float, help="probe the link after this long without traffic")
+    edge.add_argument("--replan-interval-s", type=float, help="check the link against the plan this often")
     edge.add_argument("--head", choices=["edge", "cloud"])
     edge.add_argument("--codec", choices=["fp32", "fp16", "bf16", "int8"])
     edge.add_argument("--zstd-level", type=int)

@@ -1,0 +1,174 @@
+"""The operator's surface on the edge: `/admin/*`, guarded by the admin token.
+
+Credentials: `Authorization: Bearer <token>`, or the cookie `/admin/login` sets for the dashboard (a browser
+cannot add a header when it opens a page). Without credentials: 401; wrong ones, or no token configured: 403.
+Handlers are thin: the work is in `Replanner`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import secrets
+import time
+from pathlib import Path
+from typing import Literal
+from urllib.parse import parse_qs
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import HTMLResponse, RedirectResponse
+from pydantic import Field, model_validator
+
+from edge_service.runtime import EdgeRuntime
+from partitioner.costmodel import Link, Workload
+from splitcore.errors import AuthenticationError, CloudUnavailableError, PermissionDeniedError, UserError
+from splitcore.plan import CodecName, parse_cut
+from splitcore.schema import StrictModel
+
+COOKIE = "edgesplit_admin"
+_PAGES = Path(__file__).with_name("pages")
+
+
+class SearchConstraints(StrictModel):
+    edge_memory_mb: float | None = Field(default=None, gt=0, description="device memory budget, MiB")
+    min_edge_layers: int | None = Field(default=None, ge=0, description="privacy: blocks kept on the device")
+
+
+class PlanRequest(StrictModel):
+    """Either a plan by hand (`cut`, with `head`, `codec`, `zstd_level`) or `search: true` (optionally on a given
+    link, constraints or workload; `apply: false` only reports what the search would pick)."""
+
+    cut: str | None = Field(default=None, description="A:B, A, 'edge' or 'cloud'")
+    head: Literal["edge", "cloud"] = "edge"
+    codec: CodecName = "int8"
+    zstd_level: int = Field(default=1, ge=-7, le=22)
+    search: bool = False
+    apply: bool = True
+    bandwidth_bps: float | None = Field(default=None, gt=0, description="search on this link instead of the estimate")
+    rtt_ms: float | None = Field(default=None, ge=0)
+    workload: str | None = Field(default=None, pattern=r"^\d+(:\d+)?$", description="PROMPT:OUTPUT tokens")
+    constraints: SearchConstraints | None = None
+
+    @model_validator(mode="after")
+    def _one_way(self) -> PlanRequest:
+        if (self.cut is None) == (not self.search):
+            raise ValueError("give either 'cut' (a plan by hand) or 'search': true, not both or neither")
+        if (self.bandwidth_bps is None) != (self.rtt_ms is None):
+            raise ValueError("give both bandwidth_bps and rtt_ms, or neither")
+        return self
+
+
+def require_admin(request: Request) -> None:
+    """The dependency that guards every admin route."""
+    token = request.app.state.runtime.settings.admin_token
+    if token is None:
+        raise PermissionDeniedError("the admin API is off: start the edge with EDGE_ADMIN_TOKEN set")
+    given = request.cookies.get(COOKIE, "")
+    scheme, _, value = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() == "bearer" and value:
+        given = value.strip()
+    if not given:
+        raise AuthenticationError("admin credentials required: send 'Authorization: Bearer <EDGE_ADMIN_TOKEN>'")
+    if not secrets.compare_digest(given.encode(), token.get_secret_value().encode()):
+        raise PermissionDeniedError("wrong admin token")
+
+
+def _runtime(request: Request) -> EdgeRuntime:
+    return request.app.state.runtime  # type: ignore[no-any-return]
+
+
+router = APIRouter(prefix="/admin", tags=["admin"])
+guarded = APIRouter(prefix="/admin", tags=["admin"], dependencies=[Depends(require_admin)])
+
+
+@guarded.get("/plan")
+async def get_plan(request: Request) -> dict:
+    """The current plan, the link it was chosen for, and every plan change."""
+    rt = _runtime(request)
+    return {**rt.replanner.snapshot(), "link": rt.link.estimate().__dict__}
+
+
+@guarded.post("/plan")
+async def set_plan(body: PlanRequest, request: Request) -> dict:
+    """Switch to a plan by hand or to a fresh search's choice; running requests finish on their plan."""
+    rp = _runtime(request).replanner
+    n = rp.loaded.layered.num_layers
+    if body.cut is not None:
+        plan = parse_cut(body.cut, n, codec=body.codec, head=body.head, zstd_level=body.zstd_level)
+        change = await run_in_threadpool(rp.switch, plan, "admin")
+        return {"changed": change is not None, "plan": plan.model_dump(), "describe": plan.describe()}
+    link = None
+    if body.bandwidth_bps is not None and body.rtt_ms is not None:
+        link = Link(bandwidth_bps=body.bandwidth_bps, rtt_ms=body.rtt_ms)
+    overrides: dict = {}
+    if body.constraints is not None:  # privacy (tokens off the device) stays the operator's setting only
+        if body.constraints.edge_memory_mb is not None:
+            overrides["edge_memory_bytes"] = int(body.constraints.edge_memory_mb * 2**20)
+        if body.constraints.min_edge_layers is not None:
+            overrides["min_edge_layers"] = body.constraints.min_edge_layers
+    workload = Workload.parse(body.workload) if body.workload else None
+    result = await run_in_threadpool(rp.search, link, overrides, workload)
+    change = await run_in_threadpool(rp.switch, result.best.plan, "admin", link) if body.apply else None
+    best = result.best
+    return {"changed": change is not None, "plan": best.plan.model_dump(), "describe": best.plan.describe(),
+            "estimate": best.estimate.model_dump(), "search_s": result.search_s,
+            "baselines": {k: {"describe": v.plan.describe(), "feasible": v.feasible, **v.estimate.model_dump()}
+                          for k, v in result.baselines.items()}}
+
+
+@guarded.get("/profile")
+async def get_profile(request: Request) -> dict:
+    """Both tiers' profiles (the edge's is measured on first use); the cloud's is null while it is unreachable."""
+    rp = _runtime(request).replanner
+    with contextlib.suppress(CloudUnavailableError):  # the edge's profile is still worth showing
+        await run_in_threadpool(rp.profiles)
+    return {"edge": rp.edge_profile.model_dump() if rp.edge_profile else None,
+            "cloud": rp.cloud_profile.model_dump() if rp.cloud_profile else None}
+
+
+@guarded.get("/bandwidth")
+async def get_bandwidth(request: Request) -> dict:
+    """The link estimate now and its history (one point per re-plan check)."""
+    rt = _runtime(request)
+    return {"estimate": rt.link.estimate().__dict__, "bytes_observed": rt.link.bytes_observed,
+            "history": [p.__dict__ for p in rt.replanner.history]}
+
+
+@guarded.get("/requests")
+async def get_requests(request: Request) -> dict:
+    """Recent requests (time, endpoint, outcome, latency), for the dashboard's rate and latency charts."""
+    return {"now_s": time.time(), "requests": [r.__dict__ for r in _runtime(request).metrics.recent]}
+
+
+@router.get("/dashboard", response_class=HTMLResponse)
+async def dashboard(request: Request) -> HTMLResponse:
+    """The operator's page: the plan over the layers, cost bars, link and request history, a repartition form.
+
+    Without credentials it answers 401 with the login form; with wrong ones, 403.
+    """
+    try:
+        require_admin(request)
+    except AuthenticationError:
+        return HTMLResponse((_PAGES / "login.html").read_text(), status_code=401,
+                            headers=AuthenticationError.headers)
+    return HTMLResponse((_PAGES / "dashboard.html").read_text())
+
+
+@router.get("/login", response_class=HTMLResponse, include_in_schema=False)
+async def login_page() -> HTMLResponse:
+    return HTMLResponse((_PAGES / "login.html").read_text())
+
+
+@router.post("/login", include_in_schema=False)
+async def login(request: Request) -> RedirectResponse:
+    """Check a token posted from the login form and keep it in an HttpOnly, same-site cookie."""
+    form = parse_qs((await request.body()).decode("utf-8", "replace"))
+    token = (form.get("token") or [""])[0]
+    if not token:
+        raise UserError("the form needs a token")
+    expected = _runtime(request).settings.admin_token
+    if expected is None or not secrets.compare_digest(token.encode(), expected.get_secret_value().encode()):
+        raise PermissionDeniedError("wrong admin token")
+    response = RedirectResponse("/admin/dashboard", status_code=303)
+    response.set_cookie(COOKIE, token, httponly=True, samesite="strict", path="/admin")
+    return response

@@ -1,0 +1,80 @@
+"""The edge's Prometheus metrics: latency histograms, link traffic, plan changes, cloud errors."""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from dataclasses import dataclass
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from edge_service.orchestrator import Finished
+from splitcore.errors import CloudRefusedError, CloudUnavailableError, EdgesplitError
+from splitcore.metrics import LATENCY_BUCKETS_S
+
+
+@dataclass(frozen=True)
+class RequestRecord:
+    """One finished request, kept (boundedly) for the dashboard's rate and latency charts."""
+
+    at_s: float  # unix time it ended
+    endpoint: str
+    outcome: str  # stop, length, cancelled, error, disconnected
+    time_to_first_token_ms: float | None
+    total_ms: float | None
+    output_tokens: int
+
+
+class EdgeMetrics:
+    """Every edge metric, on a registry of its own, and the recent requests."""
+
+    def __init__(self, keep_recent: int = 2000) -> None:
+        self.recent: deque[RequestRecord] = deque(maxlen=keep_recent)
+        self.registry = r = CollectorRegistry()
+        self.time_to_first_token = Histogram("edgesplit_edge_time_to_first_token_seconds",
+                                             "Request start to first generated token", buckets=LATENCY_BUCKETS_S,
+                                             registry=r)
+        self.inter_token = Histogram("edgesplit_edge_inter_token_latency_seconds",
+                                     "Time between consecutive generated tokens", buckets=LATENCY_BUCKETS_S, registry=r)
+        self.request_latency = Histogram("edgesplit_edge_request_duration_seconds", "Whole generation, start to end",
+                                         ["endpoint"], buckets=LATENCY_BUCKETS_S, registry=r)
+        self.requests = Counter("edgesplit_edge_requests", "Generations by endpoint and outcome",
+                                ["endpoint", "outcome"], registry=r)
+        self.output_tokens = Counter("edgesplit_edge_output_tokens", "Generated tokens", registry=r)
+        self.link_bytes = Counter("edgesplit_edge_link_bytes", "Bytes the edge sent to and received from the cloud",
+                                  ["direction"], registry=r)
+        self.active = Gauge("edgesplit_edge_active_requests", "Generations running now", registry=r)
+        self.plan_changes = Counter("edgesplit_edge_plan_changes", "Plan switches, by who asked",
+                                    ["reason"], registry=r)
+        self.cloud_errors = Counter("edgesplit_edge_cloud_errors", "Cloud calls that failed, by kind",
+                                    ["kind"], registry=r)
+        self.bandwidth = Gauge("edgesplit_edge_link_bandwidth_bps", "Estimated link bandwidth, bits/s", registry=r)
+        self.rtt = Gauge("edgesplit_edge_link_rtt_seconds", "Estimated link round-trip time", registry=r)
+        self.cut = Gauge("edgesplit_edge_plan_cut", "Current plan's cut points", ["point"], registry=r)
+
+    def finished(self, done: Finished, endpoint: str) -> None:
+        """Record one generation that ran to its end (or was cancelled by its client)."""
+        self.time_to_first_token.observe(done.time_to_first_token_ms / 1000)
+        for gap in done.inter_token_ms:
+            self.inter_token.observe(gap / 1000)
+        self.request_latency.labels(endpoint).observe(done.total_ms / 1000)
+        self.requests.labels(endpoint, done.finish_reason).inc()
+        self.output_tokens.inc(len(done.token_ids))
+        self.recent.append(RequestRecord(time.time(), endpoint, done.finish_reason, done.time_to_first_token_ms,
+                                         done.total_ms, len(done.token_ids)))
+        link = done.link
+        self.link_bytes.labels("sent").inc(link.prefill_bytes_up + link.decode_bytes_up)
+        self.link_bytes.labels("received").inc(link.prefill_bytes_down + link.decode_bytes_down)
+
+    def failed(self, exc: BaseException, endpoint: str) -> None:
+        """Record a generation that ended in an error."""
+        kind = type(exc).__name__ if isinstance(exc, EdgesplitError) else "internal"
+        self.requests.labels(endpoint, "error").inc()
+        self.recent.append(RequestRecord(time.time(), endpoint, "error", None, None, 0))
+        if isinstance(exc, CloudUnavailableError | CloudRefusedError):
+            self.cloud_errors.labels(kind).inc()
+
+    def disconnected(self, endpoint: str) -> None:
+        """Record a stream whose client hung up before the end."""
+        self.requests.labels(endpoint, "disconnected").inc()
+        self.recent.append(RequestRecord(time.time(), endpoint, "disconnected", None, None, 0))

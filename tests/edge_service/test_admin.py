@@ -1,0 +1,137 @@
+"""The admin API: token checks, setting a plan by hand, searching, refusing bad input; and /metrics."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import httpx
+import pytest
+import torch
+
+from cloud_service.app import create_app as create_cloud
+from cloud_service.settings import CloudSettings
+from edge_service.app import create_app as create_edge
+from edge_service.settings import EdgeSettings
+from splitcore.loading import LoadedModel
+from tests.servers import LoopbackServer
+
+TOKEN = "s3cret-admin-token"
+AUTH = {"authorization": f"Bearer {TOKEN}"}
+
+
+@pytest.fixture(scope="module")
+def urls(models: dict[str, LoadedModel]) -> Iterator[tuple[str, str]]:
+    loaded = models["gpt2"]
+    with LoopbackServer(create_cloud(CloudSettings(), loaded)) as cloud_url:
+        settings = EdgeSettings(cloud_url=cloud_url, cut="edge", admin_token=TOKEN, probe_interval_s=0.3)
+        with LoopbackServer(create_edge(settings, loaded)) as edge_url:
+            yield edge_url, cloud_url
+
+
+def test_admin_routes_need_the_token(urls: tuple[str, str]) -> None:
+    edge, _ = urls
+    for method, path in [("GET", "/admin/plan"), ("POST", "/admin/plan"), ("GET", "/admin/profile"),
+                         ("GET", "/admin/bandwidth"), ("GET", "/admin/requests")]:
+        none = httpx.request(method, edge + path, json={"search": True})
+        assert none.status_code == 401 and none.headers["www-authenticate"] == "Bearer", path
+        assert none.json()["error"]["type"] == "authentication_error"
+        wrong = httpx.request(method, edge + path, json={"search": True}, headers={"authorization": "Bearer nope"})
+        assert wrong.status_code == 403 and wrong.json()["error"]["message"] == "wrong admin token", path
+    assert httpx.get(edge + "/admin/plan", headers=AUTH).status_code == 200
+
+
+def test_the_dashboard_asks_for_the_token_and_the_login_sets_a_cookie(urls: tuple[str, str]) -> None:
+    edge, _ = urls
+    page = httpx.get(edge + "/admin/dashboard")
+    assert page.status_code == 401 and 'name="token"' in page.text
+    assert httpx.post(edge + "/admin/login", data={"token": "nope"}).status_code == 403
+    with httpx.Client(base_url=edge) as browser:
+        login = browser.post("/admin/login", data={"token": TOKEN})
+        assert login.status_code == 303 and "httponly" in login.headers["set-cookie"].lower()
+        assert "samesite=strict" in login.headers["set-cookie"].lower()
+        page = browser.get("/admin/dashboard")
+        assert page.status_code == 200 and 'id="plan-drawing"' in page.text
+        assert browser.get("/admin/plan").status_code == 200  # the cookie works for the page's own calls
+
+
+def test_an_edge_without_an_admin_token_switches_the_admin_api_off(models: dict[str, LoadedModel]) -> None:
+    with LoopbackServer(create_edge(EdgeSettings(cut="edge"), models["gpt2"])) as edge:
+        r = httpx.get(edge + "/admin/plan", headers=AUTH)
+        assert r.status_code == 403 and "EDGE_ADMIN_TOKEN" in r.json()["error"]["message"]
+
+
+def test_a_plan_set_by_hand_serves_new_requests_exactly(urls: tuple[str, str], models: dict[str, LoadedModel]) -> None:
+    edge, _ = urls
+    loaded = models["gpt2"]
+    r = httpx.post(edge + "/admin/plan", json={"cut": "1:3", "codec": "fp32"}, headers=AUTH, timeout=30)
+    assert r.status_code == 200 and r.json()["plan"]["cut_a"] == 1 and r.json()["changed"]
+    plan = httpx.get(edge + "/admin/plan", headers=AUTH).json()
+    assert plan["plan"]["cut_b"] == 3 and plan["changes"][-1]["reason"] == "admin"
+    assert httpx.get(edge + "/health").json()["cut"] == [1, 3]
+    ids = loaded.tokenizer.encode("an operator repartitions")
+    out = httpx.post(edge + "/v1/completions", json={"prompt": ids, "max_tokens": 8, "temperature": 0},
+                     timeout=60).json()
+    ref = loaded.layered.model.generate(torch.tensor([ids]), max_new_tokens=8, do_sample=False,
+                                        pad_token_id=0)[0, len(ids):].tolist()
+    assert out["edgesplit"]["cut"] == [1, 3] and out["edgesplit"]["link"]["decode_steps"] == 7
+    assert out["choices"][0]["text"] == loaded.tokenizer.decode(ref, skip_special_tokens=True)
+    again = httpx.post(edge + "/admin/plan", json={"cut": "1:3", "codec": "fp32"}, headers=AUTH, timeout=30)
+    assert again.status_code == 200 and not again.json()["changed"]
+    httpx.post(edge + "/admin/plan", json={"cut": "edge"}, headers=AUTH, timeout=30)
+
+
+def test_a_search_reports_and_applies_the_best_plan_for_a_given_link(urls: tuple[str, str]) -> None:
+    edge, _ = urls
+    body = {"search": True, "apply": False, "bandwidth_bps": 1e6, "rtt_ms": 300, "workload": "16:8"}
+    r = httpx.post(edge + "/admin/plan", json=body, headers=AUTH, timeout=120)
+    assert r.status_code == 200, r.text
+    out = r.json()
+    assert not out["changed"] and set(out["baselines"]) >= {"edge-only", "cloud-only"}
+    assert out["estimate"]["total_ms"] <= min(b["total_ms"] for b in out["baselines"].values() if b["feasible"])
+    applied = httpx.post(edge + "/admin/plan", json={**body, "apply": True}, headers=AUTH, timeout=120).json()
+    assert httpx.get(edge + "/admin/plan", headers=AUTH).json()["describe"] == applied["describe"]
+    profiles = httpx.get(edge + "/admin/profile", headers=AUTH, timeout=120).json()
+    assert profiles["edge"]["device_name"] == "edge" and profiles["cloud"]["device_name"] == "cloud"
+    httpx.post(edge + "/admin/plan", json={"cut": "edge"}, headers=AUTH, timeout=30)
+
+
+@pytest.mark.parametrize(("body", "status", "words"), [
+    ({}, 400, "either 'cut'"),
+    ({"cut": "1:3", "search": True}, 400, "either 'cut'"),
+    ({"cut": "9:2"}, 422, "cuts must satisfy"),
+    ({"cut": "middle"}, 422, "cannot read cut"),
+    ({"cut": "1:3", "codec": "fp8"}, 400, "codec"),
+    ({"cut": "0:4", "head": "cloud"}, 422, "privacy"),
+    ({"search": True, "bandwidth_bps": 1e6}, 400, "both bandwidth_bps and rtt_ms"),
+    ({"search": True, "workload": "lots"}, 400, "workload"),
+    ({"search": True, "constraints": {"min_edge_layers": 9}}, 422, "min_edge_layers"),
+    ({"cut": "1:3", "surprise": 1}, 400, "surprise"),
+])
+def test_bad_plan_requests_are_refused_with_a_reason(urls: tuple[str, str], body: dict, status: int,
+                                                     words: str) -> None:
+    edge, _ = urls
+    r = httpx.post(edge + "/admin/plan", json=body, headers=AUTH, timeout=60)
+    assert r.status_code == status, r.text
+    assert words in r.json()["error"]["message"]
+
+
+def test_bandwidth_history_and_metrics_are_served(urls: tuple[str, str], models: dict[str, LoadedModel]) -> None:
+    import time
+
+    edge, cloud = urls
+    httpx.post(edge + "/v1/completions", json={"prompt": "metrics", "max_tokens": 4, "temperature": 0}, timeout=60)
+    time.sleep(1.5)  # a re-plan check records a history point every second
+    bw = httpx.get(edge + "/admin/bandwidth", headers=AUTH).json()
+    assert bw["estimate"]["samples"] > 0 and len(bw["history"]) >= 1
+    requests = httpx.get(edge + "/admin/requests", headers=AUTH).json()["requests"]
+    assert requests and requests[-1]["output_tokens"] >= 1
+    text = httpx.get(edge + "/metrics").text
+    for name in ["edgesplit_edge_time_to_first_token_seconds_bucket", "edgesplit_edge_inter_token_latency_seconds",
+                 "edgesplit_edge_request_duration_seconds", 'edgesplit_edge_link_bytes_total{direction="sent"}',
+                 "edgesplit_edge_active_requests 0.0", "edgesplit_edge_plan_changes_total",
+                 "edgesplit_edge_link_bandwidth_bps"]:
+        assert name in text, name
+    cloud_text = httpx.get(cloud + "/metrics").text
+    for name in ["edgesplit_cloud_step_duration_seconds_bucket", "edgesplit_cloud_active_sessions",
+                 'edgesplit_cloud_link_bytes_total{direction="received"}', "edgesplit_cloud_cache_bytes"]:
+        assert name in cloud_text, name

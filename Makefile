@@ -8,7 +8,7 @@ CLOUD_PORT ?= 8001
 EDGE_PORT ?= 8000
 CUT ?= 2:6
 
-.PHONY: demo test install serve-cloud serve-edge bench-overhead bench-accuracy model perplexity clean
+.PHONY: demo test install serve-cloud serve-edge bench-overhead bench-accuracy bench-adaptive model perplexity clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -22,6 +22,7 @@ demo: $(STAMP)
 	$(BIN)/edgesplit demo --model $(MODEL)
 
 test: $(STAMP)
+	command -v chromium >/dev/null || apt-get install -y -q chromium  # the dashboard test drives Debian's chromium
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 	$(BIN)/python -m pytest -q
@@ -38,6 +39,9 @@ bench-overhead: $(STAMP)
 
 bench-accuracy: $(STAMP)
 	$(BIN)/python bench/codec_accuracy.py
+
+bench-adaptive: $(STAMP)
+	$(BIN)/python bench/adaptive.py
 
 # Retrain the shipped checkpoint (needs Debian's bible-kjv for the corpus; about 30 minutes on 2 cores).
 model: $(STAMP)

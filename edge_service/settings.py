@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from splitcore.defaults import DEFAULT_MODEL_DIR
@@ -47,3 +47,9 @@ class EdgeSettings(BaseSettings):
     emulate_slowdown: float = Field(default=1.0, ge=1.0)  # emulate a slower device: edge compute takes N x as long
     admin_token: SecretStr | None = None  # bearer token of /admin/*; unset: the admin API answers 403
     log_level: str = "info"  # logging level
+
+    @field_validator("admin_token", mode="before")
+    @classmethod
+    def _empty_token_is_none(cls, value: object) -> object:
+        """An empty EDGE_ADMIN_TOKEN (as docker-compose passes when unset) switches the admin API off."""
+        return None if value == "" else value

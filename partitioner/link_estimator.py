@@ -44,7 +44,7 @@ class LinkEstimator:
     """Thread-safe; `observe` is called once per exchange by the orchestrator and the prober."""
 
     def __init__(self, window: int = 128, prior_bandwidth_bps: float = 100e6, prior_rtt_ms: float = 1.0,
-                 clock: Callable[[], float] = time.monotonic, max_age_s: float = 6.0, min_recent: int = 4) -> None:
+                 clock: Callable[[], float] = time.monotonic, max_age_s: float = 4.0, min_recent: int = 4) -> None:
         self._samples: deque[Sample] = deque(maxlen=window)
         self._lock = threading.Lock()
         self._clock = clock

@@ -9,13 +9,14 @@ import uuid
 from collections.abc import AsyncIterator
 
 import torch
-from fastapi import FastAPI, Request, Response
+from fastapi import Depends, FastAPI, Request, Response
 from fastapi.concurrency import run_in_threadpool
 
 from cloud_service.engine import ShardEngine
 from cloud_service.metrics import CloudMetrics
 from cloud_service.sessions import SessionStore
 from cloud_service.settings import CloudSettings
+from splitcore.auth import bearer, check_token
 from splitcore.errors import EdgesplitError, PlanError, SessionNotFoundError
 from splitcore.http import install_error_handlers, read_body
 from splitcore.loading import LoadedModel, load_checkpoint
@@ -38,7 +39,8 @@ def build_engine(settings: CloudSettings, loaded: LoadedModel | None = None) -> 
         held = parse_cut(settings.layers, loaded.layered.num_layers).cloud_layers
         loaded.layered.drop_blocks_outside(held)
     store = SessionStore(ttl_s=settings.session_ttl_s, max_sessions=settings.max_sessions,
-                         max_cache_bytes=int(settings.max_cache_mb * 2**20))
+                         max_cache_bytes=int(settings.max_cache_mb * 2**20),
+                         max_per_owner=settings.max_sessions_per_caller)
     return ShardEngine(loaded, store, held=held)
 
 
@@ -61,7 +63,18 @@ def create_app(settings: CloudSettings, loaded: LoadedModel | None = None) -> Fa
     install_metrics_route(app, metrics.registry)
     max_body = int(settings.max_frame_mb * 2**20)
 
-    @app.post("/v1/shard/forward", response_class=Response,
+    def require_edge(request: Request) -> None:
+        """The shard API answers only edges that send CLOUD_AUTH_TOKEN (when one is set)."""
+        if settings.auth_token is not None:
+            check_token(bearer(request), settings.auth_token, "edge")
+
+    edge_only = [Depends(require_edge)]
+
+    frame_body = {"requestBody": {"required": True, "content": {
+        MEDIA_TYPE: {"schema": {"type": "string", "format": "binary"}},
+        "application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}}}
+
+    @app.post("/v1/shard/forward", response_class=Response, dependencies=edge_only, openapi_extra=frame_body,
               responses={200: {"content": {MEDIA_TYPE: {}}, "description": "answer frame"}})
     async def forward(request: Request) -> Response:
         """Run a frame's blocks for its session; body and answer are binary frames (`splitcore.wire`)."""
@@ -70,7 +83,8 @@ def create_app(settings: CloudSettings, loaded: LoadedModel | None = None) -> Fa
             with metrics.step_latency.time():
                 data = await read_body(request, max_body)
                 metrics.link_bytes.labels("received").inc(len(data))
-                answer = await run_in_threadpool(request.app.state.engine.forward, data)
+                caller = request.client.host if request.client else ""
+                answer = await run_in_threadpool(request.app.state.engine.forward, data, caller)
         except EdgesplitError as exc:  # counted, then answered by the app's error handler
             metrics.errors.labels(type(exc).__name__).inc()
             raise
@@ -79,14 +93,14 @@ def create_app(settings: CloudSettings, loaded: LoadedModel | None = None) -> Fa
         metrics.link_bytes.labels("sent").inc(len(answer))
         return Response(answer, media_type=MEDIA_TYPE)
 
-    @app.delete("/v1/sessions/{session_id}", status_code=204)
+    @app.delete("/v1/sessions/{session_id}", status_code=204, dependencies=edge_only)
     async def end_session(session_id: uuid.UUID, request: Request) -> Response:
         """Free a session's KV cache."""
         if not request.app.state.engine.end(session_id):
             raise SessionNotFoundError(f"session {session_id} is not live")
         return Response(status_code=204)
 
-    @app.get("/v1/info")
+    @app.get("/v1/info", dependencies=edge_only)
     async def info(request: Request) -> dict:
         """What this cloud holds, so an edge can check it serves the same model."""
         engine: ShardEngine = request.app.state.engine
@@ -95,7 +109,7 @@ def create_app(settings: CloudSettings, loaded: LoadedModel | None = None) -> Fa
                 "num_layers": m.num_layers, "hidden_size": m.hidden_size, "vocab_size": m.vocab_size,
                 "held_layers": [engine.held.start, engine.held.end]}
 
-    @app.post("/v1/layers")
+    @app.post("/v1/layers", dependencies=edge_only)
     async def hold_layers(wanted: LayerRange, request: Request) -> dict:
         """Load blocks `[start, end)` (and any between them and those held) before an edge switches to a plan."""
         engine: ShardEngine = request.app.state.engine
@@ -105,13 +119,13 @@ def create_app(settings: CloudSettings, loaded: LoadedModel | None = None) -> Fa
         held = await run_in_threadpool(engine.hold, wanted, lambda: load_checkpoint(settings.model_dir), budget)
         return {"held_layers": [held.start, held.end]}
 
-    @app.post("/v1/probe", status_code=204)
+    @app.post("/v1/probe", status_code=204, dependencies=edge_only)
     async def probe(request: Request) -> Response:
         """Swallow a body and answer empty: the edge times it to estimate bandwidth and RTT."""
         await read_body(request, max_body)
         return Response(status_code=204)
 
-    @app.get("/profile")
+    @app.get("/profile", dependencies=edge_only)
     async def profile(request: Request) -> Response:
         """This tier's measured profile, so the edge can plan with the cloud's real costs."""
         engine: ShardEngine = request.app.state.engine

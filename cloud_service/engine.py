@@ -44,15 +44,18 @@ class ShardEngine:
             codec = self._local.codec = FrameCodec(limits=self.limits)
         return codec
 
-    def forward(self, data: bytes) -> bytes:
+    def forward(self, data: bytes, caller: str = "", *, timeout_s: float | None = None) -> bytes:
         """Decode a request frame, run its blocks for its session, encode the answer.
+
+        `caller` identifies the edge (its address) for the per-caller session limit. `timeout_s` is there for
+        the orchestrator's `CloudLink` protocol: in process there is no link to time out.
 
         Raises:
             FrameError, PlanError, SessionNotFoundError, SessionConflictError, CapacityError.
         """
         frame = self._decoder().decode(data)
         self._check_frame(frame)
-        session = self._open(frame) if frame.position == 0 else self.store.get(frame.session)
+        session = self._open(frame, caller) if frame.position == 0 else self.store.get(frame.session)
         with session.lock:
             return self._step(session, frame)
 
@@ -110,7 +113,7 @@ class ShardEngine:
         if frame.position + rows > self.max_positions:
             raise FrameError(f"positions up to {frame.position + rows} exceed the model's {self.max_positions}")
 
-    def _open(self, frame: Frame) -> CloudSession:
+    def _open(self, frame: Frame, caller: str) -> CloudSession:
         try:
             meta = SessionMeta.model_validate_json(frame.meta) if frame.meta else SessionMeta()
         except ValidationError as exc:
@@ -119,6 +122,7 @@ class ShardEngine:
             id=frame.session, layers=frame.layers, state=ShardState(self.model.new_cache()),
             codec=FrameCodec(dtype=DTYPE_BY_NAME[meta.codec], zstd_level=meta.zstd_level, limits=self.limits),
             sampler=Sampler(meta.sampling) if Flags.HEAD in frame.flags else None, request_id=meta.request_id,
+            owner=caller,
         )
         self.store.add(session)
         log.info("session %s opened for blocks %s (request %s)", session.id, frame.layers, meta.request_id or "-")

@@ -34,6 +34,7 @@ class CloudSession:
     codec: FrameCodec  # encodes this session's answers (its dtype and zstd level)
     sampler: Sampler | None  # set when the cloud holds the head
     request_id: str = ""
+    owner: str = ""  # the edge that opened it (its address), for the per-caller limit
     lock: threading.Lock = field(default_factory=threading.Lock)
     last_used: float = 0.0
 
@@ -42,8 +43,9 @@ class SessionStore:
     """Thread-safe map of live sessions; `clock` is injectable for tests."""
 
     def __init__(self, ttl_s: float, max_sessions: int, max_cache_bytes: int,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, max_per_owner: int | None = None) -> None:
         self.ttl_s = ttl_s
+        self.max_per_owner = max_per_owner
         self.max_sessions = max_sessions
         self.max_cache_bytes = max_cache_bytes
         self._clock = clock
@@ -80,12 +82,16 @@ class SessionStore:
         """Register a new session, evicting idle least-recently-used ones when full.
 
         Raises:
-            CapacityError: every held session is busy and the store is full.
+            CapacityError: every held session is busy and the store is full, or its owner holds its limit.
         """
         with self._lock:
             self._expire_locked()
             if session.id in self._live:
                 raise SessionConflictError(f"session {session.id} already exists; end it before starting it again")
+            if self.max_per_owner is not None:
+                held = sum(1 for s in self._live.values() if s.owner == session.owner)
+                if held >= self.max_per_owner:
+                    raise CapacityError(f"this edge already holds {held} live sessions, its limit; end some first")
             while len(self._live) >= self.max_sessions:
                 if not self._evict_one_locked(keep=session.id, reason="evicted (too many sessions)"):
                     raise CapacityError(f"the cloud holds its maximum of {self.max_sessions} busy sessions")

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from pydantic import SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from splitcore.auth import empty_is_none
 from splitcore.defaults import DEFAULT_MODEL_DIR
 
 
@@ -25,4 +27,11 @@ class CloudSettings(BaseSettings):
     max_cache_mb: float = 4096.0  # KV cache memory cap over all sessions, MiB
     max_frame_mb: float = 64.0  # largest accepted request body, MiB
     profile: Path | None = None  # measured profile JSON to serve at GET /profile; default: measure on first request
+    auth_token: SecretStr | None = None  # bearer token edges must send to /v1/* and /profile; unset: open
+    ssl_certfile: Path | None = None  # serve over TLS with this PEM certificate
+    ssl_keyfile: Path | None = None  # and this private key
+    ssl_ca_certs: Path | None = None  # with TLS: accept only edges with a client certificate signed by this CA
+    max_sessions_per_caller: int = 64  # live sessions one edge (client address) may hold; beyond: 429
     log_level: str = "info"  # logging level
+
+    _no_empty_token = field_validator("auth_token", mode="before")(empty_is_none)

@@ -8,7 +8,6 @@ Handlers are thin: the work is in `Replanner`.
 from __future__ import annotations
 
 import contextlib
-import secrets
 import time
 from pathlib import Path
 from typing import Literal
@@ -21,6 +20,7 @@ from pydantic import Field, model_validator
 
 from edge_service.runtime import EdgeRuntime
 from partitioner.costmodel import Link, Workload
+from splitcore.auth import bearer, check_token
 from splitcore.errors import AuthenticationError, CloudUnavailableError, PermissionDeniedError, UserError
 from splitcore.plan import CodecName, parse_cut
 from splitcore.schema import StrictModel
@@ -59,18 +59,11 @@ class PlanRequest(StrictModel):
 
 
 def require_admin(request: Request) -> None:
-    """The dependency that guards every admin route."""
+    """The dependency that guards every admin route: the bearer token, else the dashboard's cookie."""
     token = request.app.state.runtime.settings.admin_token
     if token is None:
         raise PermissionDeniedError("the admin API is off: start the edge with EDGE_ADMIN_TOKEN set")
-    given = request.cookies.get(COOKIE, "")
-    scheme, _, value = request.headers.get("authorization", "").partition(" ")
-    if scheme.lower() == "bearer" and value:
-        given = value.strip()
-    if not given:
-        raise AuthenticationError("admin credentials required: send 'Authorization: Bearer <EDGE_ADMIN_TOKEN>'")
-    if not secrets.compare_digest(given.encode(), token.get_secret_value().encode()):
-        raise PermissionDeniedError("wrong admin token")
+    check_token(bearer(request) or request.cookies.get(COOKIE, ""), token, "admin")
 
 
 def _runtime(request: Request) -> EdgeRuntime:
@@ -167,8 +160,9 @@ async def login(request: Request) -> RedirectResponse:
     if not token:
         raise UserError("the form needs a token")
     expected = _runtime(request).settings.admin_token
-    if expected is None or not secrets.compare_digest(token.encode(), expected.get_secret_value().encode()):
-        raise PermissionDeniedError("wrong admin token")
+    if expected is None:
+        raise PermissionDeniedError("the admin API is off: start the edge with EDGE_ADMIN_TOKEN set")
+    check_token(token, expected, "admin")
     response = RedirectResponse("/admin/dashboard", status_code=303)
     response.set_cookie(COOKIE, token, httponly=True, samesite="strict", path="/admin")
     return response

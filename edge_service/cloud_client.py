@@ -8,12 +8,14 @@ connection that stays open, with a binary body each way.
 from __future__ import annotations
 
 import logging
+import ssl
 import time
 import uuid
+from pathlib import Path
 
 import httpx
 
-from splitcore.errors import CapacityError, CloudRefusedError, CloudUnavailableError
+from splitcore.errors import CapacityError, CloudRefusedError, CloudSessionLostError, CloudUnavailableError
 from splitcore.wire import MEDIA_TYPE
 
 log = logging.getLogger(__name__)
@@ -23,24 +25,45 @@ class CloudClient:
     """HTTP client of the cloud's shard API."""
 
     def __init__(self, base_url: str, timeout_s: float = 30.0, connect_timeout_s: float = 3.0,
-                 max_connections: int = 64) -> None:
+                 max_connections: int = 64, token: str | None = None, ca_file: Path | None = None,
+                 client_cert: tuple[Path, Path] | None = None) -> None:
+        """`token` goes in each request's Authorization header; `ca_file` verifies an https cloud; `client_cert`
+        (certificate, key) answers a cloud that asks for mutual TLS."""
         self.base_url = base_url.rstrip("/")
+        self.connect_timeout_s = connect_timeout_s
+        headers = {"content-type": MEDIA_TYPE}
+        if token:
+            headers["authorization"] = f"Bearer {token}"
+        verify: ssl.SSLContext | bool = True
+        if ca_file is not None or client_cert is not None:
+            verify = ssl.create_default_context(cafile=str(ca_file) if ca_file else None)
+            if client_cert is not None:
+                verify.load_cert_chain(str(client_cert[0]), str(client_cert[1]))
         self._http = httpx.Client(
             base_url=self.base_url,
             timeout=httpx.Timeout(timeout_s, connect=connect_timeout_s),
             limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections),
-            headers={"content-type": MEDIA_TYPE},
+            headers=headers, verify=verify,
         )
 
-    def forward(self, frame: bytes) -> bytes:
-        """Send one frame, return the answer frame.
+    def forward(self, frame: bytes, *, timeout_s: float | None = None) -> bytes:
+        """Send one frame, return the answer frame; `timeout_s` bounds this step (default: the client's).
 
         Raises:
             CloudUnavailableError: the cloud could not be reached, timed out or failed.
+            CloudSessionLostError: the cloud no longer holds the frame's session.
             CloudRefusedError: the cloud refused the frame (its status is kept).
             CapacityError: the cloud is at capacity; try again later.
         """
-        response = self._request("POST", "/v1/shard/forward", content=frame)
+        kwargs: dict = {}
+        if timeout_s is not None:
+            kwargs["timeout"] = httpx.Timeout(timeout_s, connect=min(timeout_s, self.connect_timeout_s))
+        try:
+            response = self._request("POST", "/v1/shard/forward", content=frame, **kwargs)
+        except CloudRefusedError as exc:
+            if exc.cloud_status == 404:
+                raise CloudSessionLostError(str(exc), 404) from exc
+            raise
         return response.content
 
     def end_session(self, session: uuid.UUID) -> None:

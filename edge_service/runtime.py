@@ -51,6 +51,18 @@ def plan_at_start(replanner: Replanner, estimator: LinkEstimator) -> None:
     replanner.switch(result.best.plan, "start", link)
 
 
+def cloud_client(settings: EdgeSettings) -> CloudClient:
+    """The client of the configured cloud, with its token and TLS material."""
+    cert = None
+    if settings.cloud_client_cert is not None:
+        if settings.cloud_client_key is None:
+            raise PlanError("EDGE_CLOUD_CLIENT_CERT needs EDGE_CLOUD_CLIENT_KEY too")
+        cert = (settings.cloud_client_cert, settings.cloud_client_key)
+    token = settings.cloud_token.get_secret_value() if settings.cloud_token else None
+    return CloudClient(settings.cloud_url, settings.cloud_timeout_s, settings.cloud_connect_timeout_s,
+                       token=token, ca_file=settings.cloud_ca_file, client_cert=cert)
+
+
 @dataclass
 class EdgeRuntime:
     """Everything a request handler needs, built once at start-up."""
@@ -72,10 +84,11 @@ class EdgeRuntime:
         n = loaded.layered.num_layers
         metrics = metrics or EdgeMetrics()
         estimator = LinkEstimator()
-        cloud = CloudClient(settings.cloud_url, settings.cloud_timeout_s, settings.cloud_connect_timeout_s)
+        cloud = cloud_client(settings)
         auto = settings.cut == "auto"
         plan = Plan(num_layers=n, cut_a=n, cut_b=n) if auto else plan_from_settings(settings, n)
-        orchestrator = Orchestrator(loaded, plan, cloud, estimator.observe, slowdown=settings.emulate_slowdown)
+        orchestrator = Orchestrator(loaded, plan, cloud, estimator.observe, slowdown=settings.emulate_slowdown,
+                                    fallback=settings.fallback, step_timeout_s=settings.cloud_step_timeout_s)
         replanner = Replanner(settings, loaded, orchestrator, cloud, estimator, metrics)
         if auto:
             plan_at_start(replanner, estimator)

@@ -8,6 +8,7 @@ from typing import Literal
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from splitcore.auth import empty_is_none
 from splitcore.defaults import DEFAULT_MODEL_DIR
 from splitcore.plan import CodecName
 
@@ -46,10 +47,15 @@ class EdgeSettings(BaseSettings):
     replan_min_gain: float = Field(default=0.1, ge=0.0, lt=1.0)  # switch only if predicted this fraction faster
     emulate_slowdown: float = Field(default=1.0, ge=1.0)  # emulate a slower device: edge compute takes N x as long
     admin_token: SecretStr | None = None  # bearer token of /admin/*; unset: the admin API answers 403
+    cloud_token: SecretStr | None = None  # bearer token the cloud requires (its CLOUD_AUTH_TOKEN)
+    cloud_ca_file: Path | None = None  # CA bundle to verify an https cloud with; default: the system's
+    cloud_client_cert: Path | None = None  # PEM certificate for mutual TLS with the cloud
+    cloud_client_key: Path | None = None  # its private key
+    ssl_certfile: Path | None = None  # serve the public API over TLS with this PEM certificate
+    ssl_keyfile: Path | None = None  # and this private key
+    fallback: bool = True  # finish a generation on the edge alone when the cloud fails mid-request
+    cloud_step_timeout_s: float = 5.0  # longest wait for one decode step before the cloud counts as stalled
+    max_concurrent_requests: int = Field(default=32, ge=1)  # generations at once; beyond: 429 with Retry-After
     log_level: str = "info"  # logging level
 
-    @field_validator("admin_token", mode="before")
-    @classmethod
-    def _empty_token_is_none(cls, value: object) -> object:
-        """An empty EDGE_ADMIN_TOKEN (as docker-compose passes when unset) switches the admin API off."""
-        return None if value == "" else value
+    _no_empty_tokens = field_validator("admin_token", "cloud_token", mode="before")(empty_is_none)

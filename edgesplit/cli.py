@@ -6,11 +6,14 @@ import argparse
 import json
 import logging
 import os
+import ssl
 import sys
 from pathlib import Path
 
 from splitcore.defaults import DEFAULT_MODEL_DIR
 from splitcore.errors import EdgesplitError
+
+GRACE_S = 30  # on SIGTERM, requests in flight get this long to finish before the server closes
 
 
 def _settings_kwargs(args: argparse.Namespace, names: list[str]) -> dict:
@@ -27,11 +30,18 @@ def _serve_cloud(args: argparse.Namespace) -> None:
 
     settings = CloudSettings(**_settings_kwargs(args, ["model_dir", "host", "port", "layers", "threads",
                                                        "session_ttl_s", "max_sessions", "max_cache_mb",
-                                                       "max_weights_mb", "profile"]))
+                                                       "max_weights_mb", "profile", "ssl_certfile", "ssl_keyfile",
+                                                       "ssl_ca_certs", "max_sessions_per_caller"]))
     read_config(settings.model_dir)  # refuse a missing or unsupported checkpoint before starting the server
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s cloud %(name)s: %(message)s")
+    tls: dict = {}
+    if settings.ssl_certfile:
+        tls = {"ssl_certfile": str(settings.ssl_certfile), "ssl_keyfile": str(settings.ssl_keyfile)}
+        if settings.ssl_ca_certs:  # mutual TLS: only edges with a certificate from this CA get through
+            tls |= {"ssl_ca_certs": str(settings.ssl_ca_certs), "ssl_cert_reqs": ssl.CERT_REQUIRED}
     uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level=settings.log_level,
-                access_log=False)  # one line per decoded token would cost more than the step
+                access_log=False,  # one line per decoded token would cost more than the step
+                timeout_graceful_shutdown=GRACE_S, **tls)
 
 
 def _serve_edge(args: argparse.Namespace) -> None:
@@ -44,13 +54,19 @@ def _serve_edge(args: argparse.Namespace) -> None:
 
     flags = ["model_dir", "cloud_url", "cut", "head", "codec", "zstd_level", "allow_tokens_off_device", "host", "port",
              "threads", "edge_profile", "edge_memory_mb", "min_edge_layers", "plan_workload", "emulate_slowdown",
-             "max_codec_loss", "probe_interval_s", "replan_interval_s", "adaptive"]
+             "max_codec_loss", "probe_interval_s", "replan_interval_s", "adaptive", "cloud_ca_file",
+             "cloud_client_cert", "cloud_client_key", "ssl_certfile", "ssl_keyfile", "cloud_step_timeout_s",
+             "max_concurrent_requests", "fallback"]
     settings = EdgeSettings(**_settings_kwargs(args, flags))
     config = read_config(settings.model_dir)  # refuse a missing or unsupported checkpoint before loading it
     if settings.cut != "auto":
         plan_from_settings(settings, config.num_hidden_layers)  # and a bad plan
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s edge %(name)s: %(message)s")
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level=settings.log_level)
+    tls: dict = {}
+    if settings.ssl_certfile:
+        tls = {"ssl_certfile": str(settings.ssl_certfile), "ssl_keyfile": str(settings.ssl_keyfile)}
+    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level=settings.log_level,
+                timeout_graceful_shutdown=GRACE_S, **tls)
 
 
 def _demo(args: argparse.Namespace) -> None:
@@ -163,6 +179,11 @@ def build_parser() -> argparse.ArgumentParser:
     cloud.add_argument("--max-cache-mb", type=float)
     cloud.add_argument("--max-weights-mb", type=float, help="budget for block weights an edge may ask to load")
     cloud.add_argument("--profile", type=Path, help="measured profile to serve (default: measure on first request)")
+    cloud.add_argument("--ssl-certfile", type=Path, help="serve over TLS with this PEM certificate")
+    cloud.add_argument("--ssl-keyfile", type=Path, help="its private key")
+    cloud.add_argument("--ssl-ca-certs", type=Path, help="mutual TLS: require edge certificates from this CA")
+    cloud.add_argument("--max-sessions-per-caller", type=int, help="live sessions one edge may hold")
+    # the edge token is read from CLOUD_AUTH_TOKEN only: a flag would show it in the process list
     cloud.set_defaults(func=_serve_cloud)
 
     edge = serve.add_parser("edge", help="the edge tier: OpenAI-compatible API, tokenizer, front/back blocks")
@@ -180,6 +201,16 @@ def build_parser() -> argparse.ArgumentParser:
     edge.add_argument("--emulate-slowdown", type=float, help="emulate a device N x slower at compute (sleeps)")
     edge.add_argument("--probe-interval-s", type=float, help="probe the link after this long without traffic")
     edge.add_argument("--replan-interval-s", type=float, help="check the link against the plan this often")
+    edge.add_argument("--cloud-ca-file", type=Path, help="CA bundle that signed an https cloud's certificate")
+    edge.add_argument("--cloud-client-cert", type=Path, help="mutual TLS: this edge's certificate")
+    edge.add_argument("--cloud-client-key", type=Path, help="mutual TLS: its private key")
+    edge.add_argument("--ssl-certfile", type=Path, help="serve the public API over TLS with this certificate")
+    edge.add_argument("--ssl-keyfile", type=Path, help="its private key")
+    edge.add_argument("--cloud-step-timeout-s", type=float, help="a decode step slower than this: cloud stalled")
+    edge.add_argument("--max-concurrent-requests", type=int, help="generations at once; beyond: 429")
+    edge.add_argument("--no-fallback", dest="fallback", action="store_false", default=None,
+                      help="fail a request when the cloud fails, instead of finishing it on the edge")
+    # tokens come from EDGE_CLOUD_TOKEN and EDGE_ADMIN_TOKEN only: a flag would show them in the process list
     edge.add_argument("--head", choices=["edge", "cloud"])
     edge.add_argument("--codec", choices=["fp32", "fp16", "bf16", "int8"])
     edge.add_argument("--zstd-level", type=int)

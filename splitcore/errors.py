@@ -80,6 +80,7 @@ class CapacityError(EdgesplitError):
     """The service is at a configured capacity limit; try again later."""
 
     status_code = 429
+    headers = {"retry-after": "1"}
     error_type = "rate_limit_error"
 
 
@@ -96,3 +97,7 @@ class CloudRefusedError(CloudUnavailableError):
     def __init__(self, message: str, cloud_status: int) -> None:
         super().__init__(message)
         self.cloud_status = cloud_status  # the cloud's HTTP status, e.g. 404 for a session it no longer holds
+
+
+class CloudSessionLostError(CloudRefusedError):
+    """The cloud no longer holds the session (restarted, expired, evicted): replaying the prefix rebuilds it."""

@@ -24,7 +24,7 @@ from edge_service.prompts import render_chat
 from edge_service.responses import Endpoint, Responder, make_request_id
 from edge_service.runtime import EdgeRuntime
 from edge_service.settings import EdgeSettings
-from splitcore.errors import EdgesplitError, ModelNotFoundError, UserError
+from splitcore.errors import CapacityError, EdgesplitError, ModelNotFoundError, UserError
 from splitcore.http import error_response, install_error_handlers
 from splitcore.loading import LoadedModel
 from splitcore.metrics import install_metrics_route
@@ -137,6 +137,8 @@ async def _generate(runtime: EdgeRuntime, body: _Common, prompt_ids: list[int], 
         raise ModelNotFoundError(f"model {body.model!r} is not served here; GET /v1/models lists "
                                    f"{runtime.loaded.name!r}")
     _check_lengths(runtime, prompt_ids, max_tokens)
+    if runtime.metrics.in_flight >= settings.max_concurrent_requests:  # no await before the Responder counts it
+        raise CapacityError(f"{runtime.metrics.in_flight} requests are running, this edge's limit; retry shortly")
     room = min(settings.max_output_tokens, runtime.max_positions - len(prompt_ids))
     request = GenerationRequest(prompt_ids=prompt_ids, max_tokens=max_tokens or room, sampling=body.sampling,
                                 stop=tuple(stop), request_id=make_request_id())

@@ -50,7 +50,19 @@ class EdgeMetrics:
                                     ["kind"], registry=r)
         self.bandwidth = Gauge("edgesplit_edge_link_bandwidth_bps", "Estimated link bandwidth, bits/s", registry=r)
         self.rtt = Gauge("edgesplit_edge_link_rtt_seconds", "Estimated link round-trip time", registry=r)
+        self.fallbacks = Counter("edgesplit_edge_fallbacks", "Generations finished on the edge alone after a cloud "
+                                 "failure (or while the cloud was backed off)", registry=r)
+        self.replays = Counter("edgesplit_edge_replays", "Cloud caches rebuilt by replaying a prefix", registry=r)
+        self.in_flight = 0  # generations running now (the admission limit reads it)
         self.cut = Gauge("edgesplit_edge_plan_cut", "Current plan's cut points", ["point"], registry=r)
+
+    def begin(self) -> None:
+        self.in_flight += 1
+        self.active.inc()
+
+    def end(self) -> None:
+        self.in_flight -= 1
+        self.active.dec()
 
     def finished(self, done: Finished, endpoint: str) -> None:
         """Record one generation that ran to its end (or was cancelled by its client)."""
@@ -60,6 +72,9 @@ class EdgeMetrics:
         self.request_latency.labels(endpoint).observe(done.total_ms / 1000)
         self.requests.labels(endpoint, done.finish_reason).inc()
         self.output_tokens.inc(len(done.token_ids))
+        if done.fallback:
+            self.fallbacks.inc()
+        self.replays.inc(done.replays)
         self.recent.append(RequestRecord(time.time(), endpoint, done.finish_reason, done.time_to_first_token_ms,
                                          done.total_ms, len(done.token_ids)))
         link = done.link

@@ -13,73 +13,38 @@ import time
 import uuid
 from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
-from typing import Literal, Protocol
+from typing import Protocol
 
 import torch
 
+from edge_service.breaker import CloudBreaker
+from edge_service.generation import Finished, FinishReason, GenerationRequest, LinkStats
 from edge_service.textstream import TextStream
 from splitcore.codec import DTYPE_BY_NAME
-from splitcore.errors import CloudUnavailableError
+from splitcore.errors import (
+    CapacityError,
+    CloudSessionLostError,
+    CloudUnavailableError,
+    EdgesplitError,
+    SessionNotFoundError,
+)
 from splitcore.loading import LoadedModel
 from splitcore.plan import Plan
 from splitcore.ranges import LayerRange
 from splitcore.sampling import Sampler
-from splitcore.schema import SamplingParams, SessionMeta
+from splitcore.schema import SessionMeta
 from splitcore.shard import ShardState, run_range
 from splitcore.wire import Flags, FrameCodec, Kind
 
 log = logging.getLogger(__name__)
-FinishReason = Literal["stop", "length", "cancelled"]
 
 
 class CloudLink(Protocol):
     """What the orchestrator needs of the cloud: one frame in, one frame out; and freeing a session."""
 
-    def forward(self, frame: bytes) -> bytes: ...
+    def forward(self, frame: bytes, *, timeout_s: float | None = None) -> bytes: ...
 
     def end_session(self, session: uuid.UUID) -> None: ...
-
-
-@dataclass(frozen=True)
-class GenerationRequest:
-    prompt_ids: list[int]
-    max_tokens: int
-    sampling: SamplingParams = SamplingParams(temperature=0.0)
-    stop: tuple[str, ...] = ()
-    request_id: str = ""
-
-
-@dataclass
-class LinkStats:
-    """What one generation moved across the link and how long the cloud computed."""
-
-    prefill_bytes_up: int = 0
-    prefill_bytes_down: int = 0
-    decode_bytes_up: int = 0
-    decode_bytes_down: int = 0
-    decode_steps: int = 0
-    cloud_compute_ms: float = 0.0
-    round_trip_ms: float = 0.0
-
-    def as_dict(self) -> dict:
-        per_up = self.decode_bytes_up / self.decode_steps if self.decode_steps else 0.0
-        per_down = self.decode_bytes_down / self.decode_steps if self.decode_steps else 0.0
-        return {**self.__dict__, "decode_bytes_up_per_token": round(per_up, 1),
-                "decode_bytes_down_per_token": round(per_down, 1)}
-
-
-@dataclass
-class Finished:
-    """The last event of a generation."""
-
-    finish_reason: FinishReason
-    prompt_tokens: int
-    token_ids: list[int]
-    plan: Plan
-    link: LinkStats
-    time_to_first_token_ms: float
-    total_ms: float
-    inter_token_ms: list[float] = field(default_factory=list)  # time between consecutive tokens after the first
 
 
 @dataclass
@@ -97,13 +62,17 @@ class _Context:
     opened: bool = False  # a frame was sent: the cloud may hold a session to end
     step_cloud_s: float = 0.0  # this step's time waiting on the cloud (not stretched by the slowdown)
     link: LinkStats = field(default_factory=LinkStats)
+    fallback: str | None = None
+    replays: int = 0
 
 
 class Orchestrator:
     """Runs generations under a plan; the plan a generation starts with is the one it finishes with."""
 
     def __init__(self, loaded: LoadedModel, plan: Plan, cloud: CloudLink | None,
-                 link_observer: Callable[[int, float, float], None] | None = None, slowdown: float = 1.0) -> None:
+                 link_observer: Callable[[int, float, float], None] | None = None, slowdown: float = 1.0,
+                 fallback: bool = False, step_timeout_s: float | None = None,
+                 breaker: CloudBreaker | None = None) -> None:
         assert loaded.tokenizer is not None, "the edge owns the tokenizer"
         assert slowdown >= 1.0, "the emulated slowdown stretches compute; it cannot speed it up"
         self.tokenizer = loaded.tokenizer
@@ -112,6 +81,9 @@ class Orchestrator:
         self.cloud = cloud
         self.link_observer = link_observer  # (bytes both ways, elapsed ms, cloud compute ms) per exchange
         self.slowdown = slowdown  # emulate a slower device: sleep (slowdown - 1) x each step's edge compute
+        self.fallback = fallback  # finish on the edge alone when the cloud fails (the edge holds every block)
+        self.step_timeout_s = step_timeout_s  # a decode step slower than this counts as a stalled cloud
+        self.breaker = breaker or CloudBreaker()
         self.eos_ids = _eos_ids(loaded)
         self.plan = plan
         self.set_plan(plan)
@@ -137,7 +109,7 @@ class Orchestrator:
         first_token_ms = 0.0
         gaps: list[float] = []
         try:
-            token = self._step(ctx, torch.tensor(request.prompt_ids))
+            token = self._advance(ctx, torch.tensor(request.prompt_ids), request.prompt_ids)
             last = time.perf_counter()
             first_token_ms = (last - started) * 1000
             while True:
@@ -155,7 +127,7 @@ class Orchestrator:
                 if cancel is not None and cancel.is_set():
                     reason = "cancelled"
                     break
-                token = self._step(ctx, torch.tensor([token]))
+                token = self._advance(ctx, torch.tensor([token]), [*request.prompt_ids, *tokens])
                 now = time.perf_counter()
                 gaps.append((now - last) * 1000)
                 last = now
@@ -165,16 +137,62 @@ class Orchestrator:
             if ctx.opened:
                 self.cloud.end_session(ctx.session)  # type: ignore[union-attr]
         yield Finished(reason, len(request.prompt_ids), tokens, ctx.plan, ctx.link, first_token_ms,
-                       (time.perf_counter() - started) * 1000, gaps)
+                       (time.perf_counter() - started) * 1000, gaps, ctx.fallback, ctx.replays)
+
+    def _advance(self, ctx: _Context, ids: torch.Tensor, prefix: list[int]) -> int:
+        """One step that survives the cloud: `prefix` is every token id so far, `ids` included.
+
+        A session the cloud lost (it restarted, or dropped the session) is rebuilt by replaying the prefix on the
+        same plan. A cloud that fails, stalls or refuses, when fallback is allowed, is left for good: the prefix
+        is replayed through every block on the edge and the generation finishes there; the breaker keeps new
+        generations off the cloud for a while.
+        """
+        for _ in range(3):  # at most: a replay, then a fallback
+            try:
+                token = self._step(ctx, ids)
+                if ctx.plan.uses_cloud:
+                    self.breaker.succeeded()
+                return token
+            except (CloudSessionLostError, SessionNotFoundError) as exc:
+                if ctx.replays:  # lost again straight after a replay: treat as a failing cloud
+                    self._fall_back(ctx, exc)
+                else:
+                    log.warning("cloud lost session %s (%s); replaying %d tokens", ctx.session, exc, len(prefix))
+                    self._restart(ctx, ctx.plan)
+                    ctx.replays += 1
+            except (CloudUnavailableError, CapacityError) as exc:
+                self._fall_back(ctx, exc)
+            ids = torch.tensor(prefix)
+        raise CloudUnavailableError("the cloud failed again after a replay and a fallback")  # not reached
+
+    def _fall_back(self, ctx: _Context, exc: EdgesplitError) -> None:
+        if not self.fallback or not ctx.plan.uses_cloud:
+            raise exc
+        wait = self.breaker.failed()
+        log.warning("cloud failed mid-generation (%s); finishing on the edge, cloud skipped for %.0f s", exc, wait)
+        ctx.fallback = str(exc)
+        self._restart(ctx, _edge_only(ctx.plan))
+
+    def _restart(self, ctx: _Context, plan: Plan) -> None:
+        """Fresh caches and a new cloud session at position 0, on `plan`.
+
+        The old cloud session is not ended here: the cloud may be the thing that failed, and waiting on it would
+        stall the recovery; its TTL frees it.
+        """
+        ctx.plan, ctx.session, ctx.position, ctx.opened = plan, uuid.uuid4(), 0, False
+        ctx.front, ctx.back = ShardState(self.model.new_cache()), ShardState(self.model.new_cache())
 
     def _context(self, request: GenerationRequest) -> _Context:
         plan = self.plan  # one read: a plan swapped mid-generation does not affect this one
+        fallback = None
+        if plan.uses_cloud and self.fallback and self.breaker.open:
+            plan, fallback = _edge_only(plan), "the cloud failed recently; retrying it after a backoff"
         meta = SessionMeta(sampling=request.sampling, codec=plan.codec, zstd_level=plan.zstd_level,
                            request_id=request.request_id)
         return _Context(plan=plan, session=uuid.uuid4(), front=ShardState(self.model.new_cache()),
                         back=ShardState(self.model.new_cache()),
                         codec=FrameCodec(DTYPE_BY_NAME[plan.codec], plan.zstd_level),
-                        sampler=Sampler(request.sampling), meta=meta.model_dump_json().encode())
+                        sampler=Sampler(request.sampling), meta=meta.model_dump_json().encode(), fallback=fallback)
 
     def _step(self, ctx: _Context, ids: torch.Tensor) -> int:
         """Run one step (the prompt, or one token) through every tier; return the next token."""
@@ -214,7 +232,7 @@ class Orchestrator:
                                  meta=ctx.meta if first else b"")
         sent = time.perf_counter()
         ctx.opened = True
-        data = self.cloud.forward(frame)  # type: ignore[union-attr]
+        data = self.cloud.forward(frame, timeout_s=None if first else self.step_timeout_s)  # type: ignore[union-attr]
         elapsed_ms = (time.perf_counter() - sent) * 1000
         ctx.step_cloud_s = elapsed_ms / 1000
         answer = ctx.codec.decode(data)
@@ -235,6 +253,10 @@ class Orchestrator:
             link.decode_bytes_down += len(data)
             link.decode_steps += 1
         return answer.tensor
+
+
+def _edge_only(plan: Plan) -> Plan:
+    return Plan(num_layers=plan.num_layers, cut_a=plan.num_layers, cut_b=plan.num_layers)
 
 
 def _eos_ids(loaded: LoadedModel) -> set[int]:

@@ -34,7 +34,7 @@ def _extension(done: Finished) -> dict:
     plan = done.plan
     return {"plan": plan.describe(), "cut": [plan.cut_a, plan.cut_b], "head": plan.head, "codec": plan.codec,
             "time_to_first_token_ms": round(done.time_to_first_token_ms, 2), "total_ms": round(done.total_ms, 2),
-            "link": done.link.as_dict()}
+            "link": done.link.as_dict(), "fallback": done.fallback, "replays": done.replays}
 
 
 def _finish(done: Finished) -> str:
@@ -70,14 +70,14 @@ class Responder:
 
     async def body(self, request: GenerationRequest) -> dict:
         """The whole generation as one response body."""
-        self.metrics.active.inc()
+        self.metrics.begin()
         try:
             events = await run_in_threadpool(lambda: list(self.orchestrator.generate(request)))
         except BaseException as exc:
             self.metrics.failed(exc, self.endpoint)
             raise
         finally:
-            self.metrics.active.dec()
+            self.metrics.end()
         done = events[-1]
         assert isinstance(done, Finished)
         self.metrics.finished(done, self.endpoint)
@@ -95,11 +95,11 @@ class Responder:
         """
         cancel = threading.Event()
         events = self.orchestrator.generate(request, cancel)
-        self.metrics.active.inc()
+        self.metrics.begin()
         try:
             head = await run_in_threadpool(next, events)
         except BaseException as exc:
-            self.metrics.active.dec()
+            self.metrics.end()
             self.metrics.failed(exc, self.endpoint)
             await run_in_threadpool(events.close)
             raise
@@ -138,7 +138,7 @@ class Responder:
             log.warning("request %s failed mid-stream: %s", self.id, exc)
             yield _sse(error_body(str(exc), exc.error_type, code=exc.status_code))
         finally:
-            self.metrics.active.dec()
+            self.metrics.end()
             if not ended:  # the client hung up before the end
                 self.metrics.disconnected(self.endpoint)
             cancel.set()

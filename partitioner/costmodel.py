@@ -11,6 +11,7 @@ from pydantic import Field
 
 from partitioner.profile import PartCost, Profile
 from splitcore.codec import DTYPE_BY_NAME, raw_nbytes
+from splitcore.errors import UserError
 from splitcore.plan import Plan
 from splitcore.schema import StrictModel
 from splitcore.wire import HEADER_BYTES
@@ -35,7 +36,10 @@ class Workload(StrictModel):
     def parse(cls, spec: str) -> Workload:
         """'PROMPT:OUTPUT' tokens, e.g. '128:64'; 'PROMPT' alone keeps 64 output tokens."""
         prompt, _, output = spec.partition(":")
-        return cls(prompt_tokens=int(prompt), output_tokens=int(output or 64))
+        try:
+            return cls(prompt_tokens=int(prompt), output_tokens=int(output or 64))
+        except ValueError as exc:  # pydantic's ValidationError is a ValueError too
+            raise UserError(f"workload {spec!r}: give PROMPT:OUTPUT token counts, each at least 1") from exc
 
 
 class Estimate(StrictModel):

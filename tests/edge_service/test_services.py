@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import uuid
 from collections.abc import Iterator
 
 import httpx
@@ -122,15 +123,53 @@ def test_models_and_health_describe_the_served_model_and_plan(stack: dict) -> No
     assert health.status_code == 200 and health.json()["cut"] == [1, 3]
 
 
-@pytest.mark.parametrize(("content", "status"), [
-    (b"garbage", 400),
-    (b"ESPL" + b"\x00" * 60, 400),
-    (b"\x00" * (65 * 2**20), 413),
+def _frame(tensor: torch.Tensor, layers: tuple[int, int] = (1, 3), position: int = 0) -> bytes:
+    from splitcore.codec import Dtype
+    from splitcore.ranges import LayerRange
+    from splitcore.wire import FrameCodec
+
+    return FrameCodec(Dtype.FP32).encode(uuid.uuid4(), position, LayerRange(start=layers[0], end=layers[1]), tensor)
+
+
+def _bomb() -> bytes:
+    """A frame claiming a 2x64 tensor whose zstd body expands to 64 MiB."""
+    import zstandard
+
+    frame = bytearray(_frame(torch.randn(2, 64)))
+    body = zstandard.ZstdCompressor(level=19).compress(b"\x00" * (64 * 2**20))
+    return _with_body(frame, body, flags_zstd=True)
+
+
+def _with_body(frame: bytearray, body: bytes, flags_zstd: bool) -> bytes:
+    import struct
+    import zlib
+
+    from splitcore.wire import _HEADER, Flags
+
+    fields = list(_HEADER.unpack_from(frame))
+    fields[4] = int(Flags.ZSTD) if flags_zstd else fields[4]
+    fields[12], fields[14] = len(body), zlib.crc32(body)
+    return struct.pack(_HEADER.format, *fields) + body
+
+
+@pytest.mark.parametrize(("name", "content", "status", "words"), [
+    ("garbage", lambda: b"garbage", 400, ""),
+    ("zeroed header", lambda: b"ESPL" + b"\x00" * 60, 400, ""),
+    ("oversized body", lambda: b"\x00" * (65 * 2**20), 413, "limit"),
+    ("truncated frame", lambda: _frame(torch.randn(3, 64))[:-40], 400, ""),
+    ("flipped bit", lambda: _frame(torch.randn(3, 64))[:-1] + b"\x01", 400, "checksum"),
+    ("zstd bomb", _bomb, 413, ""),
+    ("wrong width", lambda: _frame(torch.randn(3, 48)), 400, "wide"),
+    ("blocks past the model", lambda: _frame(torch.randn(3, 64), (1, 9)), 422, "blocks"),
+    ("token ids out of the vocabulary", lambda: _frame(torch.tensor([1, 10**6]), (0, 3)), 400, "token ids"),
+    ("token ids after block 0", lambda: _frame(torch.tensor([1, 2]), (1, 3)), 400, "block 0"),
+    ("unknown session", lambda: _frame(torch.randn(1, 64), position=5), 404, "session"),
 ])
-def test_the_cloud_refuses_bad_frames_with_a_4xx(stack: dict, content: bytes, status: int) -> None:
-    response = httpx.post(f"{stack['cloud']}/v1/shard/forward", content=content, timeout=30)
-    assert response.status_code == status, response.text
-    assert "message" in response.json()["error"]
+def test_the_cloud_refuses_bad_frames_with_a_4xx(stack: dict, name: str, content: object, status: int,
+                                                 words: str) -> None:
+    response = httpx.post(f"{stack['cloud']}/v1/shard/forward", content=content(), timeout=30)  # type: ignore[operator]
+    assert response.status_code == status, (name, response.text)
+    assert words in response.json()["error"]["message"], name
 
 
 def test_ending_an_unknown_cloud_session_is_a_404(stack: dict) -> None:
@@ -142,7 +181,7 @@ def test_edge_is_not_ready_and_requests_fail_cleanly_when_the_cloud_is_down(mode
     from edgesplit.procs import free_port
 
     dead = f"http://127.0.0.1:{free_port()}"
-    settings = EdgeSettings(cloud_url=dead, cut="1:3", cloud_connect_timeout_s=0.5)
+    settings = EdgeSettings(cloud_url=dead, cut="1:3", cloud_connect_timeout_s=0.5, fallback=False)
     with LoopbackServer(create_edge(settings, models["gpt2"])) as url:
         assert httpx.get(f"{url}/health").status_code == 503
         response = httpx.post(f"{url}/v1/completions", json={"prompt": "x", "max_tokens": 2}, timeout=30)
@@ -150,6 +189,19 @@ def test_edge_is_not_ready_and_requests_fail_cleanly_when_the_cloud_is_down(mode
         assert "unreachable" in response.json()["error"]["message"]
         streamed = httpx.post(f"{url}/v1/completions", json={"prompt": "x", "max_tokens": 2, "stream": True})
         assert streamed.status_code == 502
+
+
+def test_with_fallback_a_down_cloud_still_serves_the_unsplit_models_tokens(models: dict[str, LoadedModel]) -> None:
+    from edgesplit.procs import free_port
+
+    loaded = models["gpt2"]
+    settings = EdgeSettings(cloud_url=f"http://127.0.0.1:{free_port()}", cut="1:3", cloud_connect_timeout_s=0.5)
+    with LoopbackServer(create_edge(settings, loaded)) as url:
+        assert httpx.get(f"{url}/health").status_code == 503  # not ready: the plan's cloud is not there
+        out = httpx.post(f"{url}/v1/completions", json={"prompt": PROMPT, "max_tokens": 6, "temperature": 0},
+                         timeout=30).json()
+        assert out["choices"][0]["text"] == reference_text(loaded, PROMPT, 6)[0]
+        assert "unreachable" in out["edgesplit"]["fallback"] and out["edgesplit"]["cut"] == [4, 4]
 
 
 def test_a_client_hanging_up_mid_stream_frees_the_cloud_session(models: dict[str, LoadedModel]) -> None:
@@ -174,7 +226,8 @@ def test_a_cloud_that_cannot_run_the_plan_makes_the_edge_unready_and_requests_fa
 
     cloud_copy, edge_copy = tiny_model("llama"), tiny_model("llama")  # the cloud drops blocks from its own copy
     with LoopbackServer(create_cloud(CloudSettings(layers="1:2"), cloud_copy)) as cloud_url, \
-            LoopbackServer(create_edge(EdgeSettings(cloud_url=cloud_url, cut="1:3"), edge_copy)) as url:
+            LoopbackServer(create_edge(EdgeSettings(cloud_url=cloud_url, cut="1:3", fallback=False),
+                                       edge_copy)) as url:
         health = httpx.get(f"{url}/health")
         assert health.status_code == 503 and "holds blocks [1, 2)" in health.json()["detail"]
         response = httpx.post(f"{url}/v1/completions", json={"prompt": "x", "max_tokens": 2}, timeout=30)

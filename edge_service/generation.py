@@ -1,0 +1,55 @@
+"""What a generation is asked and what it reports: the request, the link figures, the last event."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from splitcore.plan import Plan
+from splitcore.schema import SamplingParams
+
+FinishReason = Literal["stop", "length", "cancelled"]
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    prompt_ids: list[int]
+    max_tokens: int
+    sampling: SamplingParams = SamplingParams(temperature=0.0)
+    stop: tuple[str, ...] = ()
+    request_id: str = ""
+
+
+@dataclass
+class LinkStats:
+    """What one generation moved across the link and how long the cloud computed."""
+
+    prefill_bytes_up: int = 0
+    prefill_bytes_down: int = 0
+    decode_bytes_up: int = 0
+    decode_bytes_down: int = 0
+    decode_steps: int = 0
+    cloud_compute_ms: float = 0.0
+    round_trip_ms: float = 0.0
+
+    def as_dict(self) -> dict:
+        per_up = self.decode_bytes_up / self.decode_steps if self.decode_steps else 0.0
+        per_down = self.decode_bytes_down / self.decode_steps if self.decode_steps else 0.0
+        return {**self.__dict__, "decode_bytes_up_per_token": round(per_up, 1),
+                "decode_bytes_down_per_token": round(per_down, 1)}
+
+
+@dataclass
+class Finished:
+    """The last event of a generation."""
+
+    finish_reason: FinishReason
+    prompt_tokens: int
+    token_ids: list[int]
+    plan: Plan
+    link: LinkStats
+    time_to_first_token_ms: float
+    total_ms: float
+    inter_token_ms: list[float] = field(default_factory=list)  # time between consecutive tokens after the first
+    fallback: str | None = None  # why the generation finished on the edge alone, if it did
+    replays: int = 0  # times the cloud's cache was rebuilt by replaying the prefix

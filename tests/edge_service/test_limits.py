@@ -1,0 +1,30 @@
+"""Bounded work: beyond the concurrent-request limit callers get 429 with Retry-After, not a queue."""
+
+from __future__ import annotations
+
+import time
+
+import httpx
+
+from edge_service.app import create_app as create_edge
+from edge_service.settings import EdgeSettings
+from splitcore.loading import LoadedModel
+from tests.servers import LoopbackServer
+
+
+def test_requests_over_the_concurrency_limit_get_429_with_retry_after(models: dict[str, LoadedModel]) -> None:
+    # edge-only, compute stretched 50x, so the first generation is still running when the second arrives
+    settings = EdgeSettings(cut="edge", max_concurrent_requests=1, emulate_slowdown=50)
+    with LoopbackServer(create_edge(settings, models["gpt2"])) as url:
+        body = {"prompt": "hold the only slot", "max_tokens": 200, "temperature": 0, "stream": True}
+        with httpx.stream("POST", f"{url}/v1/completions", json=body, timeout=60) as first:
+            assert first.status_code == 200
+            next(first.iter_lines())
+            refused = httpx.post(f"{url}/v1/completions", json={"prompt": "me too", "max_tokens": 2}, timeout=10)
+            assert refused.status_code == 429 and refused.headers["retry-after"] == "1"
+            assert refused.json()["error"]["type"] == "rate_limit_error"
+        deadline = time.monotonic() + 5  # the hung-up generation stops at its next step and frees the slot
+        while (after := httpx.post(f"{url}/v1/completions", json={"prompt": "now", "max_tokens": 2},
+                                   timeout=30)).status_code == 429 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert after.status_code == 200

@@ -8,7 +8,7 @@ CLOUD_PORT ?= 8001
 EDGE_PORT ?= 8000
 CUT ?= 2:6
 
-.PHONY: demo test install serve-cloud serve-edge bench-overhead bench-accuracy bench-adaptive model perplexity clean
+.PHONY: demo test install serve-cloud serve-edge bench-overhead bench-accuracy bench-adaptive fuzz soak model perplexity clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -42,6 +42,13 @@ bench-accuracy: $(STAMP)
 
 bench-adaptive: $(STAMP)
 	$(BIN)/python bench/adaptive.py
+
+# The OpenAPI fuzz of the test suite with 25x the examples; and 5 minutes of hostile traffic with cloud restarts.
+fuzz: $(STAMP)
+	FUZZ_EXAMPLES=500 $(BIN)/python -m pytest -q tests/test_fuzz_openapi.py
+
+soak: $(STAMP)
+	$(BIN)/python loadtest/soak.py
 
 # Retrain the shipped checkpoint (needs Debian's bible-kjv for the corpus; about 30 minutes on 2 cores).
 model: $(STAMP)

@@ -25,7 +25,7 @@ from edge_service.responses import Endpoint, Responder, make_request_id
 from edge_service.runtime import EdgeRuntime
 from edge_service.settings import EdgeSettings
 from splitcore.errors import CapacityError, EdgesplitError, ModelNotFoundError, UserError
-from splitcore.http import error_response, install_error_handlers
+from splitcore.http import BodyLimit, error_response, install_error_handlers
 from splitcore.loading import LoadedModel
 from splitcore.metrics import install_metrics_route
 
@@ -51,6 +51,7 @@ def create_app(settings: EdgeSettings, loaded: LoadedModel | None = None) -> Fas
     app = FastAPI(title="edgesplit edge", lifespan=lifespan)
     install_error_handlers(app)
     install_metrics_route(app, metrics.registry)
+    app.add_middleware(BodyLimit, max_bytes=int(settings.max_body_mb * 2**20))
     app.include_router(admin.router)
     app.include_router(admin.guarded)
 

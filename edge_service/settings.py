@@ -32,6 +32,7 @@ class EdgeSettings(BaseSettings):
     cloud_connect_timeout_s: float = 3.0  # longest wait to open a connection to the cloud
     max_prompt_tokens: int = 4096  # longest accepted prompt, tokens (also capped by the model's positions)
     max_output_tokens: int = 2048  # largest accepted max_tokens
+    max_body_mb: float = 4.0  # largest accepted request body, MiB (a 4096-token prompt as JSON is far smaller)
     edge_profile: Path | None = None  # this device's measured profile for --plan auto; default: measure at start
     edge_memory_mb: float | None = None  # --plan auto: device memory budget for the model, MiB
     min_edge_layers: int = 1  # --plan auto: blocks [0, K) always stay on the device

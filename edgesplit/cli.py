@@ -62,6 +62,7 @@ def _serve_edge(args: argparse.Namespace) -> None:
     if settings.cut != "auto":
         plan_from_settings(settings, config.num_hidden_layers)  # and a bad plan
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s edge %(name)s: %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per decode step would cost more than the step
     tls: dict = {}
     if settings.ssl_certfile:
         tls = {"ssl_certfile": str(settings.ssl_certfile), "ssl_keyfile": str(settings.ssl_keyfile)}

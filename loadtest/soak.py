@@ -39,7 +39,12 @@ PROMPTS = ["And it came to pass", "In the beginning God", "The LORD is my shephe
 
 
 def rss_mib(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+    """Resident memory of a process; NaN for one that has just been killed."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except FileNotFoundError:
+        return float("nan")
+    for line in status.splitlines():
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
     return float("nan")
@@ -76,6 +81,7 @@ class Soak:
     def __init__(self, args: argparse.Namespace, edge: str, cloud: str) -> None:
         self.args, self.edge, self.cloud = args, edge, cloud
         self.stop = threading.Event()
+        self.cloud_down = threading.Event()  # set from the kill until the restarted cloud is healthy (and 1 s)
         self.lock = threading.Lock()
         self.good: Counter[str] = Counter()
         self.bad: Counter[str] = Counter()
@@ -97,8 +103,11 @@ class Soak:
                 name, kwargs = random.choice(calls)
                 try:
                     status = str(client.request(**kwargs).status_code)
-                except httpx.HTTPError as exc:  # a hang or a dropped connection is a failure too
-                    status = type(exc).__name__
+                except httpx.TransportError as exc:
+                    to_cloud = kwargs["url"].startswith(self.cloud)
+                    # the cloud is down between a kill and its restart: that is the fault injected, not an answer
+                    status = f"cloud down ({type(exc).__name__})" if to_cloud and self.cloud_down.is_set() else (
+                        type(exc).__name__)  # anything else (a hang, a reset from a live server) is a failure
                 with self.lock:
                     self.bad[f"{name}: {status}"] += 1
                 time.sleep(0.05)
@@ -138,13 +147,25 @@ def main() -> None:
         time.sleep(5)  # warm: measure memory once every code path has run
         memory = {"edge_start_mib": rss_mib(edge.pid), "cloud_start_mib": rss_mib(cloud.pid)}
         started = time.monotonic()
+        timeline: list[tuple[float, float, float]] = []
+        current = {"cloud": cloud}
+
+        def sample() -> None:
+            while not soak.stop.wait(15):
+                timeline.append((time.monotonic() - started, rss_mib(edge.pid), rss_mib(current["cloud"].pid)))
+        sampler = threading.Thread(target=sample, daemon=True)
+        sampler.start()
         restarts_at = [args.duration_s * (i + 1) / (args.restarts + 1) for i in range(args.restarts)]
         for n, at in enumerate(restarts_at, start=1):
             time.sleep(max(0.0, started + at - time.monotonic()))
+            soak.cloud_down.set()
             cloud.send_signal(signal.SIGKILL)
             cloud_ctx.__exit__(None, None, None)
             print(f"{time.monotonic() - started:6.1f} s: cloud killed; restarting", flush=True)
             cloud_ctx, cloud = start_cloud(n)
+            current["cloud"] = cloud
+            time.sleep(1.0)  # requests sent just before the restart finished may still fail to connect
+            soak.cloud_down.clear()
         time.sleep(max(0.0, started + args.duration_s - time.monotonic()))
         memory |= {"edge_end_mib": rss_mib(edge.pid), "cloud_end_mib": rss_mib(cloud.pid)}
         soak.stop.set()
@@ -153,19 +174,24 @@ def main() -> None:
         metrics = httpx.get(f"{edge_url}/metrics").text
     cloud_ctx.__exit__(None, None, None)
     served = soak.good.get("served", 0)
-    server_errors = sum(c for k, c in soak.bad.items() if not k.rsplit(": ", 1)[1].startswith("4"))
+    server_errors = sum(c for k, c in soak.bad.items()
+                        if not k.rsplit(": ", 1)[1].startswith(("4", "cloud down")))
     fallbacks = [ln for ln in metrics.splitlines() if ln.startswith("edgesplit_edge_fallbacks_total")]
     print(f"{args.duration_s:.0f} s, {args.restarts} cloud restarts, {args.good_clients} good + {args.bad_clients} "
           f"bad clients")
     print(f"good requests: {sum(soak.good.values())}, served {served}; by outcome: {dict(soak.good)}")
-    print(f"bad requests: {sum(soak.bad.values())}, answered with anything but a 4xx: {server_errors}")
+    print(f"bad requests: {sum(soak.bad.values())}, answered with anything but a 4xx (other than to a killed "
+          f"cloud): {server_errors}")
     for key in sorted(soak.bad):
         print(f"  {key}: {soak.bad[key]}")
     print(f"edge fallbacks: {fallbacks}")
     print("memory (RSS, MiB): " + ", ".join(f"{k} {v:.1f}" for k, v in memory.items()))
+    print("RSS every 15 s (s: edge / cloud MiB; the cloud restarts at the kills): " + ", ".join(
+        f"{t:.0f}: {e:.0f}/{c:.0f}" for t, e, c in timeline))
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, "good": soak.good,
-                                     "bad": soak.bad, "memory": memory}, indent=1))
+                                     "bad": soak.bad, "memory": memory,
+                                     "rss_timeline": timeline}, indent=1))
 
 
 if __name__ == "__main__":

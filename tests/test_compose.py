@@ -52,3 +52,9 @@ def test_the_cli_parses_every_flag_compose_passes() -> None:
     for service in compose["services"].values():
         args = build_parser().parse_args(service["command"])
         assert args.port in (8000, 8001)
+
+
+def test_compose_gives_both_tiers_the_same_cloud_token() -> None:
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    cloud_env, edge_env = compose["services"]["cloud"]["environment"], compose["services"]["edge"]["environment"]
+    assert cloud_env["CLOUD_AUTH_TOKEN"] == edge_env["EDGE_CLOUD_TOKEN"]

@@ -138,9 +138,10 @@ def test_clients_hanging_up_mid_stream_free_both_tiers(tmp_path: Path) -> None:
         deadline = time.monotonic() + 10
         while True:
             edge_active = _gauge(httpx.get(f"{edge}/metrics").text, "edgesplit_edge_active_requests")
-            cloud_sessions = _gauge(httpx.get(f"http://127.0.0.1:{port}/metrics").text,
-                                    "edgesplit_cloud_active_sessions")
-            if edge_active == 0 and cloud_sessions == 0:
+            cloud_metrics = httpx.get(f"http://127.0.0.1:{port}/metrics").text
+            cloud_sessions = _gauge(cloud_metrics, "edgesplit_cloud_active_sessions")
+            cloud_steps = _gauge(cloud_metrics, "edgesplit_cloud_in_flight_steps")
+            if edge_active == 0 and cloud_sessions == 0 and cloud_steps == 0:
                 break
             assert time.monotonic() < deadline, f"still {edge_active} requests on the edge, {cloud_sessions} sessions"
             time.sleep(0.2)

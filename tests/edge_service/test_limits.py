@@ -28,3 +28,22 @@ def test_requests_over_the_concurrency_limit_get_429_with_retry_after(models: di
                                    timeout=30)).status_code == 429 and time.monotonic() < deadline:
             time.sleep(0.1)
         assert after.status_code == 200
+
+
+def test_oversized_bodies_are_refused_with_413_declared_or_streamed(models: dict[str, LoadedModel]) -> None:
+    settings = EdgeSettings(cut="edge", max_body_mb=0.01)  # about 10 KB
+    with LoopbackServer(create_edge(settings, models["gpt2"])) as url:
+        big = {"prompt": "amen " * 5000, "max_tokens": 2}
+        declared = httpx.post(f"{url}/v1/completions", json=big, timeout=10)
+        assert declared.status_code == 413 and "limit" in declared.json()["error"]["message"]
+
+        def chunks():  # no content-length: the body arrives chunked
+            yield b'{"prompt": "'
+            for _ in range(100):
+                yield b"amen " * 100
+            yield b'", "max_tokens": 2}'
+        streamed = httpx.post(f"{url}/v1/completions", content=chunks(), timeout=10,
+                              headers={"content-type": "application/json"})
+        assert streamed.status_code == 413, streamed.text
+        small = httpx.post(f"{url}/v1/completions", json={"prompt": "amen", "max_tokens": 2}, timeout=10)
+        assert small.status_code == 200

@@ -88,3 +88,21 @@ def test_ended_sessions_are_reported_as_ended() -> None:
     assert store.remove(uuid.UUID(int=1)) and not store.remove(uuid.UUID(int=1))
     with pytest.raises(SessionNotFoundError, match="ended"):
         store.get(uuid.UUID(int=1))
+
+
+def test_one_edge_cannot_hold_more_than_its_share_of_sessions() -> None:
+    store = SessionStore(ttl_s=60, max_sessions=10, max_cache_bytes=2**30, max_per_owner=2)
+    for n in (1, 2):
+        s = session(n)
+        s.owner = "10.0.0.1"
+        store.add(s)
+    greedy = session(3)
+    greedy.owner = "10.0.0.1"
+    with pytest.raises(CapacityError, match="already holds 2 live sessions"):
+        store.add(greedy)
+    other = session(4)
+    other.owner = "10.0.0.2"
+    store.add(other)
+    store.remove(uuid.UUID(int=1))
+    store.add(greedy)  # a freed slot is usable again
+    assert len(store) == 3

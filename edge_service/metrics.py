@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from edge_service.orchestrator import Finished
-from splitcore.errors import CloudRefusedError, CloudUnavailableError, EdgesplitError
+from splitcore.errors import CloudUnavailableError, EdgesplitError
 from splitcore.metrics import LATENCY_BUCKETS_S
 
 
@@ -86,7 +86,7 @@ class EdgeMetrics:
         kind = type(exc).__name__ if isinstance(exc, EdgesplitError) else "internal"
         self.requests.labels(endpoint, "error").inc()
         self.recent.append(RequestRecord(time.time(), endpoint, "error", None, None, 0))
-        if isinstance(exc, CloudUnavailableError | CloudRefusedError):
+        if isinstance(exc, CloudUnavailableError):  # refusals (4xx from the cloud) included
             self.cloud_errors.labels(kind).inc()
 
     def disconnected(self, endpoint: str) -> None:

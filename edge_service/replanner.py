@@ -67,7 +67,7 @@ class Replanner:
     """Owns the plan's lifecycle on the edge: the profiles, the link history, searches and switches."""
 
     def __init__(self, settings: EdgeSettings, loaded: LoadedModel, orchestrator: Orchestrator,
-                 cloud: CloudClient | None, estimator: LinkEstimator, metrics: EdgeMetrics,
+                 cloud: CloudClient, estimator: LinkEstimator, metrics: EdgeMetrics,
                  edge_profile: Profile | None = None, cloud_profile: Profile | None = None) -> None:
         self.settings = settings
         self.loaded = loaded
@@ -77,7 +77,7 @@ class Replanner:
         self.metrics = metrics
         self.edge_profile = edge_profile
         self.cloud_profile = cloud_profile
-        self.adaptive = settings.cut == "auto" and settings.adaptive and cloud is not None
+        self.adaptive = settings.cut == "auto" and settings.adaptive
         self.workload = Workload.parse(settings.plan_workload)
         self.constraints = Constraints(
             edge_memory_bytes=int(settings.edge_memory_mb * 2**20) if settings.edge_memory_mb else None,
@@ -114,8 +114,6 @@ class Replanner:
                 edge = measure_profile(self.loaded, device_name="edge", repeats=3)
             self.edge_profile = edge.slowed(self.settings.emulate_slowdown)
         if self.cloud_profile is None:
-            if self.cloud is None:
-                raise CloudUnavailableError("this edge has no cloud configured: only edge-only plans are possible")
             self.cloud_profile = Profile.model_validate(self.cloud.profile())
         return self.edge_profile, self.cloud_profile
 
@@ -129,6 +127,24 @@ class Replanner:
         link = link or self.estimator.estimate().as_link()
         c = self.constraints.model_copy(update=constraints or {})
         return plan_for(edge, cloud, link, workload or self.workload, c, seed=self.settings.plan_seed)
+
+    def plan_at_start(self) -> None:
+        """`--plan auto`: probe the link, search with both profiles, switch; edge-only while the cloud is unreachable.
+
+        An unreachable cloud is not an error here: `tick` plans as soon as probes get through.
+        """
+        from partitioner.planning import describe, probe_link
+
+        try:
+            self.cloud.info()  # fail fast, before spending time measuring the edge
+            probe_link(self.cloud.probe, self.estimator)
+            result = self.search()
+        except CloudUnavailableError as exc:
+            log.warning("--plan auto: %s; serving edge-only until the cloud answers", exc)
+            return
+        link = self.estimator.estimate().as_link()
+        log.info("--plan auto:\n%s", describe(result, link, self.workload))
+        self.switch(result.best.plan, "start", link)
 
     def predicted_ms(self, plan: Plan, link: Link) -> float | None:
         """The cost model's time for one request of the workload, or None before profiles exist."""
@@ -156,8 +172,6 @@ class Replanner:
             if plan == old:
                 return None
             if plan.uses_cloud:
-                if self.cloud is None:
-                    raise CloudUnavailableError("this edge has no cloud configured (EDGE_CLOUD_URL)")
                 self.cloud.hold(plan.cut_a, plan.cut_b)  # before the swap: no request may meet missing blocks
             self.orchestrator.set_plan(plan)
             change = PlanChange(time.time(), old.describe(), plan.describe(), reason, link.bandwidth_bps,

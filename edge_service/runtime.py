@@ -32,25 +32,6 @@ def plan_from_settings(settings: EdgeSettings, num_layers: int) -> Plan:
     return plan
 
 
-def plan_at_start(replanner: Replanner, estimator: LinkEstimator) -> None:
-    """`--plan auto`: probe the link, search with both profiles, switch; edge-only while the cloud is unreachable."""
-    from partitioner.planning import describe, probe_link
-
-    cloud = replanner.cloud
-    try:
-        if cloud is None:
-            raise CloudUnavailableError("no cloud configured")
-        cloud.info()  # fail fast, before spending time measuring the edge
-        probe_link(cloud.probe, estimator)
-        result = replanner.search()
-    except CloudUnavailableError as exc:
-        log.warning("--plan auto: %s; serving edge-only until the cloud answers", exc)
-        return
-    link = estimator.estimate().as_link()
-    log.info("--plan auto:\n%s", describe(result, link, replanner.workload))
-    replanner.switch(result.best.plan, "start", link)
-
-
 def cloud_client(settings: EdgeSettings) -> CloudClient:
     """The client of the configured cloud, with its token and TLS material."""
     cert = None
@@ -91,7 +72,7 @@ class EdgeRuntime:
                                     fallback=settings.fallback, step_timeout_s=settings.cloud_step_timeout_s)
         replanner = Replanner(settings, loaded, orchestrator, cloud, estimator, metrics)
         if auto:
-            plan_at_start(replanner, estimator)
+            replanner.plan_at_start()
         log.info("edge plan: %s", orchestrator.plan.describe())
         positions = int(getattr(loaded.layered.config, "max_position_embeddings", 0) or 2**31)
         return cls(settings, loaded, orchestrator, cloud, positions, estimator, metrics, replanner)

@@ -63,7 +63,7 @@ def create_app(settings: CloudSettings, loaded: LoadedModel | None = None) -> Fa
     install_metrics_route(app, metrics.registry)
     max_body = int(settings.max_frame_mb * 2**20)
 
-    def require_edge(request: Request) -> None:
+    async def require_edge(request: Request) -> None:  # async: a sync dependency would cost a thread hop per step
         """The shard API answers only edges that send CLOUD_AUTH_TOKEN (when one is set)."""
         if settings.auth_token is not None:
             check_token(bearer(request), settings.auth_token, "edge")

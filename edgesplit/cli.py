@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 from splitcore.defaults import DEFAULT_MODEL_DIR
-from splitcore.errors import EdgesplitError
+from splitcore.errors import EdgesplitError, UserError
 
 GRACE_S = 30  # on SIGTERM, requests in flight get this long to finish before the server closes
 
@@ -19,6 +19,18 @@ GRACE_S = 30  # on SIGTERM, requests in flight get this long to finish before th
 def _settings_kwargs(args: argparse.Namespace, names: list[str]) -> dict:
     """Only the flags the user gave: the rest come from the environment or the defaults."""
     return {n: getattr(args, n) for n in names if getattr(args, n, None) is not None}
+
+
+def _uvicorn_tls(certfile: Path | None, keyfile: Path | None, client_ca: Path | None = None) -> dict:
+    """uvicorn's TLS arguments; with `client_ca`, mutual TLS: only clients with a certificate it signed get in."""
+    if certfile is None:
+        return {}
+    if keyfile is None:
+        raise UserError("--ssl-certfile needs --ssl-keyfile too")
+    tls: dict = {"ssl_certfile": str(certfile), "ssl_keyfile": str(keyfile)}
+    if client_ca is not None:
+        tls |= {"ssl_ca_certs": str(client_ca), "ssl_cert_reqs": ssl.CERT_REQUIRED}
+    return tls
 
 
 def _serve_cloud(args: argparse.Namespace) -> None:
@@ -34,11 +46,7 @@ def _serve_cloud(args: argparse.Namespace) -> None:
                                                        "ssl_ca_certs", "max_sessions_per_caller"]))
     read_config(settings.model_dir)  # refuse a missing or unsupported checkpoint before starting the server
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s cloud %(name)s: %(message)s")
-    tls: dict = {}
-    if settings.ssl_certfile:
-        tls = {"ssl_certfile": str(settings.ssl_certfile), "ssl_keyfile": str(settings.ssl_keyfile)}
-        if settings.ssl_ca_certs:  # mutual TLS: only edges with a certificate from this CA get through
-            tls |= {"ssl_ca_certs": str(settings.ssl_ca_certs), "ssl_cert_reqs": ssl.CERT_REQUIRED}
+    tls = _uvicorn_tls(settings.ssl_certfile, settings.ssl_keyfile, settings.ssl_ca_certs)
     uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level=settings.log_level,
                 access_log=False,  # one line per decoded token would cost more than the step
                 timeout_graceful_shutdown=GRACE_S, **tls)
@@ -63,9 +71,7 @@ def _serve_edge(args: argparse.Namespace) -> None:
         plan_from_settings(settings, config.num_hidden_layers)  # and a bad plan
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s edge %(name)s: %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per decode step would cost more than the step
-    tls: dict = {}
-    if settings.ssl_certfile:
-        tls = {"ssl_certfile": str(settings.ssl_certfile), "ssl_keyfile": str(settings.ssl_keyfile)}
+    tls = _uvicorn_tls(settings.ssl_certfile, settings.ssl_keyfile)
     uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level=settings.log_level,
                 timeout_graceful_shutdown=GRACE_S, **tls)
 

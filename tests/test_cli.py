@@ -61,3 +61,11 @@ def test_profile_then_plan_from_the_command_line(checkpoint: Path, tmp_path: Pat
     assert {"time_to_first_token_ms", "time_per_output_token_ms", "edge_memory_bytes", "bytes_per_token"} <= set(answer)
     tight = run(*args, "--edge-memory-mb", "0.01")
     assert tight.returncode == 2 and "device memory budget" in tight.stderr
+
+
+def test_a_certificate_without_its_key_is_refused_before_serving(capsys: pytest.CaptureFixture[str]) -> None:
+    from edgesplit.cli import main
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["serve", "cloud", "--ssl-certfile", "cloud.pem", "--port", "1"])
+    assert exit_.value.code == 2 and "--ssl-certfile needs --ssl-keyfile" in capsys.readouterr().err

@@ -18,7 +18,7 @@ from cloud_service.sessions import SessionStore
 from cloud_service.settings import CloudSettings
 from splitcore.auth import bearer, check_token
 from splitcore.errors import EdgesplitError, PlanError, SessionNotFoundError
-from splitcore.http import install_error_handlers, read_body
+from splitcore.http import BodyLimit, install_error_handlers
 from splitcore.loading import LoadedModel, load_checkpoint
 from splitcore.metrics import install_metrics_route
 from splitcore.plan import parse_cut
@@ -61,7 +61,7 @@ def create_app(settings: CloudSettings, loaded: LoadedModel | None = None) -> Fa
     app = FastAPI(title="edgesplit cloud", lifespan=lifespan)
     install_error_handlers(app)
     install_metrics_route(app, metrics.registry)
-    max_body = int(settings.max_frame_mb * 2**20)
+    app.add_middleware(BodyLimit, max_bytes=int(settings.max_frame_mb * 2**20))  # every route, JSON ones too
 
     async def require_edge(request: Request) -> None:  # async: a sync dependency would cost a thread hop per step
         """The shard API answers only edges that send CLOUD_AUTH_TOKEN (when one is set)."""
@@ -81,7 +81,7 @@ def create_app(settings: CloudSettings, loaded: LoadedModel | None = None) -> Fa
         metrics.in_flight.inc()
         try:
             with metrics.step_latency.time():
-                data = await read_body(request, max_body)
+                data = await request.body()
                 metrics.link_bytes.labels("received").inc(len(data))
                 caller = request.client.host if request.client else ""
                 answer = await run_in_threadpool(request.app.state.engine.forward, data, caller)
@@ -122,7 +122,7 @@ def create_app(settings: CloudSettings, loaded: LoadedModel | None = None) -> Fa
     @app.post("/v1/probe", status_code=204, dependencies=edge_only)
     async def probe(request: Request) -> Response:
         """Swallow a body and answer empty: the edge times it to estimate bandwidth and RTT."""
-        await read_body(request, max_body)
+        await request.body()
         return Response(status_code=204)
 
     @app.get("/profile", dependencies=edge_only)

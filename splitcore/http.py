@@ -14,7 +14,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from splitcore.errors import EdgesplitError, FrameTooLargeError
+from splitcore.errors import EdgesplitError
 
 log = logging.getLogger(__name__)
 
@@ -62,25 +62,11 @@ def install_error_handlers(app: FastAPI) -> None:
         return error_response(500, f"internal error ({type(exc).__name__}); see the server log", "server_error")
 
 
-async def read_body(request: Request, max_bytes: int) -> bytes:
-    """Read a request body, refusing (413) anything over `max_bytes` before it is all in memory."""
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > max_bytes:
-        raise FrameTooLargeError(f"request body of {declared} bytes is over the {max_bytes}-byte limit")
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > max_bytes:
-            raise FrameTooLargeError(f"request body is over the {max_bytes}-byte limit")
-        chunks.append(chunk)
-    return b"".join(chunks)
-
-
 class BodyLimit:
     """ASGI middleware: refuse a request body over `max_bytes` with 413 before it is all in memory.
 
     Checks the declared length first, then reads the body (a chunked one declares none) up to the limit and
-    hands it on whole: fine for the edge's JSON bodies, which are small.
+    hands it on whole, as the handlers would read it anyway: the edge's JSON bodies and the cloud's frames.
     """
 
     def __init__(self, app: ASGIApp, max_bytes: int) -> None:

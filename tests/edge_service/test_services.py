@@ -172,6 +172,12 @@ def test_the_cloud_refuses_bad_frames_with_a_4xx(stack: dict, name: str, content
     assert words in response.json()["error"]["message"], name
 
 
+def test_the_clouds_json_routes_have_the_same_body_limit(stack: dict) -> None:
+    response = httpx.post(f"{stack['cloud']}/v1/layers", content=b" " * (65 * 2**20),
+                          headers={"content-type": "application/json"}, timeout=30)
+    assert response.status_code == 413 and "limit" in response.json()["error"]["message"]
+
+
 def test_ending_an_unknown_cloud_session_is_a_404(stack: dict) -> None:
     response = httpx.delete(f"{stack['cloud']}/v1/sessions/00000000-0000-0000-0000-000000000000")
     assert response.status_code == 404

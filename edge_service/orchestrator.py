@@ -7,11 +7,13 @@ worker thread; tests and benchmarks call it directly, with either the HTTP
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
 import uuid
-from collections.abc import Callable, Generator
+from collections.abc import Callable, Generator, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -60,7 +62,6 @@ class _Context:
     meta: bytes
     position: int = 0
     opened: bool = False  # a frame was sent: the cloud may hold a session to end
-    step_cloud_s: float = 0.0  # this step's time waiting on the cloud (not stretched by the slowdown)
     link: LinkStats = field(default_factory=LinkStats)
     fallback: str | None = None
     replays: int = 0
@@ -72,7 +73,7 @@ class Orchestrator:
     def __init__(self, loaded: LoadedModel, plan: Plan, cloud: CloudLink | None,
                  link_observer: Callable[[int, float, float], None] | None = None, slowdown: float = 1.0,
                  fallback: bool = False, step_timeout_s: float | None = None,
-                 breaker: CloudBreaker | None = None) -> None:
+                 breaker: CloudBreaker | None = None, max_concurrent_steps: int | None = None) -> None:
         assert loaded.tokenizer is not None, "the edge owns the tokenizer"
         assert slowdown >= 1.0, "the emulated slowdown stretches compute; it cannot speed it up"
         self.tokenizer = loaded.tokenizer
@@ -80,7 +81,10 @@ class Orchestrator:
         self.model = loaded.layered
         self.cloud = cloud
         self.link_observer = link_observer  # (bytes both ways, elapsed ms, cloud compute ms) per exchange
-        self.slowdown = slowdown  # emulate a slower device: sleep (slowdown - 1) x each step's edge compute
+        self.slowdown = slowdown  # emulate a slower device: sleep (slowdown - 1) x each stretch of edge compute
+        self._device_lock = threading.Lock()  # the emulated device's one core (used only when slowdown > 1)
+        # Generations computing at once (None: no bound); beyond about one per core they only thrash the cores.
+        self._steps = threading.BoundedSemaphore(max_concurrent_steps) if max_concurrent_steps else None
         self.fallback = fallback  # finish on the edge alone when the cloud fails (the edge holds every block)
         self.step_timeout_s = step_timeout_s  # a decode step slower than this counts as a stalled cloud
         self.breaker = breaker or CloudBreaker()
@@ -194,34 +198,39 @@ class Orchestrator:
                         codec=FrameCodec(DTYPE_BY_NAME[plan.codec], plan.zstd_level),
                         sampler=Sampler(request.sampling), meta=meta.model_dump_json().encode(), fallback=fallback)
 
-    def _step(self, ctx: _Context, ids: torch.Tensor) -> int:
-        """Run one step (the prompt, or one token) through every tier; return the next token."""
+    @contextmanager
+    def _device(self) -> Iterator[None]:
+        """A stretch of edge compute. On an emulated slower device it lasts `slowdown` x as long and holds the
+        device: the generations running at once take turns, as they would on one small core."""
         if self.slowdown == 1.0:
-            return self._run_step(ctx, ids)
-        started = time.perf_counter()
-        token = self._run_step(ctx, ids)
-        edge_s = time.perf_counter() - started - ctx.step_cloud_s
-        time.sleep(max(0.0, edge_s) * (self.slowdown - 1))  # sleeping frees the core, as a slower device would
-        return token
+            with self._steps or contextlib.nullcontext():
+                yield
+            return
+        with self._device_lock:
+            started = time.perf_counter()
+            yield
+            time.sleep((time.perf_counter() - started) * (self.slowdown - 1))  # sleeping frees the real core
 
     @torch.inference_mode()
-    def _run_step(self, ctx: _Context, ids: torch.Tensor) -> int:
+    def _step(self, ctx: _Context, ids: torch.Tensor) -> int:
+        """Run one step (the prompt, or one token) through every tier; return the next token."""
         plan, model = ctx.plan, self.model
-        ctx.step_cloud_s = 0.0
         if not plan.uses_cloud:  # a = b: the cloud's range is empty, the edge runs every block
             all_blocks = LayerRange(start=0, end=plan.num_layers)
-            return ctx.sampler(model.logits(run_range(model, ctx.front, all_blocks, input_ids=ids)))
+            with self._device():
+                return ctx.sampler(model.logits(run_range(model, ctx.front, all_blocks, input_ids=ids)))
         if plan.cut_a > 0:
-            payload = run_range(model, ctx.front, plan.edge_front, input_ids=ids)[0]  # (seq, hidden)
+            with self._device():
+                payload = run_range(model, ctx.front, plan.edge_front, input_ids=ids)[0]  # (seq, hidden)
         else:
             payload = ids  # (seq,): the plan lets tokens leave the device
         answer = self._cross(ctx, payload)
         if plan.head == "cloud":
             return int(answer[0])
-        if len(plan.edge_back) == 0:
-            return ctx.sampler(model.logits(answer.unsqueeze(0)))
-        hidden = run_range(model, ctx.back, plan.edge_back, hidden=answer)
-        return ctx.sampler(model.logits(hidden))
+        with self._device():
+            hidden = answer.unsqueeze(0) if len(plan.edge_back) == 0 else run_range(
+                model, ctx.back, plan.edge_back, hidden=answer)
+            return ctx.sampler(model.logits(hidden))
 
     def _cross(self, ctx: _Context, payload: torch.Tensor) -> torch.Tensor:
         """Send one step's activations to the cloud and return what it answers."""
@@ -234,7 +243,6 @@ class Orchestrator:
         ctx.opened = True
         data = self.cloud.forward(frame, timeout_s=None if first else self.step_timeout_s)  # type: ignore[union-attr]
         elapsed_ms = (time.perf_counter() - sent) * 1000
-        ctx.step_cloud_s = elapsed_ms / 1000
         answer = ctx.codec.decode(data)
         expected = Kind.TOKENS if plan.head == "cloud" else Kind.HIDDEN
         if answer.session != ctx.session or answer.position != ctx.position or answer.kind != expected:

@@ -1,0 +1,50 @@
+"""`--emulate-slowdown`: the emulated device has one core, so generations running at once take turns on it."""
+
+from __future__ import annotations
+
+import threading
+import time
+import types
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+import edge_service.orchestrator as orchestrator_module
+from cloud_service.engine import ShardEngine
+from cloud_service.sessions import SessionStore
+from edge_service.orchestrator import Finished, GenerationRequest, Orchestrator
+from splitcore.loading import LoadedModel
+from splitcore.plan import Plan
+
+
+@pytest.mark.parametrize("cut", [(4, 4), (1, 3)])  # edge-only; a split, whose cloud waits do not hold the device
+def test_concurrent_generations_never_use_the_emulated_device_at_once(
+        models: dict[str, LoadedModel], monkeypatch: pytest.MonkeyPatch, cut: tuple[int, int]) -> None:
+    loaded = models["gpt2"]
+    inside, most, sleeps = [0], [0], [0]
+    guard = threading.Lock()
+
+    def sleep(seconds: float) -> None:  # the slowdown's sleep, with a floor so overlaps would be seen
+        with guard:
+            inside[0] += 1
+            sleeps[0] += 1
+            most[0] = max(most[0], inside[0])
+        time.sleep(max(seconds, 0.005))
+        with guard:
+            inside[0] -= 1
+
+    monkeypatch.setattr(orchestrator_module, "time", types.SimpleNamespace(perf_counter=time.perf_counter,
+                                                                          sleep=sleep))
+    engine = ShardEngine(loaded, SessionStore(ttl_s=60, max_sessions=8, max_cache_bytes=2**30))
+    orch = Orchestrator(loaded, Plan(num_layers=4, cut_a=cut[0], cut_b=cut[1], codec="fp32"), engine, slowdown=3)
+
+    def generate(_: int) -> Finished:
+        done = list(orch.generate(GenerationRequest(prompt_ids=[5, 6, 7], max_tokens=8)))[-1]
+        assert isinstance(done, Finished)
+        return done
+
+    with ThreadPoolExecutor(4) as pool:
+        finished = list(pool.map(generate, range(4)))
+    assert {tuple(f.token_ids) for f in finished} == {tuple(finished[0].token_ids)}
+    assert sleeps[0] >= 4 * 8  # every step slept
+    assert most[0] == 1

@@ -2,7 +2,8 @@
 
 `tc netem` is missing from this kernel, so delay is added here: each chunk leaves no earlier than the
 link has serialised the bytes before it (`bytes * 8 / bandwidth`) and arrives half the round-trip time
-later. Runs its own event loop in a thread; listens on 127.0.0.1 only.
+later. The bandwidth is the link's, shared by every connection through it (one queue per direction), as
+several streams over one uplink share it. Runs its own event loop in a thread; listens on 127.0.0.1 only.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ class LinkEmulator:
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
         self._server: asyncio.base_events.Server | None = None
+        self._free_at = {"up": 0.0, "down": 0.0}  # when each direction finishes serialising what it accepted
 
     def set(self, bandwidth_bps: float | None = None, rtt_ms: float | None = None) -> None:
         """Change the link; applies to every chunk sent from now on."""
@@ -51,17 +53,17 @@ class LinkEmulator:
 
     async def _accept(self, client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
         server_r, server_w = await asyncio.open_connection(*self.target)
-        await asyncio.gather(self._pipe(client_r, server_w), self._pipe(server_r, client_w),
+        await asyncio.gather(self._pipe(client_r, server_w, "up"), self._pipe(server_r, client_w, "down"),
                              return_exceptions=True)
 
-    async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, direction: str) -> None:
         queue: asyncio.Queue[tuple[float, bytes]] = asyncio.Queue()
         deliver = asyncio.create_task(self._deliver(queue, writer))
-        free_at = 0.0  # when this direction finishes serialising what it already accepted
         try:
             while chunk := await reader.read(65536):
                 now = time.monotonic()
-                free_at = max(now, free_at) + len(chunk) * 8 / self.bandwidth_bps
+                free_at = max(now, self._free_at[direction]) + len(chunk) * 8 / self.bandwidth_bps
+                self._free_at[direction] = free_at  # one event loop: no lock needed
                 await queue.put((free_at + self.rtt_ms / 2000, chunk))
         finally:
             await queue.put((0.0, b""))

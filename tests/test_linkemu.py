@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 from fastapi import FastAPI, Request, Response
@@ -45,3 +46,19 @@ def test_the_link_can_change_while_a_connection_is_open() -> None:
             assert timed_post(client, target, 10) >= 60
             link.set(rtt_ms=10)
             assert min(timed_post(client, target, 10) for _ in range(3)) < 35
+
+
+def test_connections_through_one_link_share_its_bandwidth() -> None:
+    """Four uploads at once on four connections take about four times as long as one: one link, not four."""
+    with LoopbackServer(echo_app()) as url, LinkEmulator(int(url.rsplit(":", 1)[1]), 8e6, rtt_ms=10) as port:
+        target = f"http://127.0.0.1:{port}/sink"
+        clients = [httpx.Client() for _ in range(4)]
+        for client in clients:
+            timed_post(client, target, 10)  # open each connection
+        started = time.perf_counter()
+        with ThreadPoolExecutor(4) as pool:
+            list(pool.map(lambda c: timed_post(c, target, 200_000), clients))
+        elapsed_ms = (time.perf_counter() - started) * 1000
+        for client in clients:
+            client.close()
+    assert 800 <= elapsed_ms < 1000  # 4 x 1.6 Mbit at 8 Mbit/s, plus the round trip

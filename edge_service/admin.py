@@ -46,7 +46,7 @@ class PlanRequest(StrictModel):
     apply: bool = True
     bandwidth_bps: float | None = Field(default=None, gt=0, description="search on this link instead of the estimate")
     rtt_ms: float | None = Field(default=None, ge=0)
-    workload: str | None = Field(default=None, pattern=r"^\d+(:\d+)?$", description="PROMPT:OUTPUT tokens")
+    workload: str | None = Field(default=None, pattern=r"^\d+(:\d+){0,2}$", description="PROMPT:OUTPUT[:STREAMS]")
     constraints: SearchConstraints | None = None
 
     @model_validator(mode="after")

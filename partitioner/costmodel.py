@@ -3,6 +3,13 @@
 `predict(plan, edge, cloud, link, workload)` is pure: the same inputs always give the same `Estimate`,
 so the search, the tests and the benchmarks agree on what a plan costs. A step that uses the cloud pays
 the link's round trip and per-request overhead, plus its bytes over the bandwidth, each way.
+
+With several generations at once (`Workload.streams`), the edge's core, the cloud's and each direction of the
+link are queues that the streams share, and the round trip is a pure delay; a step's time then comes from exact
+mean value analysis of that closed network (Reiser and Lavenberg), with every stream in the same phase (all
+prefill, then all decode, as a burst of equal requests runs). This is what makes a cut in the middle pay: the
+edge and the cloud work on different streams at the same time, so the best plan balances the two. With one
+stream it reduces to the sum of the parts.
 """
 
 from __future__ import annotations
@@ -31,15 +38,17 @@ class Link(StrictModel):
 class Workload(StrictModel):
     prompt_tokens: int = Field(default=128, ge=1)
     output_tokens: int = Field(default=64, ge=1)
+    streams: int = Field(default=1, ge=1, le=1024, description="generations running on the edge at once")
 
     @classmethod
     def parse(cls, spec: str) -> Workload:
-        """'PROMPT:OUTPUT' tokens, e.g. '128:64'; 'PROMPT' alone keeps 64 output tokens."""
-        prompt, _, output = spec.partition(":")
+        """'PROMPT:OUTPUT[:STREAMS]', e.g. '128:64' or '64:32:4'; 'PROMPT' alone keeps 64 output tokens."""
+        prompt, _, rest = spec.partition(":")
+        output, _, streams = rest.partition(":")
         try:
-            return cls(prompt_tokens=int(prompt), output_tokens=int(output or 64))
+            return cls(prompt_tokens=int(prompt), output_tokens=int(output or 64), streams=int(streams or 1))
         except ValueError as exc:  # pydantic's ValidationError is a ValueError too
-            raise UserError(f"workload {spec!r}: give PROMPT:OUTPUT token counts, each at least 1") from exc
+            raise UserError(f"workload {spec!r}: give PROMPT:OUTPUT[:STREAMS] counts, each at least 1") from exc
 
 
 class Estimate(StrictModel):
@@ -67,9 +76,31 @@ def _frame(plan: Plan, sender: Profile, receiver: Profile, rows: int, tokens: bo
     return int(raw * min(1.0, ratio)) + HEADER_BYTES + HTTP_BYTES, cpu
 
 
-def _step_ms(plan: Plan, edge: Profile, cloud: Profile, link: Link, rows: int, context: int, decode: bool
-             ) -> tuple[float, int]:
-    """Time of one step (the prompt, or one token) and the bytes it moves both ways."""
+class _Demands(StrictModel):
+    """What one step of one stream asks of each resource, in ms, and the bytes it moves both ways."""
+
+    edge_ms: float = 0.0
+    cloud_ms: float = 0.0
+    up_ms: float = 0.0  # serialising the request frame onto the link
+    down_ms: float = 0.0
+    delay_ms: float = 0.0  # round trip and per-request software overhead: no queue
+    bytes: int = 0
+
+    def time_ms(self, streams: int) -> float:
+        """One step's time when `streams` run it at once (exact MVA; the plain sum for one stream)."""
+        demands = [self.edge_ms, self.cloud_ms, self.up_ms, self.down_ms]
+        queued = [0.0] * len(demands)
+        total = self.delay_ms + sum(demands)
+        for n in range(1, streams + 1):
+            residence = [d * (1 + q) for d, q in zip(demands, queued, strict=True)]
+            total = self.delay_ms + sum(residence)
+            queued = [n / total * r for r in residence]
+        return total
+
+
+def _step_demands(plan: Plan, edge: Profile, cloud: Profile, link: Link, rows: int, context: int, decode: bool
+                  ) -> _Demands:
+    """What one step (the prompt, or one token) of one stream costs each resource."""
     n_layers = edge.num_layers
     at = context if decode else rows
 
@@ -77,24 +108,25 @@ def _step_ms(plan: Plan, edge: Profile, cloud: Profile, link: Link, rows: int, c
         return part.decode_at(at) if decode else part.prefill_at(at)
 
     if not plan.uses_cloud:
-        return cost(edge.embed) + _sum(edge.layers, 0, n_layers, at, decode) + cost(edge.head), 0
-    ms = 0.0 if plan.cut_a == 0 else cost(edge.embed) + _sum(edge.layers, 0, plan.cut_a, at, decode)
-    ms += (cost(cloud.embed) if plan.cut_a == 0 else 0.0) + _sum(cloud.layers, plan.cut_a, plan.cut_b, at, decode)
+        return _Demands(edge_ms=cost(edge.embed) + _sum(edge.layers, 0, n_layers, at, decode) + cost(edge.head))
+    edge_ms = 0.0 if plan.cut_a == 0 else cost(edge.embed) + _sum(edge.layers, 0, plan.cut_a, at, decode)
+    cloud_ms = (cost(cloud.embed) if plan.cut_a == 0 else 0.0) + _sum(cloud.layers, plan.cut_a, plan.cut_b, at, decode)
     up, up_cpu = _frame(plan, edge, cloud, rows, tokens=plan.cut_a == 0)
     if plan.head == "cloud":
-        ms += cost(cloud.head)
+        cloud_ms += cost(cloud.head)
         down, down_cpu = _frame(plan, cloud, edge, 1, tokens=True)
     else:
         back_rows = rows if plan.cut_b < n_layers else 1  # no edge blocks after the cloud: only the last row
         down, down_cpu = _frame(plan, cloud, edge, back_rows, tokens=False)
-        ms += _sum(edge.layers, plan.cut_b, n_layers, at, decode) + cost(edge.head)
-    ms += up_cpu + down_cpu
-    ms += link.rtt_ms + link.overhead_ms + (up + down) * 8 / link.bandwidth_bps * 1000
-    return ms, up + down
+        edge_ms += _sum(edge.layers, plan.cut_b, n_layers, at, decode) + cost(edge.head)
+    ms_per_byte = 8 / link.bandwidth_bps * 1000
+    return _Demands(edge_ms=edge_ms + up_cpu + down_cpu, cloud_ms=cloud_ms, up_ms=up * ms_per_byte,
+                    down_ms=down * ms_per_byte, delay_ms=link.rtt_ms + link.overhead_ms, bytes=up + down)
 
 
-def edge_memory_bytes(plan: Plan, edge: Profile, context: int) -> int:
-    """Weights the edge must hold for the plan, its KV cache at `context` positions, and peak activations."""
+def edge_memory_bytes(plan: Plan, edge: Profile, context: int, streams: int = 1) -> int:
+    """Weights the edge must hold for the plan, and each stream's KV cache at `context` positions and peak
+    activations."""
     blocks = [i for i in range(edge.num_layers) if i < plan.cut_a or i >= plan.cut_b or not plan.uses_cloud]
     weights = sum(edge.layer_weights_bytes[i] for i in blocks)
     if plan.cut_a > 0 or not plan.uses_cloud:
@@ -104,15 +136,16 @@ def edge_memory_bytes(plan: Plan, edge: Profile, context: int) -> int:
                                                else edge.embed_weights_bytes)  # a tied head needs the embeddings
     kv = sum(edge.kv_bytes_per_token[i] for i in blocks) * context
     activations = edge.peak_activation_bytes_per_token * context if blocks else 0  # a prefill of the whole context
-    return int(weights + kv + activations)
+    return int(weights + (kv + activations) * streams)
 
 
 def predict(plan: Plan, edge: Profile, cloud: Profile, link: Link, workload: Workload) -> Estimate:
     """What `plan` costs for `workload` with these profiles and this link."""
     assert edge.num_layers == cloud.num_layers == plan.num_layers, "profiles and plan disagree on the model"
-    prompt, output = workload.prompt_tokens, workload.output_tokens
-    ttft, _ = _step_ms(plan, edge, cloud, link, prompt, prompt, decode=False)
-    mid_context = prompt + output // 2
-    tpot, step_bytes = _step_ms(plan, edge, cloud, link, 1, mid_context, decode=True)
+    prompt, output, streams = workload.prompt_tokens, workload.output_tokens, workload.streams
+    ttft = _step_demands(plan, edge, cloud, link, prompt, prompt, decode=False).time_ms(streams)
+    decode = _step_demands(plan, edge, cloud, link, 1, prompt + output // 2, decode=True)
+    tpot = decode.time_ms(streams)
     return Estimate(time_to_first_token_ms=ttft, time_per_output_token_ms=tpot, total_ms=ttft + (output - 1) * tpot,
-                    edge_memory_bytes=edge_memory_bytes(plan, edge, prompt + output), bytes_per_token=float(step_bytes))
+                    edge_memory_bytes=edge_memory_bytes(plan, edge, prompt + output, streams),
+                    bytes_per_token=float(decode.bytes))

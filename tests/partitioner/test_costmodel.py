@@ -7,6 +7,7 @@ import pytest
 from partitioner.costmodel import HTTP_BYTES, Link, Workload, edge_memory_bytes, predict
 from partitioner.profile import PartCost
 from partitioner.synthetic import synthetic_profile
+from splitcore.errors import UserError
 from splitcore.plan import Plan
 from splitcore.wire import HEADER_BYTES
 
@@ -76,3 +77,42 @@ def test_measured_compression_shrinks_prefill_frames_and_costs_codec_time() -> N
 def test_a_workload_parses_from_prompt_and_output_tokens() -> None:
     assert Workload.parse("128:32") == Workload(prompt_tokens=128, output_tokens=32)
     assert Workload.parse("256") == Workload(prompt_tokens=256, output_tokens=64)
+    assert Workload.parse("64:32:4") == Workload(prompt_tokens=64, output_tokens=32, streams=4)
+    with pytest.raises(UserError, match="STREAMS"):
+        Workload.parse("64:32:0")
+
+
+def test_streams_queue_at_a_tier_they_all_need() -> None:
+    """Edge-only: every stream needs the edge's one core, so N streams make each step N times as long."""
+    plan = Plan(num_layers=4, cut_a=4, cut_b=4)
+    one = predict(plan, EDGE, CLOUD, LINK, ONE_TOKEN).time_per_output_token_ms
+    four = predict(plan, EDGE, CLOUD, LINK, ONE_TOKEN.model_copy(update={"streams": 4})).time_per_output_token_ms
+    assert four == pytest.approx(4 * one)
+
+
+def test_the_round_trip_overlaps_with_other_streams_compute() -> None:
+    """Cloud-only with a long round trip: four streams fit in the time one spends on the wire (MVA by hand)."""
+    plan = Plan(num_layers=4, cut_a=0, cut_b=4, head="cloud", codec="fp32")
+    slow = LINK.model_copy(update={"rtt_ms": 200.0})
+    one = predict(plan, EDGE, CLOUD, slow, ONE_TOKEN).time_per_output_token_ms
+    four = predict(plan, EDGE, CLOUD, slow, ONE_TOKEN.model_copy(update={"streams": 4})).time_per_output_token_ms
+    assert 4 * 4.5 < one < four < one * 1.1  # the cloud (4.5 ms a step) is far from busy: little queueing
+
+
+def test_with_several_streams_a_balanced_middle_cut_beats_both_ends() -> None:
+    """One stream: some end of the model wins (the cost is linear in the cut). Four: the edge and the cloud work
+    on different streams at once, so a cut that shares the blocks out beats edge-only and cloud-only."""
+    edge = synthetic_profile("edge", [3.0] * 12, hidden_size=100, head_ms=0.5)
+    cloud = synthetic_profile("cloud", [1.0] * 12, hidden_size=100, head_ms=6.0)
+    link = Link(bandwidth_bps=1e9, rtt_ms=1.0)
+
+    def tpot(plan: Plan, streams: int) -> float:
+        work = Workload(prompt_tokens=16, output_tokens=8, streams=streams)
+        return predict(plan, edge, cloud, link, work).time_per_output_token_ms
+
+    ends = [Plan(num_layers=12, cut_a=12, cut_b=12), Plan(num_layers=12, cut_a=0, cut_b=12, head="cloud")]
+    middles = [Plan(num_layers=12, cut_a=a, cut_b=12, head="cloud") for a in range(1, 12)]
+    assert min(tpot(p, 1) for p in ends) <= min(tpot(p, 1) for p in middles)
+    best_middle = min(middles, key=lambda p: tpot(p, 4))
+    assert 2 <= best_middle.cut_a <= 6
+    assert tpot(best_middle, 4) < 0.9 * min(tpot(p, 4) for p in ends)

@@ -17,6 +17,7 @@ from cloud_service.metrics import CloudMetrics
 from cloud_service.sessions import SessionStore
 from cloud_service.settings import CloudSettings
 from splitcore.auth import bearer, check_token
+from splitcore.defaults import usable_cores
 from splitcore.errors import EdgesplitError, PlanError, SessionNotFoundError
 from splitcore.http import BodyLimit, install_error_handlers
 from splitcore.loading import LoadedModel, load_checkpoint
@@ -41,7 +42,7 @@ def build_engine(settings: CloudSettings, loaded: LoadedModel | None = None) -> 
     store = SessionStore(ttl_s=settings.session_ttl_s, max_sessions=settings.max_sessions,
                          max_cache_bytes=int(settings.max_cache_mb * 2**20),
                          max_per_owner=settings.max_sessions_per_caller)
-    return ShardEngine(loaded, store, held=held)
+    return ShardEngine(loaded, store, held=held, max_concurrent_steps=settings.max_concurrent_steps or usable_cores())
 
 
 def create_app(settings: CloudSettings, loaded: LoadedModel | None = None) -> FastAPI:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from splitcore.auth import empty_is_none
@@ -22,6 +22,7 @@ class CloudSettings(BaseSettings):
     layers: str | None = None  # "A:B": keep only blocks [A, B) in memory; default: all blocks
     max_weights_mb: float | None = None  # budget for block weights when an edge asks for more blocks; None: no limit
     threads: int | None = None  # torch intra-op threads; default: torch's choice (all cores)
+    max_concurrent_steps: int | None = Field(default=None, ge=1)  # steps computed at once; default: one per core
     session_ttl_s: float = 300.0  # a session idle this long is dropped with its KV cache
     max_sessions: int = 256  # sessions held at once; least recently used idle ones are evicted beyond it
     max_cache_mb: float = 4096.0  # KV cache memory cap over all sessions, MiB

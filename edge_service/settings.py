@@ -37,7 +37,7 @@ class EdgeSettings(BaseSettings):
     edge_memory_mb: float | None = None  # --plan auto: device memory budget for the model, MiB
     min_edge_layers: int = 1  # --plan auto: blocks [0, K) always stay on the device
     max_codec_loss: float | None = Field(default=None, ge=0.0)  # --plan auto: most perplexity ratio - 1 a codec adds
-    plan_workload: str = "128:64"  # --plan auto: PROMPT:OUTPUT tokens of a typical request
+    plan_workload: str = "128:64"  # --plan auto: PROMPT:OUTPUT[:STREAMS], a typical request and how many at once
     plan_seed: int = 0  # --plan auto: seed of the search
     probe_interval_s: float = 2.0  # probe the link when no request has crossed it for this long (sized to ~50 ms)
     adaptive: bool = True  # with --plan auto: re-plan on its own when the link estimate moves
@@ -46,7 +46,7 @@ class EdgeSettings(BaseSettings):
     replan_rtt_floor_ms: float = 3.0  # RTT moves smaller than this never count (loopback jitter)
     replan_confirmations: int = Field(default=2, ge=1)  # consecutive checks the move must last
     replan_min_gain: float = Field(default=0.1, ge=0.0, lt=1.0)  # switch only if predicted this fraction faster
-    emulate_slowdown: float = Field(default=1.0, ge=1.0)  # emulate a slower device: edge compute takes N x as long
+    emulate_slowdown: float = Field(default=1.0, ge=1.0)  # emulate a one-core device N x slower: compute takes turns
     admin_token: SecretStr | None = None  # bearer token of /admin/*; unset: the admin API answers 403
     cloud_token: SecretStr | None = None  # bearer token the cloud requires (its CLOUD_AUTH_TOKEN)
     cloud_ca_file: Path | None = None  # CA bundle to verify an https cloud with; default: the system's
@@ -57,6 +57,7 @@ class EdgeSettings(BaseSettings):
     fallback: bool = True  # finish a generation on the edge alone when the cloud fails mid-request
     cloud_step_timeout_s: float = 5.0  # longest wait for one decode step before the cloud counts as stalled
     max_concurrent_requests: int = Field(default=32, ge=1)  # generations at once; beyond: 429 with Retry-After
+    max_concurrent_steps: int | None = Field(default=None, ge=1)  # of those, computing at once; default: one per core
     log_level: str = "info"  # logging level
 
     _no_empty_tokens = field_validator("admin_token", "cloud_token", mode="before")(empty_is_none)

@@ -40,11 +40,16 @@ def wait_healthy(url: str, proc: subprocess.Popen, timeout_s: float = 120.0) -> 
 
 @contextmanager
 def serve(tier: str, args: list[str], port: int, log_path: Path | None = None,
-          env: dict[str, str] | None = None) -> Iterator[subprocess.Popen]:
-    """Run `edgesplit serve <tier> ... --port P` until the block ends; its output goes to `log_path`."""
+          env: dict[str, str] | None = None, cpus: set[int] | None = None) -> Iterator[subprocess.Popen]:
+    """Run `edgesplit serve <tier> ... --port P` until the block ends; its output goes to `log_path`.
+
+    `cpus` pins the process to those cores, so two tiers on one machine stand for two machines.
+    """
     cmd = [sys.executable, "-m", "edgesplit.cli", "serve", tier, *args, "--port", str(port)]
     out = open(log_path, "w") if log_path else subprocess.DEVNULL  # noqa: SIM115  # closed below
-    proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
+    pin = (lambda: os.sched_setaffinity(0, cpus)) if cpus else None
+    proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})},
+                            preexec_fn=pin)  # noqa: PLW1509  # runs only the affinity call
     try:
         yield proc
     finally:

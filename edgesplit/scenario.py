@@ -28,6 +28,8 @@ class Deployment:
     cloud_url: str  # direct, not through the emulator
     link: LinkEmulator
     admin_token: str
+    edge_pid: int = 0
+    cloud_pid: int = 0
 
     def admin(self, path: str) -> dict:
         r = httpx.get(self.edge_url + path, headers={"authorization": f"Bearer {self.admin_token}"}, timeout=30)
@@ -37,25 +39,39 @@ class Deployment:
     def plan(self) -> dict:
         return self.admin("/admin/plan")
 
+    def post_plan(self, body: dict) -> dict:
+        """POST /admin/plan: a plan by hand (`cut`, `codec`, `head`) or a search (`search: true`)."""
+        r = httpx.post(self.edge_url + "/admin/plan", json=body, timeout=600,
+                       headers={"authorization": f"Bearer {self.admin_token}"})
+        if r.status_code != 200:
+            raise RuntimeError(f"POST /admin/plan {body}: {r.status_code} {r.text[:300]}")
+        return r.json()  # type: ignore[no-any-return]
+
 
 @contextmanager
 def deployment(model_dir: Path, edge_args: list[str], work_dir: Path, bandwidth_bps: float, rtt_ms: float,
                cloud_args: list[str] | None = None, admin_token: str = "scenario-admin-token",
-               env: dict[str, str] | None = None) -> Iterator[Deployment]:
-    """Cloud process, link emulator in front of it, edge process behind the emulator; torn down at the end."""
+               env: dict[str, str] | None = None, edge_cpus: set[int] | None = None,
+               cloud_cpus: set[int] | None = None) -> Iterator[Deployment]:
+    """Cloud process, link emulator in front of it, edge process behind the emulator; torn down at the end.
+
+    `edge_cpus` and `cloud_cpus` pin each tier to its own cores, so they do not compete as one machine.
+    """
     work_dir.mkdir(parents=True, exist_ok=True)
     cloud_port, edge_port = free_port(), free_port()
     with ExitStack() as stack:
         cloud = stack.enter_context(serve("cloud", ["--model", str(model_dir), *(cloud_args or [])], cloud_port,
-                                          work_dir / "cloud.log", env=env))
+                                          work_dir / "cloud.log", env=env, cpus=cloud_cpus))
         wait_healthy(f"http://127.0.0.1:{cloud_port}/health", cloud)
         link = LinkEmulator(cloud_port, bandwidth_bps, rtt_ms)
         emulated = stack.enter_context(link)
         edge_env = {**(env or {}), "EDGE_ADMIN_TOKEN": admin_token}
         edge = stack.enter_context(serve("edge", ["--model", str(model_dir), "--cloud", f"http://127.0.0.1:{emulated}",
-                                                  *edge_args], edge_port, work_dir / "edge.log", env=edge_env))
+                                                  *edge_args], edge_port, work_dir / "edge.log", env=edge_env,
+                                           cpus=edge_cpus))
         wait_healthy(f"http://127.0.0.1:{edge_port}/health", edge, timeout_s=300)
-        yield Deployment(f"http://127.0.0.1:{edge_port}", f"http://127.0.0.1:{cloud_port}", link, admin_token)
+        yield Deployment(f"http://127.0.0.1:{edge_port}", f"http://127.0.0.1:{cloud_port}", link, admin_token,
+                         edge.pid, cloud.pid)
 
 
 @dataclass

@@ -8,7 +8,7 @@ CLOUD_PORT ?= 8001
 EDGE_PORT ?= 8000
 CUT ?= 2:6
 
-.PHONY: demo test install serve-cloud serve-edge bench-overhead bench-accuracy bench-adaptive fuzz soak model perplexity clean
+.PHONY: demo test install serve-cloud serve-edge bench-overhead bench-accuracy bench-adaptive bench-links loadtest fuzz soak model perplexity clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -42,6 +42,16 @@ bench-accuracy: $(STAMP)
 
 bench-adaptive: $(STAMP)
 	$(BIN)/python bench/adaptive.py
+
+# Every plan against the planner's choice on four emulated links, two 124M models (about 40 minutes).
+bench-links: $(STAMP)
+	$(BIN)/python bench/links.py
+
+# 32 streaming clients for 60 s against a split of the shipped model, then the cloud's throughput at 1-32 streams.
+loadtest: $(STAMP)
+	$(BIN)/edgesplit loadtest --spawn --cut 2:6 --concurrency 32 --duration-s 60 --out loadtest/results/streams32.json
+	$(BIN)/edgesplit loadtest --spawn --cut cloud --concurrency 1 4 16 32 --duration-s 20 --same-prompt \
+		--reference $(MODEL) --out loadtest/results/cloud-throughput.json
 
 # The OpenAPI fuzz of the test suite with 25x the examples; and 5 minutes of hostile traffic with cloud restarts.
 fuzz: $(STAMP)

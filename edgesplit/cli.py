@@ -43,7 +43,8 @@ def _serve_cloud(args: argparse.Namespace) -> None:
     settings = CloudSettings(**_settings_kwargs(args, ["model_dir", "host", "port", "layers", "threads",
                                                        "session_ttl_s", "max_sessions", "max_cache_mb",
                                                        "max_weights_mb", "profile", "ssl_certfile", "ssl_keyfile",
-                                                       "ssl_ca_certs", "max_sessions_per_caller"]))
+                                                       "ssl_ca_certs", "max_sessions_per_caller",
+                                                       "max_concurrent_steps"]))
     read_config(settings.model_dir)  # refuse a missing or unsupported checkpoint before starting the server
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s cloud %(name)s: %(message)s")
     tls = _uvicorn_tls(settings.ssl_certfile, settings.ssl_keyfile, settings.ssl_ca_certs)
@@ -64,7 +65,7 @@ def _serve_edge(args: argparse.Namespace) -> None:
              "threads", "edge_profile", "edge_memory_mb", "min_edge_layers", "plan_workload", "emulate_slowdown",
              "max_codec_loss", "probe_interval_s", "replan_interval_s", "adaptive", "cloud_ca_file",
              "cloud_client_cert", "cloud_client_key", "ssl_certfile", "ssl_keyfile", "cloud_step_timeout_s",
-             "max_concurrent_requests", "fallback"]
+             "max_concurrent_requests", "max_concurrent_steps", "fallback"]
     settings = EdgeSettings(**_settings_kwargs(args, flags))
     config = read_config(settings.model_dir)  # refuse a missing or unsupported checkpoint before loading it
     if settings.cut != "auto":
@@ -157,6 +158,10 @@ def build_parser() -> argparse.ArgumentParser:
     prof.add_argument("--out", type=Path, help="default: profiles/DEVICE-MODEL.json")
     prof.set_defaults(func=_profile)
 
+    # Their own parsers take every argument after the name (see `main`); listed here for --help.
+    sub.add_parser("bench", help="every plan against the planner's choice on emulated links (edgesplit bench -h)")
+    sub.add_parser("loadtest", help="streaming load against an edge: latency percentiles, memory (-h for more)")
+
     plan = sub.add_parser("plan", help="choose cut points for two profiles and a link")
     plan.add_argument("--model", dest="model_dir", type=Path, default=DEFAULT_MODEL_DIR,
                       help="checkpoint (used to measure codec accuracy with --max-codec-loss)")
@@ -164,7 +169,7 @@ def build_parser() -> argparse.ArgumentParser:
     plan.add_argument("--cloud-profile", type=Path, required=True)
     plan.add_argument("--bandwidth", required=True, help="e.g. 10mbit, 1gbit")
     plan.add_argument("--rtt", required=True, help="e.g. 40ms")
-    plan.add_argument("--workload", default="128:64", help="PROMPT:OUTPUT tokens")
+    plan.add_argument("--workload", default="128:64", help="PROMPT:OUTPUT[:STREAMS] (generations at once)")
     plan.add_argument("--edge-memory-mb", type=float, help="device memory budget")
     plan.add_argument("--min-edge-layers", type=int, default=0, help="privacy: blocks that stay on the device")
     plan.add_argument("--allow-tokens-off-device", action="store_true")
@@ -190,6 +195,7 @@ def build_parser() -> argparse.ArgumentParser:
     cloud.add_argument("--ssl-keyfile", type=Path, help="its private key")
     cloud.add_argument("--ssl-ca-certs", type=Path, help="mutual TLS: require edge certificates from this CA")
     cloud.add_argument("--max-sessions-per-caller", type=int, help="live sessions one edge may hold")
+    cloud.add_argument("--max-concurrent-steps", type=int, help="steps computed at once (default: one per core)")
     # the edge token is read from CLOUD_AUTH_TOKEN only: a flag would show it in the process list
     cloud.set_defaults(func=_serve_cloud)
 
@@ -201,7 +207,7 @@ def build_parser() -> argparse.ArgumentParser:
     edge.add_argument("--edge-profile", type=Path, help="this device's profile for --plan auto")
     edge.add_argument("--edge-memory-mb", type=float, help="--plan auto: device memory budget")
     edge.add_argument("--min-edge-layers", type=int, help="--plan auto: blocks that stay on the device")
-    edge.add_argument("--workload", dest="plan_workload", help="--plan auto: PROMPT:OUTPUT tokens")
+    edge.add_argument("--workload", dest="plan_workload", help="--plan auto: PROMPT:OUTPUT[:STREAMS]")
     edge.add_argument("--max-codec-loss", type=float, help="--plan auto: largest perplexity ratio - 1 of a codec")
     edge.add_argument("--no-adaptive", dest="adaptive", action="store_false", default=None,
                       help="--plan auto: plan once at start, never again on its own")
@@ -215,6 +221,7 @@ def build_parser() -> argparse.ArgumentParser:
     edge.add_argument("--ssl-keyfile", type=Path, help="its private key")
     edge.add_argument("--cloud-step-timeout-s", type=float, help="a decode step slower than this: cloud stalled")
     edge.add_argument("--max-concurrent-requests", type=int, help="generations at once; beyond: 429")
+    edge.add_argument("--max-concurrent-steps", type=int, help="of those, computing at once (default: one per core)")
     edge.add_argument("--no-fallback", dest="fallback", action="store_false", default=None,
                       help="fail a request when the cloud fails, instead of finishing it on the edge")
     # tokens come from EDGE_CLOUD_TOKEN and EDGE_ADMIN_TOKEN only: a flag would show them in the process list
@@ -235,6 +242,13 @@ def main(argv: list[str] | None = None) -> None:
     # OMP_WAIT_POLICY or GOMP_SPINCOUNT (a bounded spin) wins.
     if "OMP_WAIT_POLICY" not in os.environ and "GOMP_SPINCOUNT" not in os.environ:
         os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["bench"]:
+        from edgesplit import linkbench
+        return linkbench.main(argv[1:])
+    if argv[:1] == ["loadtest"]:
+        from edgesplit import loadtest
+        return loadtest.main(argv[1:])
     args = build_parser().parse_args(argv)
     try:
         args.func(args)

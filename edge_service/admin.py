@@ -30,7 +30,7 @@ _PAGES = Path(__file__).with_name("pages")
 
 
 class SearchConstraints(StrictModel):
-    edge_memory_mb: float | None = Field(default=None, gt=0, description="device memory budget, MiB")
+    edge_memory_mb: float | None = Field(default=None, gt=0, le=1e9, description="device memory budget, MiB")
     min_edge_layers: int | None = Field(default=None, ge=0, description="privacy: blocks kept on the device")
 
 
@@ -44,8 +44,8 @@ class PlanRequest(StrictModel):
     zstd_level: int = Field(default=1, ge=-7, le=22)
     search: bool = False
     apply: bool = True
-    bandwidth_bps: float | None = Field(default=None, gt=0, description="search on this link instead of the estimate")
-    rtt_ms: float | None = Field(default=None, ge=0)
+    bandwidth_bps: float | None = Field(default=None, gt=0, le=1e12, description="search on this link instead")
+    rtt_ms: float | None = Field(default=None, ge=0, le=1e6)
     workload: str | None = Field(default=None, pattern=r"^\d+(:\d+){0,2}$", description="PROMPT:OUTPUT[:STREAMS]")
     constraints: SearchConstraints | None = None
 

@@ -94,12 +94,12 @@ async def run_stage(url: str, stage: Stage, model: str = "default", seed: int = 
     deadline = t0 + stage.duration_s
     counter = iter(range(stage.max_requests))
 
-    async def next_prompt() -> list[int] | None:
+    def next_prompt() -> list[int] | None:
         i = next(counter, None)
         return None if i is None or time.perf_counter() >= deadline else prompts[i % len(prompts)]
 
     async def closed_client() -> None:
-        while (prompt := await next_prompt()) is not None:
+        while (prompt := next_prompt()) is not None:
             results.append(await _one(client, stage, prompt, t0, model))
 
     async def open_loop() -> None:
@@ -113,7 +113,7 @@ async def run_stage(url: str, stage: Stage, model: str = "default", seed: int = 
             async with gate:
                 results.append(await _one(client, stage, prompt, t0, model))
 
-        while (prompt := await next_prompt()) is not None:
+        while (prompt := next_prompt()) is not None:
             tasks.append(asyncio.create_task(send(prompt)))
             await asyncio.sleep(rng.expovariate(stage.rate) if stage.arrivals == "poisson" else 1 / stage.rate)
         await asyncio.gather(*tasks)

@@ -42,6 +42,7 @@ async def run_all(args: argparse.Namespace, edge: str, cloud: str | None) -> dic
     urls = {"edge": edge, **({"cloud": cloud} if cloud else {})}
     sampler = MemorySampler(urls, every_s=args.memory_every_s)
     prompts = [prompt_ids(args.prompt_tokens, args.seed)] if args.same_prompt else None
+    expected = reference_text(args.reference, prompts[0], args.output_tokens) if args.reference and prompts else None
     t0 = time.perf_counter()
     sampler.start(t0)
     stages = []
@@ -58,8 +59,7 @@ async def run_all(args: argparse.Namespace, edge: str, cloud: str | None) -> dic
                "requests": [{"started_s": started + r.started, "ttft_s": (r.first - r.started) if r.first else None,
                              "e2e_s": (r.ended - r.started) if r.ended else None, "tokens": r.tokens,
                              "error": r.error} for r in sent]}
-        if args.reference and args.same_prompt:
-            expected = reference_text(args.reference, prompts[0], args.output_tokens)  # type: ignore[index]
+        if expected is not None:
             row["mismatched_outputs"] = sum(1 for r in sent if r.error is None and r.text != expected)
         print(_line(row), flush=True)
         stages.append(row)
@@ -112,6 +112,8 @@ def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     if not args.spawn and not args.url:
         sys.exit("edgesplit loadtest: give --url of an edge, or --spawn")
+    if args.reference and not args.same_prompt:
+        sys.exit("edgesplit loadtest: --reference compares outputs of one prompt; add --same-prompt")
     with ExitStack() as stack:
         edge, cloud = args.url, args.cloud_url
         if args.spawn:

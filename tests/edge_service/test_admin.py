@@ -105,6 +105,8 @@ def test_a_search_reports_and_applies_the_best_plan_for_a_given_link(urls: tuple
     ({"search": True, "bandwidth_bps": 1e6}, 400, "both bandwidth_bps and rtt_ms"),
     ({"search": True, "workload": "lots"}, 400, "workload"),
     ({"search": True, "constraints": {"min_edge_layers": 9}}, 422, "min_edge_layers"),
+    ({"search": True, "constraints": {"edge_memory_mb": 1.7e308}}, 400, "edge_memory_mb"),  # found by the fuzzer
+    ({"search": True, "bandwidth_bps": 1e300, "rtt_ms": 1e300}, 400, "bandwidth_bps"),
     ({"cut": "1:3", "surprise": 1}, 400, "surprise"),
 ])
 def test_bad_plan_requests_are_refused_with_a_reason(urls: tuple[str, str], body: dict, status: int,

@@ -7,7 +7,6 @@ worker thread; tests and benchmarks call it directly, with either the HTTP
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import threading
 import time
@@ -23,6 +22,7 @@ from edge_service.breaker import CloudBreaker
 from edge_service.generation import Finished, FinishReason, GenerationRequest, LinkStats
 from edge_service.textstream import TextStream
 from splitcore.codec import DTYPE_BY_NAME
+from splitcore.defaults import step_bound
 from splitcore.errors import (
     CapacityError,
     CloudSessionLostError,
@@ -84,7 +84,7 @@ class Orchestrator:
         self.slowdown = slowdown  # emulate a slower device: sleep (slowdown - 1) x each stretch of edge compute
         self._device_lock = threading.Lock()  # the emulated device's one core (used only when slowdown > 1)
         # Generations computing at once (None: no bound); beyond about one per core they only thrash the cores.
-        self._steps = threading.BoundedSemaphore(max_concurrent_steps) if max_concurrent_steps else None
+        self._steps = step_bound(max_concurrent_steps)
         self.fallback = fallback  # finish on the edge alone when the cloud fails (the edge holds every block)
         self.step_timeout_s = step_timeout_s  # a decode step slower than this counts as a stalled cloud
         self.breaker = breaker or CloudBreaker()
@@ -203,7 +203,7 @@ class Orchestrator:
         """A stretch of edge compute. On an emulated slower device it lasts `slowdown` x as long and holds the
         device: the generations running at once take turns, as they would on one small core."""
         if self.slowdown == 1.0:
-            with self._steps or contextlib.nullcontext():
+            with self._steps:
                 yield
             return
         with self._device_lock:

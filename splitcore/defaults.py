@@ -1,6 +1,9 @@
 """Project-wide defaults."""
 
+import contextlib
 import os
+import threading
+from contextlib import AbstractContextManager
 from pathlib import Path
 
 DEFAULT_MODEL_DIR = Path(__file__).resolve().parent.parent / "models" / "default"  # the checkpoint the project ships
@@ -9,3 +12,8 @@ DEFAULT_MODEL_DIR = Path(__file__).resolve().parent.parent / "models" / "default
 def usable_cores() -> int:
     """Cores this process may run on (its CPU affinity, so a pinned or containerised process counts right)."""
     return len(os.sched_getaffinity(0))
+
+
+def step_bound(n: int | None) -> AbstractContextManager[object]:
+    """What a tier holds while it computes a step: a semaphore of `n`, or nothing to wait for when None."""
+    return threading.BoundedSemaphore(n) if n else contextlib.nullcontext()

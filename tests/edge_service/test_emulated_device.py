@@ -1,4 +1,4 @@
-"""`--emulate-slowdown`: the emulated device has one core, so generations running at once take turns on it."""
+"""How many generations compute at once on the edge: one at a time on an emulated slow device, else up to the bound."""
 
 from __future__ import annotations
 
@@ -48,3 +48,29 @@ def test_concurrent_generations_never_use_the_emulated_device_at_once(
     assert {tuple(f.token_ids) for f in finished} == {tuple(finished[0].token_ids)}
     assert sleeps[0] >= 4 * 8  # every step slept
     assert most[0] == 1
+
+
+def test_the_edge_computes_at_most_its_bound_of_steps_at_once(models: dict[str, LoadedModel],
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without emulation, generations compute in parallel up to `max_concurrent_steps`, never beyond."""
+    loaded = models["gpt2"]
+    inside, most = [0], [0]
+    guard = threading.Lock()
+    real = orchestrator_module.run_range
+
+    def count_then_run(*args: object, **kwargs: object) -> object:
+        with guard:
+            inside[0] += 1
+            most[0] = max(most[0], inside[0])
+        try:
+            time.sleep(0.01)
+            return real(*args, **kwargs)  # type: ignore[arg-type]
+        finally:
+            with guard:
+                inside[0] -= 1
+
+    monkeypatch.setattr(orchestrator_module, "run_range", count_then_run)
+    orch = Orchestrator(loaded, Plan(num_layers=4, cut_a=4, cut_b=4), None, max_concurrent_steps=2)
+    with ThreadPoolExecutor(6) as pool:
+        list(pool.map(lambda _: list(orch.generate(GenerationRequest(prompt_ids=[5, 6], max_tokens=6))), range(6)))
+    assert most[0] == 2

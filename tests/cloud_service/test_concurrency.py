@@ -16,6 +16,7 @@ from cloud_service.settings import CloudSettings
 from splitcore.ranges import LayerRange
 from splitcore.testing import save_checkpoint, tiny_model
 from tests.cloud_service.test_hold_layers import step
+from tests.overlap import Overlap
 from tests.servers import LoopbackServer
 
 STREAMS, BOUND = 8, 4
@@ -27,22 +28,8 @@ def test_steps_of_different_sessions_run_at_the_same_time_up_to_the_bound(
     global lock would break the barrier), and never more than 4 are (the bound that keeps cores from thrashing)."""
     path = save_checkpoint(tiny_model("gpt2", seed=3), tmp_path / "ckpt")
     barrier = threading.Barrier(BOUND, timeout=20)
-    inside, most = [0], [0]
-    guard = threading.Lock()
-    real = engine_module.run_range
-
-    def meet_then_run(*args: object, **kwargs: object) -> torch.Tensor:
-        with guard:
-            inside[0] += 1
-            most[0] = max(most[0], inside[0])
-        barrier.wait()
-        try:
-            return real(*args, **kwargs)  # type: ignore[arg-type]
-        finally:
-            with guard:
-                inside[0] -= 1
-
-    monkeypatch.setattr(engine_module, "run_range", meet_then_run)
+    overlap = Overlap()
+    monkeypatch.setattr(engine_module, "run_range", overlap.wrap(engine_module.run_range, before=barrier.wait))
     settings = CloudSettings(model_dir=path, max_concurrent_steps=BOUND)
     with LoopbackServer(create_app(settings)) as url, ThreadPoolExecutor(STREAMS) as pool:
         layers = LayerRange(start=1, end=3)
@@ -50,31 +37,18 @@ def test_steps_of_different_sessions_run_at_the_same_time_up_to_the_bound(
                                  range(STREAMS)))
     assert statuses == [200] * STREAMS
     assert not barrier.broken
-    assert most[0] == BOUND
+    assert overlap.most == BOUND
 
 
 def test_steps_of_one_session_take_turns(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Two frames for the same session at once: one runs, the other waits for it (then finds the position moved)."""
     path = save_checkpoint(tiny_model("gpt2", seed=3), tmp_path / "ckpt")
-    inside, most = [0], [0]
-    guard = threading.Lock()
-    real = engine_module.run_range
-
-    def count_then_run(*args: object, **kwargs: object) -> torch.Tensor:
-        with guard:
-            inside[0] += 1
-            most[0] = max(most[0], inside[0])
-        try:
-            threading.Event().wait(0.2)
-            return real(*args, **kwargs)  # type: ignore[arg-type]
-        finally:
-            with guard:
-                inside[0] -= 1
-
-    monkeypatch.setattr(engine_module, "run_range", count_then_run)
+    overlap = Overlap()
+    pause = threading.Event()
+    monkeypatch.setattr(engine_module, "run_range", overlap.wrap(engine_module.run_range, lambda: pause.wait(0.2)))
     with LoopbackServer(create_app(CloudSettings(model_dir=path))) as url, ThreadPoolExecutor(2) as pool:
         sid, layers = uuid.uuid4(), LayerRange(start=1, end=3)
         assert step(url, sid, 0, layers, torch.randn(3, 64)).status_code == 200
         statuses = sorted(pool.map(lambda _: step(url, sid, 3, layers, torch.randn(1, 64)).status_code, range(2)))
-    assert most[0] == 1
+    assert overlap.most == 1
     assert statuses == [200, 409]  # the second finds the session at position 4, not 3

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import threading
 import time
 import types
 from concurrent.futures import ThreadPoolExecutor
@@ -15,24 +14,15 @@ from cloud_service.sessions import SessionStore
 from edge_service.orchestrator import Finished, GenerationRequest, Orchestrator
 from splitcore.loading import LoadedModel
 from splitcore.plan import Plan
+from tests.overlap import Overlap
 
 
 @pytest.mark.parametrize("cut", [(4, 4), (1, 3)])  # edge-only; a split, whose cloud waits do not hold the device
 def test_concurrent_generations_never_use_the_emulated_device_at_once(
         models: dict[str, LoadedModel], monkeypatch: pytest.MonkeyPatch, cut: tuple[int, int]) -> None:
     loaded = models["gpt2"]
-    inside, most, sleeps = [0], [0], [0]
-    guard = threading.Lock()
-
-    def sleep(seconds: float) -> None:  # the slowdown's sleep, with a floor so overlaps would be seen
-        with guard:
-            inside[0] += 1
-            sleeps[0] += 1
-            most[0] = max(most[0], inside[0])
-        time.sleep(max(seconds, 0.005))
-        with guard:
-            inside[0] -= 1
-
+    overlap = Overlap()
+    sleep = overlap.wrap(lambda seconds: time.sleep(max(seconds, 0.005)))  # a floor, so overlaps would be seen
     monkeypatch.setattr(orchestrator_module, "time", types.SimpleNamespace(perf_counter=time.perf_counter,
                                                                           sleep=sleep))
     engine = ShardEngine(loaded, SessionStore(ttl_s=60, max_sessions=8, max_cache_bytes=2**30))
@@ -46,31 +36,18 @@ def test_concurrent_generations_never_use_the_emulated_device_at_once(
     with ThreadPoolExecutor(4) as pool:
         finished = list(pool.map(generate, range(4)))
     assert {tuple(f.token_ids) for f in finished} == {tuple(finished[0].token_ids)}
-    assert sleeps[0] >= 4 * 8  # every step slept
-    assert most[0] == 1
+    assert overlap.calls >= 4 * 8  # every step slept
+    assert overlap.most == 1
 
 
 def test_the_edge_computes_at_most_its_bound_of_steps_at_once(models: dict[str, LoadedModel],
                                                              monkeypatch: pytest.MonkeyPatch) -> None:
     """Without emulation, generations compute in parallel up to `max_concurrent_steps`, never beyond."""
     loaded = models["gpt2"]
-    inside, most = [0], [0]
-    guard = threading.Lock()
-    real = orchestrator_module.run_range
-
-    def count_then_run(*args: object, **kwargs: object) -> object:
-        with guard:
-            inside[0] += 1
-            most[0] = max(most[0], inside[0])
-        try:
-            time.sleep(0.01)
-            return real(*args, **kwargs)  # type: ignore[arg-type]
-        finally:
-            with guard:
-                inside[0] -= 1
-
-    monkeypatch.setattr(orchestrator_module, "run_range", count_then_run)
+    overlap = Overlap()
+    monkeypatch.setattr(orchestrator_module, "run_range",
+                        overlap.wrap(orchestrator_module.run_range, lambda: time.sleep(0.01)))
     orch = Orchestrator(loaded, Plan(num_layers=4, cut_a=4, cut_b=4), None, max_concurrent_steps=2)
     with ThreadPoolExecutor(6) as pool:
         list(pool.map(lambda _: list(orch.generate(GenerationRequest(prompt_ids=[5, 6], max_tokens=6))), range(6)))
-    assert most[0] == 2
+    assert overlap.most == 2

@@ -17,6 +17,7 @@ from cloud_service.metrics import CloudMetrics
 from cloud_service.sessions import SessionStore
 from cloud_service.settings import CloudSettings
 from splitcore.auth import bearer, check_token
+from splitcore.backends import Runners
 from splitcore.defaults import usable_cores
 from splitcore.errors import EdgesplitError, PlanError, SessionNotFoundError
 from splitcore.http import BodyLimit, install_error_handlers
@@ -42,7 +43,9 @@ def build_engine(settings: CloudSettings, loaded: LoadedModel | None = None) -> 
     store = SessionStore(ttl_s=settings.session_ttl_s, max_sessions=settings.max_sessions,
                          max_cache_bytes=int(settings.max_cache_mb * 2**20),
                          max_per_owner=settings.max_sessions_per_caller)
-    return ShardEngine(loaded, store, held=held, max_concurrent_steps=settings.max_concurrent_steps or usable_cores())
+    runners = Runners(loaded.layered, default=settings.backend, onnx_dir=settings.onnx_dir)
+    return ShardEngine(loaded, store, held=held, max_concurrent_steps=settings.max_concurrent_steps or usable_cores(),
+                       runners=runners)
 
 
 def create_app(settings: CloudSettings, loaded: LoadedModel | None = None) -> FastAPI:
@@ -156,7 +159,7 @@ def _load_or_measure_profile(settings: CloudSettings, engine: ShardEngine) -> st
         raise PlanError(f"this cloud holds only blocks {engine.held}; start it with --profile FILE measured with "
                         "every block (edgesplit profile)")
     else:
-        profile = measure_profile(engine.loaded, device_name="cloud", repeats=3)
+        profile = measure_profile(engine.loaded, device_name="cloud", repeats=3, onnx_dir=settings.onnx_dir)
     return profile.model_dump_json()
 
 

@@ -12,6 +12,7 @@ import torch
 from pydantic import ValidationError
 
 from cloud_service.sessions import CloudSession, SessionStore
+from splitcore.backends import Runners
 from splitcore.codec import DTYPE_BY_NAME
 from splitcore.defaults import step_bound
 from splitcore.errors import FrameError, PlanError, SessionConflictError
@@ -19,7 +20,6 @@ from splitcore.loading import LoadedModel
 from splitcore.ranges import LayerRange
 from splitcore.sampling import Sampler
 from splitcore.schema import SessionMeta
-from splitcore.shard import ShardState, run_range
 from splitcore.wire import Flags, Frame, FrameCodec, Kind, Limits
 
 log = logging.getLogger(__name__)
@@ -29,8 +29,10 @@ class ShardEngine:
     """Runs the blocks an edge asks for over that edge session's own KV cache."""
 
     def __init__(self, loaded: LoadedModel, store: SessionStore, held: LayerRange | None = None,
-                 limits: Limits | None = None, max_concurrent_steps: int | None = None) -> None:
+                 limits: Limits | None = None, max_concurrent_steps: int | None = None,
+                 runners: Runners | None = None) -> None:
         self.model = loaded.layered
+        self.runners = runners or Runners(self.model)  # torch or onnxruntime, as each session's opening frame asks
         self.loaded = loaded
         self.store = store
         self.limits = limits or Limits(max_cols=self.model.hidden_size)
@@ -122,14 +124,16 @@ class ShardEngine:
             meta = SessionMeta.model_validate_json(frame.meta) if frame.meta else SessionMeta()
         except ValidationError as exc:
             raise FrameError(f"bad session metadata: {exc.errors()[0]['msg']}") from exc
+        runner = self.runners.get(meta.backend)
         session = CloudSession(
-            id=frame.session, layers=frame.layers, state=ShardState(self.model.new_cache()),
+            id=frame.session, layers=frame.layers, state=runner.new_state(), runner=runner,
             codec=FrameCodec(dtype=DTYPE_BY_NAME[meta.codec], zstd_level=meta.zstd_level, limits=self.limits),
             sampler=Sampler(meta.sampling) if Flags.HEAD in frame.flags else None, request_id=meta.request_id,
             owner=caller,
         )
         self.store.add(session)
-        log.info("session %s opened for blocks %s (request %s)", session.id, frame.layers, meta.request_id or "-")
+        log.info("session %s opened for blocks %s on %s (request %s)", session.id, frame.layers, runner.name,
+                 meta.request_id or "-")
         return session
 
     def _step(self, session: CloudSession, frame: Frame) -> bytes:
@@ -140,15 +144,15 @@ class ShardEngine:
             raise SessionConflictError(f"session {session.id} is at position {state.position}, frame starts at "
                                        f"{frame.position}")
         started = time.perf_counter()
+        runner = session.runner
         if frame.kind == Kind.TOKENS:
-            hidden = run_range(self.model, state, frame.layers, input_ids=frame.tensor)
+            hidden = runner.run(state, frame.layers, input_ids=frame.tensor)
         else:
-            hidden = run_range(self.model, state, frame.layers, hidden=frame.tensor)
+            hidden = runner.run(state, frame.layers, hidden=frame.tensor)
         if Flags.HEAD in frame.flags:
             if session.sampler is None:
                 raise SessionConflictError(f"session {session.id} was opened without the head")
-            with torch.inference_mode():
-                token = session.sampler(self.model.logits(hidden))
+            token = session.sampler(runner.logits(hidden))
             out: torch.Tensor = torch.tensor([token])
         else:
             out = hidden[0, -1:, :] if Flags.LAST_ROW in frame.flags else hidden[0]  # (rows, hidden)

@@ -14,10 +14,10 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from splitcore.backends import Runner, State
 from splitcore.errors import CapacityError, SessionConflictError, SessionNotFoundError
 from splitcore.ranges import LayerRange
 from splitcore.sampling import Sampler
-from splitcore.shard import ShardState
 from splitcore.wire import FrameCodec
 
 log = logging.getLogger(__name__)
@@ -30,7 +30,8 @@ class CloudSession:
 
     id: uuid.UUID
     layers: LayerRange
-    state: ShardState
+    state: State
+    runner: Runner  # the runtime (torch or onnxruntime) this session's blocks run on
     codec: FrameCodec  # encodes this session's answers (its dtype and zstd level)
     sampler: Sampler | None  # set when the cloud holds the head
     request_id: str = ""

@@ -22,7 +22,7 @@ from edge_service.runtime import EdgeRuntime
 from partitioner.costmodel import Link, Workload
 from splitcore.auth import bearer, check_token
 from splitcore.errors import AuthenticationError, CloudUnavailableError, PermissionDeniedError, UserError
-from splitcore.plan import CodecName, parse_cut
+from splitcore.plan import BackendName, CodecName, parse_cut
 from splitcore.schema import StrictModel
 
 COOKIE = "edgesplit_admin"
@@ -42,6 +42,8 @@ class PlanRequest(StrictModel):
     head: Literal["edge", "cloud"] = "edge"
     codec: CodecName = "int8"
     zstd_level: int = Field(default=1, ge=-7, le=22)
+    edge_backend: BackendName | None = Field(default=None, description="runtime of the edge's blocks; None: its own")
+    cloud_backend: BackendName | None = Field(default=None, description="runtime of the cloud's; None: its own")
     search: bool = False
     apply: bool = True
     bandwidth_bps: float | None = Field(default=None, gt=0, le=1e12, description="search on this link instead")
@@ -87,7 +89,8 @@ async def set_plan(body: PlanRequest, request: Request) -> dict:
     rp = _runtime(request).replanner
     n = rp.loaded.layered.num_layers
     if body.cut is not None:
-        plan = parse_cut(body.cut, n, codec=body.codec, head=body.head, zstd_level=body.zstd_level)
+        plan = parse_cut(body.cut, n, codec=body.codec, head=body.head, zstd_level=body.zstd_level).model_copy(
+            update={"edge_backend": body.edge_backend, "cloud_backend": body.cloud_backend})
         change = await run_in_threadpool(rp.switch, plan, "admin")
         return {"changed": change is not None, "plan": plan.model_dump(), "describe": plan.describe()}
     link = None

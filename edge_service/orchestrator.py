@@ -21,6 +21,7 @@ import torch
 from edge_service.breaker import CloudBreaker
 from edge_service.generation import Finished, FinishReason, GenerationRequest, LinkStats
 from edge_service.textstream import TextStream
+from splitcore.backends import Runner, Runners, State
 from splitcore.codec import DTYPE_BY_NAME
 from splitcore.defaults import step_bound
 from splitcore.errors import (
@@ -35,7 +36,6 @@ from splitcore.plan import Plan
 from splitcore.ranges import LayerRange
 from splitcore.sampling import Sampler
 from splitcore.schema import SessionMeta
-from splitcore.shard import ShardState, run_range
 from splitcore.wire import Flags, FrameCodec, Kind
 
 log = logging.getLogger(__name__)
@@ -55,8 +55,9 @@ class _Context:
 
     plan: Plan
     session: uuid.UUID
-    front: ShardState
-    back: ShardState
+    runner: Runner  # the edge's runtime for this generation (its plan's edge_backend)
+    front: State
+    back: State
     codec: FrameCodec
     sampler: Sampler
     meta: bytes
@@ -73,12 +74,14 @@ class Orchestrator:
     def __init__(self, loaded: LoadedModel, plan: Plan, cloud: CloudLink | None,
                  link_observer: Callable[[int, float, float], None] | None = None, slowdown: float = 1.0,
                  fallback: bool = False, step_timeout_s: float | None = None,
-                 breaker: CloudBreaker | None = None, max_concurrent_steps: int | None = None) -> None:
+                 breaker: CloudBreaker | None = None, max_concurrent_steps: int | None = None,
+                 runners: Runners | None = None) -> None:
         assert loaded.tokenizer is not None, "the edge owns the tokenizer"
         assert slowdown >= 1.0, "the emulated slowdown stretches compute; it cannot speed it up"
         self.tokenizer = loaded.tokenizer
         self.loaded = loaded
         self.model = loaded.layered
+        self.runners = runners or Runners(self.model)  # torch or onnxruntime, as each plan's edge_backend says
         self.cloud = cloud
         self.link_observer = link_observer  # (bytes both ways, elapsed ms, cloud compute ms) per exchange
         self.slowdown = slowdown  # emulate a slower device: sleep (slowdown - 1) x each stretch of edge compute
@@ -96,7 +99,23 @@ class Orchestrator:
         """Make `plan` the one new generations start with; generations already running keep theirs."""
         assert plan.num_layers == self.model.num_layers, "plan and model disagree on the number of blocks"
         assert self.cloud is not None or not plan.uses_cloud, "a plan that uses the cloud needs a cloud link"
+        self._prepare(plan)
         self.plan = plan  # one reference swap: each generation reads it once, in `_context`
+
+    def _prepare(self, plan: Plan) -> None:
+        """Build the plan's edge ranges now (an ONNX export can take seconds), so no request waits for them.
+
+        Raises:
+            UnsupportedModelError: the plan's edge runtime cannot run these blocks.
+        """
+        runner = self.runners.get(plan.edge_backend)
+        if not plan.uses_cloud:
+            runner.prepare(LayerRange(start=0, end=plan.num_layers), embed=True)
+            return
+        if plan.cut_a > 0:
+            runner.prepare(plan.edge_front, embed=True)
+        if len(plan.edge_back) or plan.head == "edge":
+            runner.prepare(plan.edge_back, embed=False)
 
     def generate(self, request: GenerationRequest, cancel: threading.Event | None = None
                  ) -> Generator[str | Finished, None, None]:
@@ -184,7 +203,8 @@ class Orchestrator:
         stall the recovery; its TTL frees it.
         """
         ctx.plan, ctx.session, ctx.position, ctx.opened = plan, uuid.uuid4(), 0, False
-        ctx.front, ctx.back = ShardState(self.model.new_cache()), ShardState(self.model.new_cache())
+        ctx.runner = self.runners.get(plan.edge_backend)
+        ctx.front, ctx.back = ctx.runner.new_state(), ctx.runner.new_state()
 
     def _context(self, request: GenerationRequest) -> _Context:
         plan = self.plan  # one read: a plan swapped mid-generation does not affect this one
@@ -192,9 +212,10 @@ class Orchestrator:
         if plan.uses_cloud and self.fallback and self.breaker.open:
             plan, fallback = _edge_only(plan), "the cloud failed recently; retrying it after a backoff"
         meta = SessionMeta(sampling=request.sampling, codec=plan.codec, zstd_level=plan.zstd_level,
-                           request_id=request.request_id)
-        return _Context(plan=plan, session=uuid.uuid4(), front=ShardState(self.model.new_cache()),
-                        back=ShardState(self.model.new_cache()),
+                           request_id=request.request_id, backend=plan.cloud_backend)
+        runner = self.runners.get(plan.edge_backend)
+        return _Context(plan=plan, session=uuid.uuid4(), runner=runner, front=runner.new_state(),
+                        back=runner.new_state(),
                         codec=FrameCodec(DTYPE_BY_NAME[plan.codec], plan.zstd_level),
                         sampler=Sampler(request.sampling), meta=meta.model_dump_json().encode(), fallback=fallback)
 
@@ -214,23 +235,23 @@ class Orchestrator:
     @torch.inference_mode()
     def _step(self, ctx: _Context, ids: torch.Tensor) -> int:
         """Run one step (the prompt, or one token) through every tier; return the next token."""
-        plan, model = ctx.plan, self.model
+        plan, runner = ctx.plan, ctx.runner
         if not plan.uses_cloud:  # a = b: the cloud's range is empty, the edge runs every block
             all_blocks = LayerRange(start=0, end=plan.num_layers)
             with self._device():
-                return ctx.sampler(model.logits(run_range(model, ctx.front, all_blocks, input_ids=ids)))
+                return ctx.sampler(runner.logits(runner.run(ctx.front, all_blocks, input_ids=ids)))
         if plan.cut_a > 0:
             with self._device():
-                payload = run_range(model, ctx.front, plan.edge_front, input_ids=ids)[0]  # (seq, hidden)
+                payload = runner.run(ctx.front, plan.edge_front, input_ids=ids)[0]  # (seq, hidden)
         else:
             payload = ids  # (seq,): the plan lets tokens leave the device
         answer = self._cross(ctx, payload)
         if plan.head == "cloud":
             return int(answer[0])
         with self._device():
-            hidden = answer.unsqueeze(0) if len(plan.edge_back) == 0 else run_range(
-                model, ctx.back, plan.edge_back, hidden=answer)
-            return ctx.sampler(model.logits(hidden))
+            hidden = answer.unsqueeze(0) if len(plan.edge_back) == 0 else runner.run(
+                ctx.back, plan.edge_back, hidden=answer)
+            return ctx.sampler(runner.logits(hidden))
 
     def _cross(self, ctx: _Context, payload: torch.Tensor) -> torch.Tensor:
         """Send one step's activations to the cloud and return what it answers."""
@@ -264,7 +285,8 @@ class Orchestrator:
 
 
 def _edge_only(plan: Plan) -> Plan:
-    return Plan(num_layers=plan.num_layers, cut_a=plan.num_layers, cut_b=plan.num_layers)
+    return Plan(num_layers=plan.num_layers, cut_a=plan.num_layers, cut_b=plan.num_layers,
+                edge_backend=plan.edge_backend)
 
 
 def _eos_ids(loaded: LoadedModel) -> set[int]:

@@ -111,7 +111,8 @@ class Replanner:
             if self.settings.edge_profile is not None:
                 edge = Profile.load(self.settings.edge_profile)
             else:
-                edge = measure_profile(self.loaded, device_name="edge", repeats=3)
+                edge = measure_profile(self.loaded, device_name="edge", repeats=3, onnx_dir=self.settings.onnx_dir,
+                                       quantize=self.settings.onnx_quantize)
             self.edge_profile = edge.slowed(self.settings.emulate_slowdown)
         if self.cloud_profile is None:
             self.cloud_profile = Profile.model_validate(self.cloud.profile())

@@ -11,6 +11,7 @@ from edge_service.orchestrator import Orchestrator
 from edge_service.replanner import Replanner
 from edge_service.settings import EdgeSettings
 from partitioner.link_estimator import LinkEstimator
+from splitcore.backends import Runners
 from splitcore.defaults import usable_cores
 from splitcore.errors import CloudUnavailableError, PlanError
 from splitcore.loading import LoadedModel, load_checkpoint
@@ -71,7 +72,9 @@ class EdgeRuntime:
         plan = Plan(num_layers=n, cut_a=n, cut_b=n) if auto else plan_from_settings(settings, n)
         orchestrator = Orchestrator(loaded, plan, cloud, estimator.observe, slowdown=settings.emulate_slowdown,
                                     fallback=settings.fallback, step_timeout_s=settings.cloud_step_timeout_s,
-                                    max_concurrent_steps=settings.max_concurrent_steps or usable_cores())
+                                    max_concurrent_steps=settings.max_concurrent_steps or usable_cores(),
+                                    runners=Runners(loaded.layered, settings.backend, settings.onnx_dir,
+                                                    quantize=settings.onnx_quantize))
         replanner = Replanner(settings, loaded, orchestrator, cloud, estimator, metrics)
         if auto:
             replanner.plan_at_start()

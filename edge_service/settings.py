@@ -28,6 +28,9 @@ class EdgeSettings(BaseSettings):
     host: str = "127.0.0.1"  # address to listen on
     port: int = 8000  # TCP port to listen on
     threads: int | None = None  # torch intra-op threads; default: torch's choice (all cores)
+    backend: Literal["torch", "onnxruntime"] = "torch"  # runtime of the edge's blocks unless the plan names one
+    onnx_dir: Path | None = None  # cache of ONNX exports; default: ~/.cache/edgesplit/onnx
+    onnx_quantize: bool = False  # onnxruntime on the edge: int8 weights (dynamic quantisation; see bench/backends.py)
     cloud_timeout_s: float = 30.0  # longest wait for one cloud step
     cloud_connect_timeout_s: float = 3.0  # longest wait to open a connection to the cloud
     max_prompt_tokens: int = 4096  # longest accepted prompt, tokens (also capped by the model's positions)

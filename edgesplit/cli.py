@@ -44,7 +44,7 @@ def _serve_cloud(args: argparse.Namespace) -> None:
                                                        "session_ttl_s", "max_sessions", "max_cache_mb",
                                                        "max_weights_mb", "profile", "ssl_certfile", "ssl_keyfile",
                                                        "ssl_ca_certs", "max_sessions_per_caller",
-                                                       "max_concurrent_steps"]))
+                                                       "max_concurrent_steps", "backend", "onnx_dir"]))
     read_config(settings.model_dir)  # refuse a missing or unsupported checkpoint before starting the server
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s cloud %(name)s: %(message)s")
     tls = _uvicorn_tls(settings.ssl_certfile, settings.ssl_keyfile, settings.ssl_ca_certs)
@@ -65,7 +65,7 @@ def _serve_edge(args: argparse.Namespace) -> None:
              "threads", "edge_profile", "edge_memory_mb", "min_edge_layers", "plan_workload", "emulate_slowdown",
              "max_codec_loss", "probe_interval_s", "replan_interval_s", "adaptive", "cloud_ca_file",
              "cloud_client_cert", "cloud_client_key", "ssl_certfile", "ssl_keyfile", "cloud_step_timeout_s",
-             "max_concurrent_requests", "max_concurrent_steps", "fallback"]
+             "max_concurrent_requests", "max_concurrent_steps", "fallback", "backend", "onnx_dir", "onnx_quantize"]
     settings = EdgeSettings(**_settings_kwargs(args, flags))
     config = read_config(settings.model_dir)  # refuse a missing or unsupported checkpoint before loading it
     if settings.cut != "auto":
@@ -95,12 +95,15 @@ def _profile(args: argparse.Namespace) -> None:
     loaded = load_checkpoint(args.model_dir)
     emulation = args.emulate or (f"{args.threads} of {os.cpu_count()} cores" if args.threads else "")
     profile = measure_profile(loaded, args.device_name, repeats=args.repeats, emulation=emulation,
-                              progress=lambda it: tqdm(list(it), desc=f"profiling {loaded.name} blocks"))
+                              progress=lambda it: tqdm(list(it), desc=f"profiling {loaded.name} blocks"),
+                              backends=args.backends.split(","), onnx_dir=args.onnx_dir, quantize=args.onnx_quantize)
     out = args.out or Path("profiles") / f"{args.device_name}-{loaded.name}.json"
     profile.save(out)
     total = sum(p.decode_at(128) for p in profile.layers)
     print(f"wrote {out}: {profile.num_layers} blocks, {total:.2f} ms per decode step at context 128 "
-          f"with {profile.machine.threads} threads")
+          f"with {profile.machine.threads} threads (torch)")
+    for name, cost in profile.runtimes.items():
+        print(f"  {name}: {sum(p.decode_at(128) for p in cost.layers):.2f} ms per decode step at context 128")
 
 
 def _plan(args: argparse.Namespace) -> None:
@@ -156,6 +159,9 @@ def build_parser() -> argparse.ArgumentParser:
     prof.add_argument("--emulate", default="", help="how a slower device is emulated, recorded in the profile")
     prof.add_argument("--repeats", type=int, default=5)
     prof.add_argument("--out", type=Path, help="default: profiles/DEVICE-MODEL.json")
+    prof.add_argument("--backends", default="torch,onnxruntime", help="runtimes to measure, comma-separated")
+    prof.add_argument("--onnx-dir", type=Path, help="cache of ONNX exports (default: ~/.cache/edgesplit/onnx)")
+    prof.add_argument("--onnx-quantize", action="store_true", help="measure ONNX Runtime with int8 weights")
     prof.set_defaults(func=_profile)
 
     # Their own parsers take every argument after the name (see `main`); listed here for --help.
@@ -196,6 +202,7 @@ def build_parser() -> argparse.ArgumentParser:
     cloud.add_argument("--ssl-ca-certs", type=Path, help="mutual TLS: require edge certificates from this CA")
     cloud.add_argument("--max-sessions-per-caller", type=int, help="live sessions one edge may hold")
     cloud.add_argument("--max-concurrent-steps", type=int, help="steps computed at once (default: one per core)")
+    _backend_flags(cloud)
     # the edge token is read from CLOUD_AUTH_TOKEN only: a flag would show it in the process list
     cloud.set_defaults(func=_serve_cloud)
 
@@ -232,8 +239,17 @@ def build_parser() -> argparse.ArgumentParser:
     edge.add_argument("--host")
     edge.add_argument("--port", type=int)
     edge.add_argument("--threads", type=int, help="torch threads")
+    _backend_flags(edge)
+    edge.add_argument("--onnx-quantize", action="store_true", default=None,
+                      help="onnxruntime: int8 weights for the edge's blocks (see bench/backends.py for the accuracy)")
     edge.set_defaults(func=_serve_edge)
     return parser
+
+
+def _backend_flags(tier: argparse.ArgumentParser) -> None:
+    tier.add_argument("--backend", choices=["torch", "onnxruntime"],
+                      help="runtime of this tier's blocks unless a plan names one (default: torch)")
+    tier.add_argument("--onnx-dir", type=Path, help="cache of ONNX exports (default: ~/.cache/edgesplit/onnx)")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -128,12 +128,16 @@ def edge_memory_bytes(plan: Plan, edge: Profile, context: int, streams: int = 1)
     """Weights the edge must hold for the plan, and each stream's KV cache at `context` positions and peak
     activations."""
     blocks = [i for i in range(edge.num_layers) if i < plan.cut_a or i >= plan.cut_b or not plan.uses_cloud]
+    embeds = plan.cut_a > 0 or not plan.uses_cloud
     weights = sum(edge.layer_weights_bytes[i] for i in blocks)
-    if plan.cut_a > 0 or not plan.uses_cloud:
+    if embeds:
         weights += edge.embed_weights_bytes
     if plan.head == "edge":
-        weights += edge.head_weights_bytes or (0 if plan.cut_a > 0 or not plan.uses_cloud
-                                               else edge.embed_weights_bytes)  # a tied head needs the embeddings
+        weights += edge.head_weights_bytes or (0 if embeds else edge.embed_weights_bytes)  # a tied head needs them
+    extra = edge.on(plan.edge_backend).runtime_weights
+    if extra is not None:  # another runtime holds its own copy; the torch modules stay loaded to export new ranges
+        weights += sum(extra.layer_weights_bytes[i] for i in blocks) + (extra.embed_weights_bytes if embeds else 0)
+        weights += extra.head_weights_bytes if plan.head == "edge" else 0
     kv = sum(edge.kv_bytes_per_token[i] for i in blocks) * context
     activations = edge.peak_activation_bytes_per_token * context if blocks else 0  # a prefill of the whole context
     return int(weights + (kv + activations) * streams)
@@ -142,6 +146,7 @@ def edge_memory_bytes(plan: Plan, edge: Profile, context: int, streams: int = 1)
 def predict(plan: Plan, edge: Profile, cloud: Profile, link: Link, workload: Workload) -> Estimate:
     """What `plan` costs for `workload` with these profiles and this link."""
     assert edge.num_layers == cloud.num_layers == plan.num_layers, "profiles and plan disagree on the model"
+    edge, cloud = edge.on(plan.edge_backend), cloud.on(plan.cloud_backend)
     prompt, output, streams = workload.prompt_tokens, workload.output_tokens, workload.streams
     ttft = _step_demands(plan, edge, cloud, link, prompt, prompt, decode=False).time_ms(streams)
     decode = _step_demands(plan, edge, cloud, link, 1, prompt + output // 2, decode=True)

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from pydantic import Field
 
+from splitcore.errors import PlanError
 from splitcore.schema import StrictModel
 
 ZSTD_LEVELS = (1, 3, 9)  # the zstd levels profiled and searched
@@ -47,6 +48,17 @@ class Machine(StrictModel):
     emulation: str = Field(default="", description="how a slower device was emulated, if it was")
 
 
+class RuntimeCost(StrictModel):
+    """The parts' latency on another runtime than the profile's own, and the weights that runtime holds besides."""
+
+    embed: PartCost
+    layers: list[PartCost]
+    head: PartCost
+    embed_weights_bytes: int = Field(description="what its copy of the embeddings occupies (the export's size)")
+    layer_weights_bytes: list[int]
+    head_weights_bytes: int
+
+
 class Profile(StrictModel):
     """Per-part latency and memory of one model on one device."""
 
@@ -71,6 +83,29 @@ class Profile(StrictModel):
         default_factory=dict, description="codec -> zstd level -> measured cost; empty: no compression modelled")
     peak_activation_bytes_per_token: int = Field(
         default=0, description="largest live intermediate of one block per position, computed from the config")
+    runtimes: dict[str, RuntimeCost] = Field(
+        default_factory=dict, description="other runtimes measured on this device (e.g. onnxruntime)")
+    runtime_weights: RuntimeCost | None = Field(
+        default=None, description="set by `on`: the runtime the parts are of, whose weights come on top")
+
+    def backends(self) -> list[str]:
+        """Every runtime this profile has figures for, its own first."""
+        return [self.backend, *self.runtimes]
+
+    def on(self, backend: str | None) -> Profile:
+        """This profile with the parts of `backend` (None: the profile's own).
+
+        Raises:
+            PlanError: the profile has no figures for that runtime.
+        """
+        if backend is None or backend == self.backend:
+            return self
+        cost = self.runtimes.get(backend)
+        if cost is None:
+            raise PlanError(f"the {self.device_name} profile has no figures for {backend!r}; measured: "
+                            f"{', '.join(self.backends())}")
+        return self.model_copy(update={"backend": backend, "embed": cost.embed, "layers": cost.layers,
+                                       "head": cost.head, "runtime_weights": cost})
 
     def slowed(self, factor: float) -> Profile:
         """This profile on a device `factor` times slower at compute (the edge's `--emulate-slowdown`).
@@ -86,8 +121,11 @@ class Profile(StrictModel):
                             decode_ms={k: v * factor for k, v in part.decode_ms.items()})
         how = f"compute stretched {factor:g}x by sleeping after each step"
         machine = self.machine.model_copy(update={"emulation": "; ".join(filter(None, [self.machine.emulation, how]))})
+        runtimes = {name: cost.model_copy(update={"embed": scale(cost.embed), "layers": [scale(p) for p in cost.layers],
+                                                  "head": scale(cost.head)})
+                    for name, cost in self.runtimes.items()}
         return self.model_copy(update={"embed": scale(self.embed), "layers": [scale(p) for p in self.layers],
-                                       "head": scale(self.head), "machine": machine})
+                                       "head": scale(self.head), "machine": machine, "runtimes": runtimes})
 
     def codec_cost(self, codec: str, level: int) -> CodecCost | None:
         return self.codecs.get(codec, {}).get(level)

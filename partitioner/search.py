@@ -7,8 +7,10 @@ learns (`constraints_func`). The exact solver enumerates every plan, for tests, 
 
 from __future__ import annotations
 
+import itertools
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from typing import Literal, cast
 
 import optuna
@@ -17,7 +19,7 @@ from pydantic import Field
 from partitioner.costmodel import Estimate, Link, Workload, predict
 from partitioner.profile import ZSTD_LEVELS, Profile
 from splitcore.errors import PlanError
-from splitcore.plan import CodecName, Plan, Tier
+from splitcore.plan import BackendName, CodecName, Plan, Tier
 from splitcore.schema import StrictModel
 
 CODECS: tuple[CodecName, ...] = ("fp32", "fp16", "bf16", "int8")
@@ -57,20 +59,27 @@ def allowed_codecs(c: Constraints) -> list[CodecName]:
     return [k for k in CODECS if k == "fp32" or c.codec_loss.get(k, float("inf")) <= c.max_codec_loss]
 
 
-def plan_space(num_layers: int, c: Constraints) -> list[Plan]:
+def runtime_options(profile: Profile) -> list[BackendName | None]:
+    """The runtimes a tier's plans may name: None (the tier's own) when its profile measured only one."""
+    names = profile.backends()
+    return [None] if len(names) == 1 else [cast(BackendName, name) for name in names]
+
+
+def plan_space(num_layers: int, c: Constraints, edge_runtimes: Sequence[BackendName | None] = (None,),
+               cloud_runtimes: Sequence[BackendName | None] = (None,)) -> list[Plan]:
     """Every distinct plan the structural constraints allow (memory is checked separately)."""
-    plans = [Plan(num_layers=num_layers, cut_a=num_layers, cut_b=num_layers, codec="fp32")]  # edge-only
     if c.min_edge_layers > num_layers:
         return []
+    plans = [Plan(num_layers=num_layers, cut_a=num_layers, cut_b=num_layers, codec="fp32", edge_backend=e)
+             for e in edge_runtimes]  # edge-only
     low = _lowest_cut(c)
-    for codec in allowed_codecs(c):
-        for a in range(low, num_layers):
-            for b in range(a + 1, num_layers + 1):
-                for level in ZSTD_LEVELS:
-                    plans.append(Plan(num_layers=num_layers, cut_a=a, cut_b=b, codec=codec, zstd_level=level))
-                    if b == num_layers and c.allow_tokens_off_device:
-                        plans.append(Plan(num_layers=num_layers, cut_a=a, cut_b=b, head="cloud", codec=codec,
-                                          zstd_level=level))
+    for codec, a, level, e, k in itertools.product(allowed_codecs(c), range(low, num_layers), ZSTD_LEVELS,
+                                                   edge_runtimes, cloud_runtimes):
+        heads: list[tuple[int, Tier]] = [(b, "edge") for b in range(a + 1, num_layers + 1)]
+        if c.allow_tokens_off_device:
+            heads.append((num_layers, "cloud"))
+        plans += [Plan(num_layers=num_layers, cut_a=a, cut_b=b, head=head, codec=codec, zstd_level=level,
+                       edge_backend=e, cloud_backend=k) for b, head in heads]
     return plans
 
 
@@ -79,8 +88,19 @@ def _lowest_cut(c: Constraints) -> int:
     return c.min_edge_layers if c.allow_tokens_off_device else max(1, c.min_edge_layers)
 
 
-def _study_bounds(c: Constraints, edge: Profile) -> tuple[list[CodecName], int]:
-    """The codecs and lowest cut a study may suggest.
+@dataclass(frozen=True)
+class _Space:
+    """What a study may suggest."""
+
+    num_layers: int
+    low: int  # the lowest first cloud block
+    codecs: list[CodecName]
+    edge_runtimes: list[BackendName | None]
+    cloud_runtimes: list[BackendName | None]
+
+
+def _space(c: Constraints, edge: Profile, cloud: Profile) -> _Space:
+    """The cuts, codecs and runtimes a study may suggest.
 
     Raises:
         InfeasibleError: the privacy settings keep more blocks on the device than the model has.
@@ -88,21 +108,30 @@ def _study_bounds(c: Constraints, edge: Profile) -> tuple[list[CodecName], int]:
     low = _lowest_cut(c)
     if low > edge.num_layers:
         raise InfeasibleError(_binding([], edge, c))
-    return allowed_codecs(c), low
+    return _Space(edge.num_layers, low, allowed_codecs(c), runtime_options(edge), runtime_options(cloud))
 
 
-def _suggest(trial: optuna.Trial, num_layers: int, low: int, codecs: list[CodecName], c: Constraints) -> Plan:
+def _suggest(trial: optuna.Trial, space: _Space, c: Constraints) -> Plan:
     """One plan from the trial's suggestions; only the structurally allowed space is offered."""
-    a = trial.suggest_int("cut_a", low, num_layers)
+    num_layers = space.num_layers
+    a = trial.suggest_int("cut_a", space.low, num_layers)
     b = trial.suggest_int("cut_b", a, num_layers)
     head: Tier = "edge"
     if b == num_layers and a < b and c.allow_tokens_off_device:
         head = cast(Tier, trial.suggest_categorical("head", ["edge", "cloud"]))
-    codec = cast(CodecName, trial.suggest_categorical("codec", codecs))
+    codec = cast(CodecName, trial.suggest_categorical("codec", space.codecs))
     level = cast(int, trial.suggest_categorical("zstd_level", ZSTD_LEVELS))
+    edge = _runtime(trial, "edge_backend", space.edge_runtimes)
     if a == b:  # nothing in the cloud: edge-only
-        return Plan(num_layers=num_layers, cut_a=num_layers, cut_b=num_layers, codec="fp32")
-    return Plan(num_layers=num_layers, cut_a=a, cut_b=b, head=head, codec=codec, zstd_level=level)
+        return Plan(num_layers=num_layers, cut_a=num_layers, cut_b=num_layers, codec="fp32", edge_backend=edge)
+    return Plan(num_layers=num_layers, cut_a=a, cut_b=b, head=head, codec=codec, zstd_level=level, edge_backend=edge,
+                cloud_backend=_runtime(trial, "cloud_backend", space.cloud_runtimes))
+
+
+def _runtime(trial: optuna.Trial, name: str, options: list[BackendName | None]) -> BackendName | None:
+    if len(options) == 1:
+        return options[0]
+    return cast(BackendName, trial.suggest_categorical(name, [str(o) for o in options]))
 
 
 def _fits(estimate: Estimate, c: Constraints) -> bool:
@@ -120,7 +149,8 @@ def exact_best(edge: Profile, cloud: Profile, link: Link, workload: Workload, c:
     Raises:
         InfeasibleError: no plan meets the constraints.
     """
-    choices = [Choice(plan=p, estimate=predict(p, edge, cloud, link, workload)) for p in plan_space(edge.num_layers, c)]
+    space = plan_space(edge.num_layers, c, runtime_options(edge), runtime_options(cloud))
+    choices = [Choice(plan=p, estimate=predict(p, edge, cloud, link, workload)) for p in space]
     best = _best((ch for ch in choices if _fits(ch.estimate, c)), objective)
     if best is None:
         raise InfeasibleError(_binding(choices, edge, c))
@@ -149,8 +179,7 @@ def search(edge: Profile, cloud: Profile, link: Link, workload: Workload, c: Con
         InfeasibleError: no plan meets the constraints (checked exactly: the space is enumerable).
     """
     started = time.perf_counter()
-    num_layers = edge.num_layers
-    codecs, low = _study_bounds(c, edge)
+    space = _space(c, edge, cloud)
     cache: dict[Plan, Estimate] = {}
 
     def evaluate(plan: Plan) -> Estimate:
@@ -159,7 +188,7 @@ def search(edge: Profile, cloud: Profile, link: Link, workload: Workload, c: Con
         return cache[plan]
 
     def objective_fn(trial: optuna.Trial) -> float:
-        plan = _suggest(trial, num_layers, low, codecs, c)
+        plan = _suggest(trial, space, c)
         trial.set_user_attr("plan", plan.model_dump())
         estimate = evaluate(plan)
         over = 0 if c.edge_memory_bytes is None else estimate.edge_memory_bytes - c.edge_memory_bytes
@@ -169,7 +198,7 @@ def search(edge: Profile, cloud: Profile, link: Link, workload: Workload, c: Con
     sampler = optuna.samplers.TPESampler(seed=seed, n_startup_trials=20)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(direction="minimize", sampler=sampler)
-    for plan in _anchors(num_layers, low, codecs, c):
+    for plan in _anchors(space, c):
         study.enqueue_trial(plan)
     study.optimize(objective_fn, n_trials=n_trials)
     feasible = [Choice(plan=p, estimate=e) for p, e in cache.items() if _fits(e, c)]
@@ -181,9 +210,9 @@ def search(edge: Profile, cloud: Profile, link: Link, workload: Workload, c: Con
                         evaluated_plans=len(cache), search_s=time.perf_counter() - started)
 
 
-def _anchors(num_layers: int, low: int, codecs: list[CodecName], c: Constraints) -> list[dict[str, int | str]]:
+def _anchors(space: _Space, c: Constraints) -> list[dict[str, int | str]]:
     """Trials to start from: edge-only, the least-memory plan, and (if allowed) cloud-only."""
-    cheapest = codecs[-1]
+    num_layers, low, cheapest = space.num_layers, space.low, space.codecs[-1]
     anchors: list[dict[str, int | str]] = [{"cut_a": num_layers, "cut_b": num_layers, "codec": cheapest,
                                              "zstd_level": ZSTD_LEVELS[0]}]
     if low < num_layers:
@@ -199,19 +228,25 @@ def baselines(edge: Profile, cloud: Profile, link: Link, workload: Workload, c: 
               objective: Objective = "total_ms") -> dict[str, Choice]:
     """Edge-only, cloud-only and the best single cut (head on the edge), each marked feasible or not."""
     num_layers = edge.num_layers
-    allowed = set(plan_space(num_layers, c))
+    edge_runtimes, cloud_runtimes = runtime_options(edge), runtime_options(cloud)
+    allowed = set(plan_space(num_layers, c, edge_runtimes, cloud_runtimes))
 
     def choice(plan: Plan) -> Choice:
         estimate = predict(plan, edge, cloud, link, workload)
         ok = _fits(estimate, c) and (plan in allowed or not plan.uses_cloud)
         return Choice(plan=plan, estimate=estimate, feasible=ok)
 
-    single = [choice(Plan(num_layers=num_layers, cut_a=a, cut_b=num_layers, codec=k))
-              for a in range(1, num_layers) for k in allowed_codecs(c)]
+    def fastest(plans: Iterable[Plan]) -> Choice:  # over the runtimes; a feasible one if there is one
+        choices = [choice(p) for p in plans]
+        return _best((ch for ch in choices if ch.feasible), objective) or _best(choices, objective)  # type: ignore
+
+    single = [choice(Plan(num_layers=num_layers, cut_a=a, cut_b=num_layers, codec=k, edge_backend=e, cloud_backend=r))
+              for a in range(1, num_layers) for k in allowed_codecs(c) for e in edge_runtimes for r in cloud_runtimes]
     best_single = _best((ch for ch in single if ch.feasible), objective) or _best(single, objective)
-    out = {"edge-only": choice(Plan(num_layers=num_layers, cut_a=num_layers, cut_b=num_layers, codec="fp32")),
-           "cloud-only": choice(Plan(num_layers=num_layers, cut_a=0, cut_b=num_layers, head="cloud",
-                                     codec=allowed_codecs(c)[-1]))}
+    out = {"edge-only": fastest(Plan(num_layers=num_layers, cut_a=num_layers, cut_b=num_layers, codec="fp32",
+                                     edge_backend=e) for e in edge_runtimes),
+           "cloud-only": fastest(Plan(num_layers=num_layers, cut_a=0, cut_b=num_layers, head="cloud",
+                                      codec=allowed_codecs(c)[-1], cloud_backend=r) for r in cloud_runtimes)}
     if best_single is not None:
         out["best single cut"] = best_single
     return out
@@ -220,12 +255,11 @@ def baselines(edge: Profile, cloud: Profile, link: Link, workload: Workload, c: 
 def pareto_front(edge: Profile, cloud: Profile, link: Link, workload: Workload, c: Constraints,
                  n_trials: int = 200, seed: int = 0) -> list[Choice]:
     """Plans no other evaluated plan beats on latency, device memory and bytes per token at once (NSGA-II)."""
-    num_layers = edge.num_layers
-    codecs, low = _study_bounds(c, edge)
+    space = _space(c, edge, cloud)
     seen: dict[Plan, Estimate] = {}
 
     def objectives(trial: optuna.Trial) -> tuple[float, float, float]:
-        plan = _suggest(trial, num_layers, low, codecs, c)
+        plan = _suggest(trial, space, c)
         est = seen.setdefault(plan, predict(plan, edge, cloud, link, workload))
         trial.set_constraint("edge_memory", 0.0 if c.edge_memory_bytes is None
                              else float(est.edge_memory_bytes - c.edge_memory_bytes))
@@ -233,7 +267,7 @@ def pareto_front(edge: Profile, cloud: Profile, link: Link, workload: Workload, 
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(directions=["minimize"] * 3, sampler=optuna.samplers.NSGAIISampler(seed=seed))
-    for anchor in _anchors(num_layers, low, codecs, c):
+    for anchor in _anchors(space, c):
         study.enqueue_trial(anchor)
     study.optimize(objectives, n_trials=n_trials)
     feasible = [Choice(plan=p, estimate=e) for p, e in seen.items() if _fits(e, c)]

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import random
 
-from partitioner.profile import Machine, PartCost, Profile
+from partitioner.profile import Machine, PartCost, Profile, RuntimeCost
 
 
 def _cost(prefill_ms_per_token: float, decode_ms: float, fixed_ms: float = 0.0) -> PartCost:
@@ -41,3 +41,14 @@ def random_profiles(rng: random.Random, num_layers: int) -> tuple[Profile, Profi
                              head_ms=rng.uniform(0.5, 3) * slowdown)
     cloud = synthetic_profile("cloud", base, head_ms=rng.uniform(0.5, 3))
     return edge, cloud
+
+
+def with_runtime(profile: Profile, name: str, speedup: float, weights_bytes: int = 2_000_000) -> Profile:
+    """`profile` with figures for another runtime whose parts run `speedup` x as fast (hand-built, like the rest)."""
+    def faster(part: PartCost) -> PartCost:
+        return PartCost(prefill_ms={k: v / speedup for k, v in part.prefill_ms.items()},
+                        decode_ms={k: v / speedup for k, v in part.decode_ms.items()})
+    cost = RuntimeCost(embed=faster(profile.embed), layers=[faster(p) for p in profile.layers],
+                       head=faster(profile.head), embed_weights_bytes=weights_bytes,
+                       layer_weights_bytes=[weights_bytes] * profile.num_layers, head_weights_bytes=0)
+    return profile.model_copy(update={"runtimes": {**profile.runtimes, name: cost}})

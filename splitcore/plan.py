@@ -18,6 +18,7 @@ from splitcore.ranges import LayerRange
 
 CodecName = Literal["fp32", "fp16", "bf16", "int8"]
 Tier = Literal["edge", "cloud"]
+BackendName = Literal["torch", "onnxruntime"]
 
 
 class Plan(BaseModel):
@@ -31,6 +32,8 @@ class Plan(BaseModel):
     head: Tier = "edge"
     codec: CodecName = "fp16"
     zstd_level: int = Field(default=1, ge=-7, le=22, description="negative: faster, weaker; 0: zstd's default (3)")
+    edge_backend: BackendName | None = Field(default=None, description="edge runtime; None: its --backend")
+    cloud_backend: BackendName | None = Field(default=None, description="cloud runtime; None: its --backend")
 
     @model_validator(mode="after")
     def _consistent(self) -> Plan:
@@ -65,13 +68,18 @@ class Plan(BaseModel):
 
     def describe(self) -> str:
         if not self.uses_cloud:
-            return f"edge-only ({self.num_layers} blocks on the edge)"
+            return f"edge-only ({self.num_layers} blocks on the edge){self._runtimes()}"
         if self.cut_a == 0 and self.head == "cloud":
-            return f"cloud-only ({self.num_layers} blocks in the cloud, codec {self.codec})"
+            return f"cloud-only ({self.num_layers} blocks in the cloud, codec {self.codec}){self._runtimes()}"
         return (
             f"edge {self.edge_front} -> cloud {self.cloud_layers} -> edge {self.edge_back}, "
-            f"head on {self.head}, codec {self.codec}"
+            f"head on {self.head}, codec {self.codec}{self._runtimes()}"
         )
+
+    def _runtimes(self) -> str:
+        named = [f"{tier} on {name}" for tier, name in (("edge", self.edge_backend), ("cloud", self.cloud_backend))
+                 if name is not None and (tier == "edge" or self.uses_cloud)]
+        return f" ({', '.join(named)})" if named else ""
 
 
 def parse_cut(spec: str, num_layers: int, codec: CodecName = "fp16", head: Tier = "edge", zstd_level: int = 1) -> Plan:

@@ -28,3 +28,4 @@ class SessionMeta(StrictModel):
     codec: Literal["fp32", "fp16", "bf16", "int8"] = "fp16"  # element type of the cloud's hidden-state answers
     zstd_level: int = Field(default=1, ge=-7, le=22)  # zstd level of the cloud's answers
     request_id: str = Field(default="", max_length=64, description="for following one request across tiers in logs")
+    backend: Literal["torch", "onnxruntime"] | None = None  # runtime of the cloud's blocks; None: the cloud's default

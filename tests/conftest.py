@@ -24,3 +24,9 @@ def models() -> dict[str, LoadedModel]:
 @pytest.fixture(params=FAMILIES)
 def family(request: pytest.FixtureRequest) -> str:
     return request.param
+
+
+@pytest.fixture(scope="session")
+def onnx_dir(tmp_path_factory: pytest.TempPathFactory):  # noqa: ANN201
+    """One ONNX export cache for the whole run: each range is exported once."""
+    return tmp_path_factory.mktemp("onnx")

@@ -8,6 +8,7 @@ import torch
 from cloud_service.engine import ShardEngine
 from cloud_service.sessions import SessionStore
 from edge_service.orchestrator import Finished, GenerationRequest, Orchestrator
+from splitcore.backends import Runners
 from splitcore.loading import LoadedModel
 from splitcore.plan import Plan
 
@@ -20,9 +21,10 @@ def reference(loaded: LoadedModel, prompt: list[int], n: int) -> list[int]:
     return out[0, len(prompt):].tolist()
 
 
-def split_generate(loaded: LoadedModel, plan: Plan, prompt: list[int], n: int) -> Finished:
-    engine = ShardEngine(loaded, SessionStore(ttl_s=60, max_sessions=8, max_cache_bytes=2**30))
-    orch = Orchestrator(loaded, plan, engine)
+def split_generate(loaded: LoadedModel, plan: Plan, prompt: list[int], n: int, runners: Runners | None = None
+                   ) -> Finished:
+    engine = ShardEngine(loaded, SessionStore(ttl_s=60, max_sessions=8, max_cache_bytes=2**30), runners=runners)
+    orch = Orchestrator(loaded, plan, engine, runners=runners)
     events = list(orch.generate(GenerationRequest(prompt_ids=prompt, max_tokens=n)))
     assert len(engine.store) == 0, "the cloud session must be freed when the generation ends"
     return events[-1]
@@ -42,6 +44,21 @@ def test_every_split_matches_unsplit_generation_in_fp32(models: dict[str, Loaded
     expected = reference(loaded, prompt.tolist(), NEW_TOKENS)
     for plan in all_plans(loaded.layered.num_layers):
         result = split_generate(loaded, plan, prompt.tolist(), NEW_TOKENS)
+        assert result.token_ids == expected, f"{family} {plan.describe()} diverged"
+
+
+@pytest.mark.parametrize("family", ["gpt2", "llama"])
+@pytest.mark.parametrize(("edge", "cloud"), [("onnxruntime", "onnxruntime"), ("onnxruntime", "torch"),
+                                             ("torch", "onnxruntime")])
+def test_every_split_on_onnxruntime_matches_unsplit_generation_in_fp32(models: dict[str, LoadedModel], onnx_dir,
+                                                                        family: str, edge: str, cloud: str) -> None:
+    loaded = models[family]
+    runners = Runners(loaded.layered, onnx_dir=onnx_dir)
+    prompt = torch.randint(0, loaded.layered.vocab_size, (PROMPT_LEN,), generator=torch.Generator().manual_seed(1))
+    expected = reference(loaded, prompt.tolist(), NEW_TOKENS)
+    for plan in all_plans(loaded.layered.num_layers):
+        plan = plan.model_copy(update={"edge_backend": edge, "cloud_backend": cloud})
+        result = split_generate(loaded, plan, prompt.tolist(), NEW_TOKENS, runners)
         assert result.token_ids == expected, f"{family} {plan.describe()} diverged"
 
 

@@ -116,3 +116,19 @@ def test_with_several_streams_a_balanced_middle_cut_beats_both_ends() -> None:
     best_middle = min(middles, key=lambda p: tpot(p, 4))
     assert 2 <= best_middle.cut_a <= 6
     assert tpot(best_middle, 4) < 0.9 * min(tpot(p, 4) for p in ends)
+
+
+def test_a_plan_is_costed_on_the_runtime_it_names_and_pays_for_that_runtimes_weights() -> None:
+    from partitioner.synthetic import synthetic_profile, with_runtime
+    from splitcore.errors import PlanError
+
+    edge = with_runtime(synthetic_profile("edge", [4.0] * 4), "onnxruntime", speedup=2.0, weights_bytes=1000)
+    cloud = synthetic_profile("cloud", [1.0] * 4)
+    link, workload = Link(bandwidth_bps=1e9, rtt_ms=1), Workload(prompt_tokens=16, output_tokens=8)
+    on_torch = predict(Plan(num_layers=4, cut_a=4, cut_b=4), edge, cloud, link, workload)
+    on_ort = predict(Plan(num_layers=4, cut_a=4, cut_b=4, edge_backend="onnxruntime"), edge, cloud, link, workload)
+    assert on_ort.time_per_output_token_ms == pytest.approx(
+        (on_torch.time_per_output_token_ms - 0) / 2, rel=1e-9)  # every part of an edge-only step is 2x faster
+    assert on_ort.edge_memory_bytes == on_torch.edge_memory_bytes + 4 * 1000 + 1000  # blocks and embeddings
+    with pytest.raises(PlanError, match="no figures for 'onnxruntime'"):
+        predict(Plan(num_layers=4, cut_a=2, cut_b=4, cloud_backend="onnxruntime"), edge, cloud, link, workload)

@@ -98,3 +98,25 @@ def test_the_pareto_front_trades_latency_for_device_memory() -> None:
     smallest = min(front, key=lambda ch: ch.estimate.edge_memory_bytes)
     assert not fastest.plan.uses_cloud and smallest.plan.uses_cloud
     assert smallest.estimate.edge_memory_bytes < fastest.estimate.edge_memory_bytes
+
+
+def test_the_search_picks_each_tiers_runtime_where_it_is_faster() -> None:
+    from partitioner.synthetic import with_runtime
+
+    edge = with_runtime(synthetic_profile("edge", [8.0] * 6), "onnxruntime", speedup=2.0)
+    cloud = with_runtime(synthetic_profile("cloud", [1.0] * 6), "onnxruntime", speedup=0.5)  # slower there
+    link, workload = Link(bandwidth_bps=1e8, rtt_ms=5), Workload(prompt_tokens=64, output_tokens=32)
+    c = Constraints(min_edge_layers=2)
+    best = exact_best(edge, cloud, link, workload, c)
+    assert (best.plan.edge_backend, best.plan.cloud_backend) == ("onnxruntime", "torch")
+    found = search(edge, cloud, link, workload, c, n_trials=150)
+    assert found.best.estimate.total_ms <= best.estimate.total_ms * 1.01
+    assert found.best.plan.edge_backend == "onnxruntime"
+    assert found.baselines["edge-only"].plan.edge_backend == "onnxruntime"  # baselines are at their fastest too
+
+
+def test_a_profile_without_other_runtimes_leaves_plans_on_each_tiers_default() -> None:
+    edge, cloud = synthetic_profile("edge", [8.0] * 4), synthetic_profile("cloud", [1.0] * 4)
+    assert {(p.edge_backend, p.cloud_backend) for p in plan_space(4, Constraints())} == {(None, None)}
+    best = search(edge, cloud, Link(bandwidth_bps=1e8, rtt_ms=5), Workload(), Constraints(), n_trials=40).best
+    assert best.plan.edge_backend is None and best.plan.cloud_backend is None

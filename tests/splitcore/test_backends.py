@@ -1,0 +1,105 @@
+"""ONNX Runtime shards against PyTorch shards: same hidden states (within fp32 rounding), same greedy tokens."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from splitcore.backends import OrtRunner, Runner, Runners, TorchRunner
+from splitcore.errors import UnsupportedModelError
+from splitcore.loading import LoadedModel
+from splitcore.onnx_export import ExportCache
+from splitcore.ranges import LayerRange
+
+TOLERANCE = 1e-3  # fp32 rounding through a few blocks of init-range-0.3 weights: measured below 1e-4
+
+
+def _steps(runner: Runner, layers: LayerRange, m: LoadedModel, embed: bool) -> list[torch.Tensor]:
+    """A 7-position prefill then 4 one-position decode steps over the runner's own cache."""
+    gen = torch.Generator().manual_seed(1)
+    state = runner.new_state()
+    out = []
+    for seq in (7, 1, 1, 1, 1):
+        if embed:
+            out.append(runner.run(state, layers, input_ids=torch.randint(1, m.layered.vocab_size, (seq,),
+                                                                           generator=gen)))
+        else:
+            out.append(runner.run(state, layers, hidden=torch.randn(seq, m.layered.hidden_size, generator=gen)))
+    assert state.position == 11
+    return out
+
+
+@pytest.mark.parametrize("family", ["gpt2", "llama", "qwen2"])
+@pytest.mark.parametrize("span", [(0, 4), (0, 1), (1, 3), (3, 4)])
+def test_ort_range_matches_torch_range_in_prefill_and_decode(models: dict[str, LoadedModel], onnx_dir: Path,
+                                                             family: str, span: tuple[int, int]) -> None:
+    m = models[family]
+    layers, embed = LayerRange(start=span[0], end=span[1]), span[0] == 0
+    ort = OrtRunner(m.layered, ExportCache(onnx_dir))
+    got, want = _steps(ort, layers, m, embed), _steps(TorchRunner(m.layered), layers, m, embed)
+    diffs = [float((g - w).abs().max()) for g, w in zip(got, want, strict=True)]
+    print(f"{family} {layers} embed={embed}: max abs diff per step {[f'{d:.1e}' for d in diffs]}")
+    assert max(diffs) < TOLERANCE, diffs
+    assert all(g.shape == w.shape for g, w in zip(got, want, strict=True))
+
+
+def _greedy(runner: Runner, m: LoadedModel, prompt: list[int], n: int) -> list[int]:
+    state, ids, tokens = runner.new_state(), torch.tensor(prompt), []
+    everything = LayerRange(start=0, end=m.layered.num_layers)
+    for _ in range(n):
+        tokens.append(int(runner.logits(runner.run(state, everything, input_ids=ids)).argmax()))
+        ids = torch.tensor(tokens[-1:])
+    return tokens
+
+
+@pytest.mark.parametrize("family", ["gpt2", "llama"])
+def test_ort_greedy_tokens_equal_torch_and_the_unsplit_model(models: dict[str, LoadedModel], onnx_dir: Path,
+                                                             family: str) -> None:
+    m = models[family]
+    prompt = m.tokenizer("The edge keeps the first layers")["input_ids"]  # type: ignore[misc]
+    reference = m.layered.model.generate(torch.tensor([prompt]), max_new_tokens=16, do_sample=False,
+                                         min_new_tokens=16)[0, len(prompt):].tolist()
+    assert _greedy(TorchRunner(m.layered), m, prompt, 16) == reference
+    assert _greedy(OrtRunner(m.layered, ExportCache(onnx_dir)), m, prompt, 16) == reference
+
+
+def test_ort_head_gives_torch_logits(models: dict[str, LoadedModel], onnx_dir: Path) -> None:
+    m = models["llama"].layered
+    hidden = torch.randn(1, 3, m.hidden_size)
+    got = OrtRunner(m, ExportCache(onnx_dir)).logits(hidden)
+    assert got.shape == (1, m.vocab_size)
+    assert float((got - m.logits(hidden)).abs().max()) < TOLERANCE
+
+
+def test_exports_are_cached_on_disk_and_keyed_by_the_weights(models: dict[str, LoadedModel], tmp_path: Path) -> None:
+    m = models["gpt2"].layered
+    cache = ExportCache(tmp_path)
+    first = cache.range(m, LayerRange(start=1, end=2), embed=False)
+    stamp = first.stat().st_mtime_ns
+    assert cache.range(m, LayerRange(start=1, end=2), embed=False) == first
+    assert first.stat().st_mtime_ns == stamp, "a cached export is not written again"
+    other = models["gpt2"].layered.blocks[1]
+    with torch.no_grad():
+        saved = other.mlp.c_fc.weight.clone()
+        other.mlp.c_fc.weight.add_(1.0)
+        try:
+            assert cache.range(m, LayerRange(start=1, end=2), embed=False) != first
+        finally:
+            other.mlp.c_fc.weight.copy_(saved)
+    assert not list(tmp_path.glob("*.tmp.onnx")), "no half-written file is left behind"
+
+
+def test_sliding_window_blocks_are_refused_with_a_clear_error(models: dict[str, LoadedModel], tmp_path: Path) -> None:
+    runner = OrtRunner(models["mistral"].layered, ExportCache(tmp_path))
+    with pytest.raises(UnsupportedModelError, match="sliding-window"):
+        runner.run(runner.new_state(), LayerRange(start=0, end=2), hidden=torch.randn(3, 64))
+
+
+def test_runners_build_each_backend_once_and_default_to_the_tier_setting(models: dict[str, LoadedModel],
+                                                                         onnx_dir: Path) -> None:
+    runners = Runners(models["gpt2"].layered, default="onnxruntime", onnx_dir=onnx_dir)
+    assert runners.get().name == "onnxruntime"
+    assert runners.get("torch").name == "torch"
+    assert runners.get("onnxruntime") is runners.get()

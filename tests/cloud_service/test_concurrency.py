@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-import cloud_service.engine as engine_module
+import splitcore.backends as engine_module  # where the torch runner calls run_range
 from cloud_service.app import create_app
 from cloud_service.settings import CloudSettings
 from splitcore.ranges import LayerRange

@@ -9,6 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 import edge_service.orchestrator as orchestrator_module
+import splitcore.backends as backends_module  # where the torch runner calls run_range
 from cloud_service.engine import ShardEngine
 from cloud_service.sessions import SessionStore
 from edge_service.orchestrator import Finished, GenerationRequest, Orchestrator
@@ -45,8 +46,7 @@ def test_the_edge_computes_at_most_its_bound_of_steps_at_once(models: dict[str, 
     """Without emulation, generations compute in parallel up to `max_concurrent_steps`, never beyond."""
     loaded = models["gpt2"]
     overlap = Overlap()
-    monkeypatch.setattr(orchestrator_module, "run_range",
-                        overlap.wrap(orchestrator_module.run_range, lambda: time.sleep(0.01)))
+    monkeypatch.setattr(backends_module, "run_range", overlap.wrap(backends_module.run_range, lambda: time.sleep(0.01)))
     orch = Orchestrator(loaded, Plan(num_layers=4, cut_a=4, cut_b=4), None, max_concurrent_steps=2)
     with ThreadPoolExecutor(6) as pool:
         list(pool.map(lambda _: list(orch.generate(GenerationRequest(prompt_ids=[5, 6], max_tokens=6))), range(6)))

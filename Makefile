@@ -8,7 +8,7 @@ CLOUD_PORT ?= 8001
 EDGE_PORT ?= 8000
 CUT ?= 2:6
 
-.PHONY: demo test install serve-cloud serve-edge bench-overhead bench-accuracy bench-adaptive bench-links loadtest fuzz soak model perplexity clean
+.PHONY: demo test install serve-cloud serve-edge bench-overhead bench-accuracy bench-adaptive bench-links bench-backends loadtest fuzz soak model perplexity clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -42,6 +42,10 @@ bench-accuracy: $(STAMP)
 
 bench-adaptive: $(STAMP)
 	$(BIN)/python bench/adaptive.py
+
+# ONNX Runtime (fp32 and int8 weights) against torch per block and per shard, prefill and decode (about 3 minutes).
+bench-backends: $(STAMP)
+	$(BIN)/python bench/backends.py
 
 # Every plan against the planner's choice on four emulated links, two 124M models (about 40 minutes).
 bench-links: $(STAMP)

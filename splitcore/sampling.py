@@ -9,12 +9,16 @@ from transformers import LogitsProcessorList, TemperatureLogitsWarper, TopPLogit
 
 from splitcore.schema import SamplingParams
 
+# Below this temperature, sampling is greedy: logits / T would overflow float32 for T near 1e-38 (the fuzzer sent
+# 2.9e-192), and already at 1e-5 a logit gap of 0.001 gives the runner-up e^-100 of the mass.
+GREEDY_BELOW = 1e-5
+
 
 class Sampler:
     """Greedy when temperature is 0; otherwise temperature and nucleus sampling, seeded when asked."""
 
     def __init__(self, params: SamplingParams) -> None:
-        self.greedy = params.temperature == 0.0
+        self.greedy = params.temperature < GREEDY_BELOW
         self.warpers = LogitsProcessorList()
         if not self.greedy:
             if params.temperature != 1.0:

@@ -9,10 +9,14 @@ import torch
 from transformers import DynamicCache
 
 from cloud_service.sessions import CloudSession, SessionStore
+from splitcore.backends import TorchRunner
 from splitcore.errors import CapacityError, SessionConflictError, SessionNotFoundError
 from splitcore.ranges import LayerRange
 from splitcore.shard import ShardState
+from splitcore.testing import tiny_model
 from splitcore.wire import FrameCodec
+
+RUNNER = TorchRunner(tiny_model("gpt2", layers=1).layered)  # the store never runs it
 
 
 class Clock:
@@ -28,8 +32,8 @@ def session(n: int, cache_bytes: int = 0) -> CloudSession:
     if cache_bytes:
         kv = torch.zeros(1, 1, cache_bytes // 8, 1)  # (batch, heads, seq, head_dim) fp32: keys + values = cache_bytes
         state.cache.update(kv, kv.clone(), 0)
-    return CloudSession(id=uuid.UUID(int=n), layers=LayerRange(start=0, end=1), state=state, codec=FrameCodec(),
-                        sampler=None)
+    return CloudSession(id=uuid.UUID(int=n), layers=LayerRange(start=0, end=1), state=state, runner=RUNNER,
+                        codec=FrameCodec(), sampler=None)
 
 
 def test_an_idle_session_expires_after_its_ttl() -> None:

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from splitcore.auth import empty_is_none
 from splitcore.defaults import DEFAULT_MODEL_DIR
+from splitcore.plan import BackendName
 
 
 class CloudSettings(BaseSettings):
@@ -23,7 +23,7 @@ class CloudSettings(BaseSettings):
     layers: str | None = None  # "A:B": keep only blocks [A, B) in memory; default: all blocks
     max_weights_mb: float | None = None  # budget for block weights when an edge asks for more blocks; None: no limit
     threads: int | None = None  # torch intra-op threads; default: torch's choice (all cores)
-    backend: Literal["torch", "onnxruntime"] = "torch"  # runtime of the blocks unless an edge's plan names one
+    backend: BackendName = "torch"  # runtime of the blocks unless an edge's plan names one
     onnx_dir: Path | None = None  # cache of ONNX exports; default: ~/.cache/edgesplit/onnx
     max_concurrent_steps: int | None = Field(default=None, ge=1)  # steps computed at once; default: one per core
     session_ttl_s: float = 300.0  # a session idle this long is dropped with its KV cache

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from splitcore.auth import empty_is_none
 from splitcore.defaults import DEFAULT_MODEL_DIR
-from splitcore.plan import CodecName
+from splitcore.plan import BackendName, CodecName, Tier
 
 
 class EdgeSettings(BaseSettings):
@@ -21,14 +20,14 @@ class EdgeSettings(BaseSettings):
     model_dir: Path = DEFAULT_MODEL_DIR  # local Hugging Face checkpoint directory (tokenizer, weights)
     cloud_url: str = "http://127.0.0.1:8001"  # base URL of the cloud service
     cut: str = "edge"  # plan: "A:B" (edge [0,A), cloud [A,B), edge [B,L)), "A" (= A:L), "edge", "cloud" or "auto"
-    head: Literal["edge", "cloud"] = "edge"  # which tier runs the final norm, LM head and sampling (cloud needs B = L)
+    head: Tier = "edge"  # which tier runs the final norm, LM head and sampling (cloud needs B = L)
     codec: CodecName = "fp16"  # element type of activations on the wire
     zstd_level: int = 1  # zstandard level for activations (higher: smaller prefill frames, more CPU)
     allow_tokens_off_device: bool = False  # privacy: may token ids (cut A = 0, or head in the cloud) leave the device
     host: str = "127.0.0.1"  # address to listen on
     port: int = 8000  # TCP port to listen on
     threads: int | None = None  # torch intra-op threads; default: torch's choice (all cores)
-    backend: Literal["torch", "onnxruntime"] = "torch"  # runtime of the edge's blocks unless the plan names one
+    backend: BackendName = "torch"  # runtime of the edge's blocks unless the plan names one
     onnx_dir: Path | None = None  # cache of ONNX exports; default: ~/.cache/edgesplit/onnx
     onnx_quantize: bool = False  # onnxruntime on the edge: int8 weights (dynamic quantisation; see bench/backends.py)
     cloud_timeout_s: float = 30.0  # longest wait for one cloud step

@@ -134,7 +134,7 @@ def edge_memory_bytes(plan: Plan, edge: Profile, context: int, streams: int = 1)
         weights += edge.embed_weights_bytes
     if plan.head == "edge":
         weights += edge.head_weights_bytes or (0 if embeds else edge.embed_weights_bytes)  # a tied head needs them
-    extra = edge.on(plan.edge_backend).runtime_weights
+    extra = edge.runtime(plan.edge_backend)
     if extra is not None:  # another runtime holds its own copy; the torch modules stay loaded to export new ranges
         weights += sum(extra.layer_weights_bytes[i] for i in blocks) + (extra.embed_weights_bytes if embeds else 0)
         weights += extra.head_weights_bytes if plan.head == "edge" else 0
@@ -146,10 +146,10 @@ def edge_memory_bytes(plan: Plan, edge: Profile, context: int, streams: int = 1)
 def predict(plan: Plan, edge: Profile, cloud: Profile, link: Link, workload: Workload) -> Estimate:
     """What `plan` costs for `workload` with these profiles and this link."""
     assert edge.num_layers == cloud.num_layers == plan.num_layers, "profiles and plan disagree on the model"
-    edge, cloud = edge.on(plan.edge_backend), cloud.on(plan.cloud_backend)
+    edge_parts, cloud_parts = edge.on(plan.edge_backend), cloud.on(plan.cloud_backend)
     prompt, output, streams = workload.prompt_tokens, workload.output_tokens, workload.streams
-    ttft = _step_demands(plan, edge, cloud, link, prompt, prompt, decode=False).time_ms(streams)
-    decode = _step_demands(plan, edge, cloud, link, 1, prompt + output // 2, decode=True)
+    ttft = _step_demands(plan, edge_parts, cloud_parts, link, prompt, prompt, decode=False).time_ms(streams)
+    decode = _step_demands(plan, edge_parts, cloud_parts, link, 1, prompt + output // 2, decode=True)
     tpot = decode.time_ms(streams)
     return Estimate(time_to_first_token_ms=ttft, time_per_output_token_ms=tpot, total_ms=ttft + (output - 1) * tpot,
                     edge_memory_bytes=edge_memory_bytes(plan, edge, prompt + output, streams),

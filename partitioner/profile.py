@@ -85,12 +85,24 @@ class Profile(StrictModel):
         default=0, description="largest live intermediate of one block per position, computed from the config")
     runtimes: dict[str, RuntimeCost] = Field(
         default_factory=dict, description="other runtimes measured on this device (e.g. onnxruntime)")
-    runtime_weights: RuntimeCost | None = Field(
-        default=None, description="set by `on`: the runtime the parts are of, whose weights come on top")
 
     def backends(self) -> list[str]:
         """Every runtime this profile has figures for, its own first."""
         return [self.backend, *self.runtimes]
+
+    def runtime(self, backend: str | None) -> RuntimeCost | None:
+        """The figures of another runtime; None for the profile's own (`backend` None or `self.backend`).
+
+        Raises:
+            PlanError: the profile has no figures for that runtime.
+        """
+        if backend is None or backend == self.backend:
+            return None
+        cost = self.runtimes.get(backend)
+        if cost is None:
+            raise PlanError(f"the {self.device_name} profile has no figures for {backend!r}; measured: "
+                            f"{', '.join(self.backends())}")
+        return cost
 
     def on(self, backend: str | None) -> Profile:
         """This profile with the parts of `backend` (None: the profile's own).
@@ -98,14 +110,11 @@ class Profile(StrictModel):
         Raises:
             PlanError: the profile has no figures for that runtime.
         """
-        if backend is None or backend == self.backend:
-            return self
-        cost = self.runtimes.get(backend)
+        cost = self.runtime(backend)
         if cost is None:
-            raise PlanError(f"the {self.device_name} profile has no figures for {backend!r}; measured: "
-                            f"{', '.join(self.backends())}")
+            return self
         return self.model_copy(update={"backend": backend, "embed": cost.embed, "layers": cost.layers,
-                                       "head": cost.head, "runtime_weights": cost})
+                                       "head": cost.head})
 
     def slowed(self, factor: float) -> Profile:
         """This profile on a device `factor` times slower at compute (the edge's `--emulate-slowdown`).

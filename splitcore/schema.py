@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Literal
-
 from pydantic import BaseModel, ConfigDict, Field
+
+from splitcore.plan import BackendName, CodecName
 
 
 class StrictModel(BaseModel):
@@ -25,7 +25,7 @@ class SessionMeta(StrictModel):
     """Sent with a session's first frame so the cloud can sample when it holds the head."""
 
     sampling: SamplingParams = SamplingParams()
-    codec: Literal["fp32", "fp16", "bf16", "int8"] = "fp16"  # element type of the cloud's hidden-state answers
+    codec: CodecName = "fp16"  # element type of the cloud's hidden-state answers
     zstd_level: int = Field(default=1, ge=-7, le=22)  # zstd level of the cloud's answers
     request_id: str = Field(default="", max_length=64, description="for following one request across tiers in logs")
-    backend: Literal["torch", "onnxruntime"] | None = None  # runtime of the cloud's blocks; None: the cloud's default
+    backend: BackendName | None = None  # runtime of the cloud's blocks; None: the cloud's default

@@ -14,15 +14,12 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from edgesplit.scenario import Completed, Deployment, Traffic, deployment, wait_for  # noqa: E402
-from splitcore.defaults import DEFAULT_MODEL_DIR  # noqa: E402
+from edgesplit.tools.scenario import Completed, Deployment, Traffic, deployment, wait_for
+from splitcore.defaults import DEFAULT_MODEL_DIR
 
 ROOT = Path(__file__).resolve().parents[1]
 PROMPTS = ["And it came to pass", "In the beginning God", "The LORD is my shepherd", "Blessed are the"]

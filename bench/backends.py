@@ -24,7 +24,6 @@ import argparse
 import json
 import math
 import statistics
-import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -32,16 +31,15 @@ from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(ROOT), str(ROOT / "scripts")]
+from edgesplit.tools.checkpoints import model_configs
+from splitcore.backends import OrtRunner, Runner, TorchRunner
+from splitcore.defaults import DEFAULT_MODEL_DIR
+from splitcore.loading import LoadedModel, from_config, load_checkpoint
+from splitcore.onnx_export import ExportCache
+from splitcore.plan import Plan, parse_cut
+from splitcore.ranges import LayerRange
 
-from edgesplit.linkbench import model_configs  # noqa: E402
-from splitcore.backends import OrtRunner, Runner, TorchRunner  # noqa: E402
-from splitcore.defaults import DEFAULT_MODEL_DIR  # noqa: E402
-from splitcore.loading import LoadedModel, from_config, load_checkpoint  # noqa: E402
-from splitcore.onnx_export import ExportCache  # noqa: E402
-from splitcore.plan import Plan, parse_cut  # noqa: E402
-from splitcore.ranges import LayerRange  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def _ms(fn: Callable[[], object]) -> float:
@@ -145,7 +143,7 @@ def bench_model(name: str, args: argparse.Namespace, onnx_dir: Path) -> dict:
 
 
 def _heldout(loaded: LoadedModel, windows: int, block: int = 128) -> list[torch.Tensor]:
-    from train_default_model import encode_stream, read_corpus, split_corpus
+    from edgesplit.tools.corpus import encode_stream, read_corpus, split_corpus
 
     data = encode_stream(loaded.tokenizer, split_corpus(read_corpus())[1])
     return [data[i:i + block + 1] for i in range(0, len(data) - 2, block)][:windows]

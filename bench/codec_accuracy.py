@@ -12,15 +12,12 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from partitioner.accuracy import measure  # noqa: E402
-from splitcore.defaults import DEFAULT_MODEL_DIR  # noqa: E402
-from splitcore.loading import load_checkpoint  # noqa: E402
-from splitcore.testing import tiny_model  # noqa: E402
+from edgesplit.tools.codec_accuracy import measure
+from splitcore.defaults import DEFAULT_MODEL_DIR
+from splitcore.loading import load_checkpoint
+from splitcore.testing import tiny_model
 
 TEXT = ("And God said, Let the waters under the heaven be gathered together unto one place, and let the dry land "
         "appear: and it was so. And God called the dry land Earth; and the gathering together of the waters called "

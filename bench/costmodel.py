@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -24,22 +23,17 @@ from pathlib import Path
 import httpx
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from edge_service.cloud_client import CloudClient  # noqa: E402
-from edge_service.orchestrator import Finished, GenerationRequest, Orchestrator  # noqa: E402
-from edgesplit.linkemu import LinkEmulator  # noqa: E402
-from edgesplit.procs import free_port, serve, wait_healthy  # noqa: E402
-from partitioner.costmodel import Workload, predict  # noqa: E402
-from partitioner.link_estimator import LinkEstimator, parse_bandwidth, parse_duration_ms  # noqa: E402
-from partitioner.planning import probe_link  # noqa: E402
-from partitioner.profile import Profile  # noqa: E402
-from partitioner.profiler import measure_profile  # noqa: E402
-from splitcore.loading import load_checkpoint  # noqa: E402
-from splitcore.plan import Plan  # noqa: E402
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from overhead import build_checkpoint  # noqa: E402
+from edge_service.cloud_client import CloudClient
+from edge_service.orchestrator import Finished, GenerationRequest, Orchestrator
+from edgesplit.procs import free_port, serve, wait_healthy
+from edgesplit.tools.checkpoints import build, model_configs
+from edgesplit.tools.linkemu import LinkEmulator
+from partitioner.costmodel import Workload, predict
+from profiling.link_estimator import LinkEstimator, parse_bandwidth, parse_duration_ms, probe_link
+from profiling.profile import Profile
+from profiling.profiler import measure_profile
+from splitcore.loading import load_checkpoint
+from splitcore.plan import Plan
 
 
 def measure(orch: Orchestrator, prompt: list[int], tokens: int, repeats: int) -> tuple[float, float]:
@@ -66,7 +60,7 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(1)
     work = Path(tempfile.mkdtemp(prefix="edgesplit-costmodel-"))
-    path = build_checkpoint(work / "gpt2-small-shaped")
+    path = build("gpt2-small-shaped", model_configs()["gpt2-small-shaped"], work)[0]
     loaded = load_checkpoint(path)
     n = loaded.layered.num_layers
     edge_profile = measure_profile(loaded, "edge", repeats=3, emulation="1 of 2 cores (torch threads = 1)")

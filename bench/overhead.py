@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -22,23 +21,12 @@ from pathlib import Path
 import httpx
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from transformers import GPT2Config  # noqa: E402
-
-from edgesplit.procs import free_port, serve, wait_healthy  # noqa: E402
-from splitcore.loading import from_config, load_checkpoint  # noqa: E402
-from splitcore.testing import save_checkpoint, tiny_tokenizer  # noqa: E402
+from edgesplit.procs import free_port, serve, wait_healthy
+from edgesplit.tools.checkpoints import build, model_configs
+from splitcore.loading import load_checkpoint
 
 CONFIGS = [("edge-only (HTTP, no cloud)", "edge", "fp32"), ("split 3:9, int8", "3:9", "int8"),
            ("split 3:9, fp16", "3:9", "fp16"), ("split 6:12, int8", "6", "int8")]
-
-
-def build_checkpoint(path: Path) -> Path:
-    config = GPT2Config(n_layer=12, n_embd=768, n_head=12, vocab_size=50257, n_positions=1024,
-                        eos_token_id=50256, bos_token_id=50256)
-    loaded = from_config(config, seed=0, tokenizer=tiny_tokenizer(), name="gpt2-small-shaped")
-    return save_checkpoint(loaded, path)
 
 
 def time_monolithic(path: Path, prompt: list[int], tokens: int, repeats: int) -> tuple[float, int]:
@@ -78,7 +66,7 @@ def main() -> None:
     ap.add_argument("--json", type=Path, default=Path("bench/results/overhead.json"))
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="edgesplit-bench-"))
-    path = build_checkpoint(work / "gpt2-small-shaped")
+    path = build("gpt2-small-shaped", model_configs()["gpt2-small-shaped"], work)[0]
     prompt = list(range(1000, 1000 + args.prompt))
     mono_s, mono_n = time_monolithic(path, prompt, args.tokens, args.repeats)
     mono_tps = mono_n / mono_s

@@ -12,16 +12,13 @@ from __future__ import annotations
 import argparse
 import random
 import statistics
-import sys
 import time
 import warnings
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from partitioner.costmodel import Link, Workload  # noqa: E402
-from partitioner.search import Constraints, exact_best, plan_space, search  # noqa: E402
-from partitioner.synthetic import random_profiles  # noqa: E402
+from partitioner.costmodel import Workload
+from partitioner.search import Constraints, exact_best, plan_space, search
+from profiling.link_estimator import Link
+from profiling.synthetic import random_profiles
 
 
 def main() -> None:

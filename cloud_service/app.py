@@ -41,7 +41,7 @@ def build_engine(settings: CloudSettings, loaded: LoadedModel | None = None) -> 
         held = parse_cut(settings.layers, loaded.layered.num_layers).cloud_layers
         loaded.layered.drop_blocks_outside(held)
     store = SessionStore(ttl_s=settings.session_ttl_s, max_sessions=settings.max_sessions,
-                         max_cache_bytes=int(settings.max_cache_mb * 2**20),
+                         max_cache_bytes=settings.max_cache_bytes,
                          max_per_owner=settings.max_sessions_per_caller)
     runners = Runners(loaded.layered, default=settings.backend, onnx_dir=settings.onnx_dir)
     return ShardEngine(loaded, store, held=held, max_concurrent_steps=settings.max_concurrent_steps or usable_cores(),
@@ -65,7 +65,7 @@ def create_app(settings: CloudSettings, loaded: LoadedModel | None = None) -> Fa
     app = FastAPI(title="edgesplit cloud", lifespan=lifespan)
     install_error_handlers(app)
     install_metrics_route(app, metrics.registry)
-    app.add_middleware(BodyLimit, max_bytes=int(settings.max_frame_mb * 2**20))  # every route, JSON ones too
+    app.add_middleware(BodyLimit, max_bytes=settings.max_frame_bytes)  # every route, JSON ones too
 
     async def require_edge(request: Request) -> None:  # async: a sync dependency would cost a thread hop per step
         """The shard API answers only edges that send CLOUD_AUTH_TOKEN (when one is set)."""
@@ -119,7 +119,7 @@ def create_app(settings: CloudSettings, loaded: LoadedModel | None = None) -> Fa
         engine: ShardEngine = request.app.state.engine
         if wanted.end > engine.model.num_layers:
             raise PlanError(f"this model has {engine.model.num_layers} blocks; asked for {wanted}")
-        budget = int(settings.max_weights_mb * 2**20) if settings.max_weights_mb else None
+        budget = settings.max_weights_bytes
         held = await run_in_threadpool(engine.hold, wanted, lambda: load_checkpoint(settings.model_dir), budget)
         return {"held_layers": [held.start, held.end]}
 
@@ -148,8 +148,8 @@ def create_app(settings: CloudSettings, loaded: LoadedModel | None = None) -> Fa
 
 
 def _load_or_measure_profile(settings: CloudSettings, engine: ShardEngine) -> str:
-    from partitioner.profile import Profile
-    from partitioner.profiler import measure_profile
+    from profiling.profile import Profile
+    from profiling.profiler import measure_profile
 
     if settings.profile is not None:
         profile = Profile.load(settings.profile)

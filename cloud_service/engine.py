@@ -14,7 +14,7 @@ from pydantic import ValidationError
 from cloud_service.sessions import CloudSession, SessionStore
 from splitcore.backends import Runners
 from splitcore.codec import DTYPE_BY_NAME
-from splitcore.defaults import step_bound
+from splitcore.defaults import MIB, step_bound
 from splitcore.errors import FrameError, PlanError, SessionConflictError
 from splitcore.loading import LoadedModel
 from splitcore.ranges import LayerRange
@@ -37,7 +37,7 @@ class ShardEngine:
         self.store = store
         self.limits = limits or Limits(max_cols=self.model.hidden_size)
         self.held = held or LayerRange(start=0, end=self.model.num_layers)
-        self.max_positions = int(getattr(self.model.config, "max_position_embeddings", 0) or 2**31)
+        self.max_positions = self.model.max_positions
         self._hold_lock = threading.Lock()
         self._local = threading.local()  # zstd contexts are not thread-safe: one decoder per worker thread
         # Steps of different sessions run in parallel up to this many (None: no bound). Beyond about one per core
@@ -87,8 +87,8 @@ class ShardEngine:
                 raise PlanError("the checkpoint on disk is no longer the model this cloud serves; restart it")
             need = sum(p.numel() * p.element_size() for i in grown for p in fresh.layered.blocks[i].parameters())
             if max_weights_bytes is not None and need > max_weights_bytes:
-                raise PlanError(f"blocks {grown} need {need / 2**20:.1f} MiB of weights; this cloud's budget is "
-                                f"{max_weights_bytes / 2**20:.1f} MiB")
+                raise PlanError(f"blocks {grown} need {need / MIB:.1f} MiB of weights; this cloud's budget is "
+                                f"{max_weights_bytes / MIB:.1f} MiB")
             for i in grown:
                 if i not in range(held.start, held.end):
                     self.model.blocks[i] = fresh.layered.blocks[i]

@@ -8,7 +8,7 @@ from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from splitcore.auth import empty_is_none
-from splitcore.defaults import DEFAULT_MODEL_DIR
+from splitcore.defaults import DEFAULT_MODEL_DIR, MIB, mib_bytes
 from splitcore.plan import BackendName
 
 
@@ -17,25 +17,46 @@ class CloudSettings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="CLOUD_", env_file=".env", extra="ignore", frozen=True)
 
-    model_dir: Path = DEFAULT_MODEL_DIR  # local Hugging Face checkpoint directory
-    host: str = "127.0.0.1"  # address to listen on
-    port: int = 8001  # TCP port to listen on
-    layers: str | None = None  # "A:B": keep only blocks [A, B) in memory; default: all blocks
-    max_weights_mb: float | None = None  # budget for block weights when an edge asks for more blocks; None: no limit
-    threads: int | None = None  # torch intra-op threads; default: torch's choice (all cores)
-    backend: BackendName = "torch"  # runtime of the blocks unless an edge's plan names one
-    onnx_dir: Path | None = None  # cache of ONNX exports; default: ~/.cache/edgesplit/onnx
-    max_concurrent_steps: int | None = Field(default=None, ge=1)  # steps computed at once; default: one per core
-    session_ttl_s: float = 300.0  # a session idle this long is dropped with its KV cache
-    max_sessions: int = 256  # sessions held at once; least recently used idle ones are evicted beyond it
-    max_cache_mb: float = 4096.0  # KV cache memory cap over all sessions, MiB
-    max_frame_mb: float = 64.0  # largest accepted request body, MiB
-    profile: Path | None = None  # measured profile JSON to serve at GET /profile; default: measure on first request
-    auth_token: SecretStr | None = None  # bearer token edges must send to /v1/* and /profile; unset: open
-    ssl_certfile: Path | None = None  # serve over TLS with this PEM certificate
-    ssl_keyfile: Path | None = None  # and this private key
-    ssl_ca_certs: Path | None = None  # with TLS: accept only edges with a client certificate signed by this CA
-    max_sessions_per_caller: int = 64  # live sessions one edge (client address) may hold; beyond: 429
-    log_level: str = "info"  # logging level
+    model_dir: Path = Field(default=DEFAULT_MODEL_DIR,
+        description="local Hugging Face checkpoint directory", json_schema_extra={"flags": ["--model"]})
+    host: str = Field(default="127.0.0.1", description="address to listen on")
+    port: int = Field(default=8001, description="TCP port to listen on")
+    layers: str | None = Field(default=None,
+        description="'A:B': keep only blocks [A, B) in memory; default: all blocks")
+    max_weights_mb: float | None = Field(default=None,
+        description="budget for block weights when an edge asks for more blocks; None: no limit")
+    threads: int | None = Field(default=None, description="torch intra-op threads; default: torch's choice (all cores)")
+    backend: BackendName = Field(default="torch", description="runtime of the blocks unless an edge's plan names one")
+    onnx_dir: Path | None = Field(default=None, description="cache of ONNX exports; default: ~/.cache/edgesplit/onnx")
+    max_concurrent_steps: int | None = Field(default=None, ge=1,
+        description="steps computed at once; default: one per core")
+    session_ttl_s: float = Field(default=300.0, description="a session idle this long is dropped with its KV cache")
+    max_sessions: int = Field(default=256,
+        description="sessions held at once; least recently used idle ones are evicted beyond it")
+    max_cache_mb: float = Field(default=4096.0, description="KV cache memory cap over all sessions, MiB")
+    max_frame_mb: float = Field(default=64.0, description="largest accepted request body, MiB")
+    profile: Path | None = Field(default=None,
+        description="measured profile JSON to serve at GET /profile; default: measure on first request")
+    auth_token: SecretStr | None = Field(default=None,
+        description="bearer token edges must send to /v1/* and /profile; unset: open")
+    ssl_certfile: Path | None = Field(default=None, description="serve over TLS with this PEM certificate")
+    ssl_keyfile: Path | None = Field(default=None, description="and this private key")
+    ssl_ca_certs: Path | None = Field(default=None,
+        description="with TLS: accept only edges with a client certificate signed by this CA")
+    max_sessions_per_caller: int = Field(default=64,
+        description="live sessions one edge (client address) may hold; beyond: 429")
+    log_level: str = Field(default="info", description="logging level")
 
     _no_empty_token = field_validator("auth_token", mode="before")(empty_is_none)
+
+    @property
+    def max_cache_bytes(self) -> int:
+        return int(self.max_cache_mb * MIB)
+
+    @property
+    def max_frame_bytes(self) -> int:
+        return int(self.max_frame_mb * MIB)
+
+    @property
+    def max_weights_bytes(self) -> int | None:
+        return mib_bytes(self.max_weights_mb)

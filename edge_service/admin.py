@@ -19,7 +19,8 @@ from fastapi.responses import HTMLResponse, RedirectResponse
 from pydantic import Field, model_validator
 
 from edge_service.runtime import EdgeRuntime
-from partitioner.costmodel import Link, Workload
+from partitioner.costmodel import Workload
+from profiling.link_estimator import Link
 from splitcore.auth import bearer, check_token
 from splitcore.errors import AuthenticationError, CloudUnavailableError, PermissionDeniedError, UserError
 from splitcore.plan import BackendName, CodecName, parse_cut
@@ -86,8 +87,9 @@ async def get_plan(request: Request) -> dict:
 @guarded.post("/plan")
 async def set_plan(body: PlanRequest, request: Request) -> dict:
     """Switch to a plan by hand or to a fresh search's choice; running requests finish on their plan."""
-    rp = _runtime(request).replanner
-    n = rp.loaded.layered.num_layers
+    rt = _runtime(request)
+    rp = rt.replanner
+    n = rt.loaded.layered.num_layers
     if body.cut is not None:
         plan = parse_cut(body.cut, n, codec=body.codec, head=body.head, zstd_level=body.zstd_level).model_copy(
             update={"edge_backend": body.edge_backend, "cloud_backend": body.cloud_backend})
@@ -96,14 +98,11 @@ async def set_plan(body: PlanRequest, request: Request) -> dict:
     link = None
     if body.bandwidth_bps is not None and body.rtt_ms is not None:
         link = Link(bandwidth_bps=body.bandwidth_bps, rtt_ms=body.rtt_ms)
-    overrides: dict = {}
-    if body.constraints is not None:  # privacy (tokens off the device) stays the operator's setting only
-        if body.constraints.edge_memory_mb is not None:
-            overrides["edge_memory_bytes"] = int(body.constraints.edge_memory_mb * 2**20)
-        if body.constraints.min_edge_layers is not None:
-            overrides["min_edge_layers"] = body.constraints.min_edge_layers
+    limits = body.constraints or SearchConstraints()
+    constraints = rp.constraints.narrowed(limits.edge_memory_mb, limits.min_edge_layers)
     workload = Workload.parse(body.workload) if body.workload else None
-    result = await run_in_threadpool(rp.search, link, overrides, workload)
+    await run_in_threadpool(rt.plan_inputs)
+    result = await run_in_threadpool(rp.search, link, constraints, workload)
     change = await run_in_threadpool(rp.switch, result.best.plan, "admin", link) if body.apply else None
     best = result.best
     return {"changed": change is not None, "plan": best.plan.model_dump(), "describe": best.plan.describe(),
@@ -115,11 +114,12 @@ async def set_plan(body: PlanRequest, request: Request) -> dict:
 @guarded.get("/profile")
 async def get_profile(request: Request) -> dict:
     """Both tiers' profiles (the edge's is measured on first use); the cloud's is null while it is unreachable."""
-    rp = _runtime(request).replanner
+    rt = _runtime(request)
+    edge = await run_in_threadpool(rt.edge_profile)
+    inputs = None
     with contextlib.suppress(CloudUnavailableError):  # the edge's profile is still worth showing
-        await run_in_threadpool(rp.profiles)
-    return {"edge": rp.edge_profile.model_dump() if rp.edge_profile else None,
-            "cloud": rp.cloud_profile.model_dump() if rp.cloud_profile else None}
+        inputs = await run_in_threadpool(rt.plan_inputs)
+    return {"edge": edge.model_dump(), "cloud": inputs.cloud.model_dump() if inputs else None}
 
 
 @guarded.get("/bandwidth")

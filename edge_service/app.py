@@ -10,17 +10,29 @@ import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator
+from typing import Any
 
 import torch
 from fastapi import FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from pydantic import BaseModel
 
 from edge_service import admin
 from edge_service.metrics import EdgeMetrics
-from edge_service.openai_api import ChatCompletionRequest, CompletionRequest, _Common
 from edge_service.orchestrator import GenerationRequest
 from edge_service.prompts import render_chat
+from edge_service.protocol import (
+    ChatCompletionRequest,
+    ChatCompletionResponse,
+    ChatCompletionStreamResponse,
+    CompletionRequest,
+    CompletionResponse,
+    CompletionStreamResponse,
+    ModelCard,
+    ModelList,
+    _Common,
+)
 from edge_service.responses import Endpoint, Responder, make_request_id
 from edge_service.runtime import EdgeRuntime
 from edge_service.settings import EdgeSettings
@@ -28,6 +40,7 @@ from splitcore.errors import CapacityError, EdgesplitError, ModelNotFoundError, 
 from splitcore.http import BodyLimit, error_response, install_error_handlers
 from splitcore.loading import LoadedModel
 from splitcore.metrics import install_metrics_route
+from splitcore.schema import ErrorResponse
 
 log = logging.getLogger(__name__)
 PLAIN_CHAT_STOP = "\nUser:"  # the plain chat template's next turn: stop before the model writes it
@@ -51,12 +64,13 @@ def create_app(settings: EdgeSettings, loaded: LoadedModel | None = None) -> Fas
     app = FastAPI(title="edgesplit edge", lifespan=lifespan)
     install_error_handlers(app)
     install_metrics_route(app, metrics.registry)
-    app.add_middleware(BodyLimit, max_bytes=int(settings.max_body_mb * 2**20))
+    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     app.include_router(admin.router)
     app.include_router(admin.guarded)
 
-    @app.post("/v1/completions")
-    async def completions(body: CompletionRequest, request: Request):  # type: ignore[no-untyped-def]
+    @app.post("/v1/completions", response_model=None,
+              responses=_responses(CompletionResponse, CompletionStreamResponse))
+    async def completions(body: CompletionRequest, request: Request) -> Response:
         """OpenAI-compatible text completion; `stream: true` answers with server-sent events."""
         runtime: EdgeRuntime = request.app.state.runtime
         tokenizer = runtime.orchestrator.tokenizer
@@ -67,8 +81,9 @@ def create_app(settings: EdgeSettings, loaded: LoadedModel | None = None) -> Fas
             prompt_ids = list(body.prompt)  # type: ignore[arg-type]
         return await _generate(runtime, body, prompt_ids, body.max_tokens, body.stop_list, "completion")
 
-    @app.post("/v1/chat/completions")
-    async def chat_completions(body: ChatCompletionRequest, request: Request):  # type: ignore[no-untyped-def]
+    @app.post("/v1/chat/completions", response_model=None,
+              responses=_responses(ChatCompletionResponse, ChatCompletionStreamResponse))
+    async def chat_completions(body: ChatCompletionRequest, request: Request) -> Response:
         """OpenAI-compatible chat completion; the tokenizer's chat template, or the plain one in `prompts`."""
         runtime: EdgeRuntime = request.app.state.runtime
         tokenizer = runtime.orchestrator.tokenizer
@@ -79,11 +94,10 @@ def create_app(settings: EdgeSettings, loaded: LoadedModel | None = None) -> Fas
         return await _generate(runtime, body, prompt_ids, body.output_limit, stop, "chat")
 
     @app.get("/v1/models")
-    async def models(request: Request) -> dict:
+    async def models(request: Request) -> ModelList:
         """The one model this edge serves."""
         runtime: EdgeRuntime = request.app.state.runtime
-        return {"object": "list", "data": [{"id": runtime.loaded.name, "object": "model", "created": 0,
-                                            "owned_by": "edgesplit"}]}
+        return ModelList(data=[ModelCard(id=runtime.loaded.name)])
 
     @app.get("/ready")
     @app.get("/health")
@@ -106,7 +120,7 @@ async def _probe_when_idle(runtime: EdgeRuntime) -> None:
 
     The large probe is sized to take about 50 ms on the estimated link, so a slow link is not flooded.
     """
-    from partitioner.planning import PROBE_SMALL, probe_link, probe_size
+    from profiling.link_estimator import PROBE_SMALL, probe_link, probe_size
 
     settings = runtime.settings
     while True:
@@ -121,18 +135,31 @@ async def _probe_when_idle(runtime: EdgeRuntime) -> None:
 
 
 async def _replan_forever(runtime: EdgeRuntime) -> None:
-    """Check the link against the plan every `replan_interval_s`; `Replanner.tick` decides."""
+    """Check the link against the plan every `replan_interval_s`; `EdgeRuntime.tick` decides."""
     while True:
         await asyncio.sleep(runtime.settings.replan_interval_s)
         try:
-            await run_in_threadpool(runtime.replanner.tick)
+            await run_in_threadpool(runtime.tick)
         except EdgesplitError as exc:  # the cloud went away mid-search, or refused the blocks: try again later
             runtime.metrics.cloud_errors.labels(type(exc).__name__).inc()
             log.warning("re-planning failed: %s", exc)
 
 
+def _responses(whole: type[BaseModel], chunk: type[BaseModel]) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI for a generation route: the whole body, the event stream's chunks, and the error shape."""
+    stream = {"text/event-stream": {"schema": {
+        "description": f"with stream: true, events 'data: <{chunk.__name__}>', then 'data: [DONE]'",
+        **chunk.model_json_schema()}}}
+    refusals = ((400, "a request this edge cannot serve, naming the field"), (404, "an unknown model"),
+                (413, "a body over the limit"), (429, "every generation slot is busy"),
+                (502, "the cloud failed and fallback is off"))
+    errors: dict[int | str, dict[str, Any]] = {
+        status: {"model": ErrorResponse, "description": what} for status, what in refusals}
+    return {200: {"model": whole, "content": stream}, **errors}
+
+
 async def _generate(runtime: EdgeRuntime, body: _Common, prompt_ids: list[int], max_tokens: int | None,
-                    stop: list[str], endpoint: Endpoint):  # type: ignore[no-untyped-def]
+                    stop: list[str], endpoint: Endpoint) -> Response:
     settings = runtime.settings
     if body.model is not None and body.model != runtime.loaded.name:
         raise ModelNotFoundError(f"model {body.model!r} is not served here; GET /v1/models lists "
@@ -150,9 +177,9 @@ async def _generate(runtime: EdgeRuntime, body: _Common, prompt_ids: list[int], 
         return StreamingResponse(events, media_type="text/event-stream",
                                  headers={"cache-control": "no-cache", "x-request-id": request.request_id})
     out = await responder.body(request)
-    log.info("request %s: %d tokens in %.0f ms", request.request_id, out["usage"]["completion_tokens"],
+    log.info("request %s: %d tokens in %.0f ms", request.request_id, out.usage.completion_tokens,
              (time.perf_counter() - started) * 1000)
-    return JSONResponse(out, headers={"x-request-id": request.request_id})
+    return JSONResponse(out.model_dump(), headers={"x-request-id": request.request_id})
 
 
 def _check_lengths(runtime: EdgeRuntime, prompt_ids: list[int], max_tokens: int | None) -> None:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from transformers import PreTrainedTokenizerBase
 
-from edge_service.openai_api import ChatMessage
+from edge_service.protocol import ChatMessage
 
 PLAIN_ROLES = {"system": "System", "developer": "System", "user": "User", "assistant": "Assistant"}
 

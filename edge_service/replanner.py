@@ -19,13 +19,11 @@ from edge_service.cloud_client import CloudClient
 from edge_service.metrics import EdgeMetrics
 from edge_service.orchestrator import Orchestrator
 from edge_service.settings import EdgeSettings
-from partitioner.costmodel import Link, Workload, predict
-from partitioner.link_estimator import LinkEstimator
-from partitioner.planning import plan_for
-from partitioner.profile import Profile
+from partitioner.costmodel import Workload, predict
+from partitioner.planning import PlanInputs, describe, plan_for
 from partitioner.search import Constraints, SearchResult
-from splitcore.errors import CloudUnavailableError, PlanError
-from splitcore.loading import LoadedModel
+from profiling.link_estimator import Link, LinkEstimator
+from splitcore.errors import PlanError
 from splitcore.plan import Plan
 
 log = logging.getLogger(__name__)
@@ -64,25 +62,24 @@ def link_moved(now: Link, planned: Link, threshold: float, rtt_floor_ms: float) 
 
 
 class Replanner:
-    """Owns the plan's lifecycle on the edge: the profiles, the link history, searches and switches."""
+    """Owns the plan's lifecycle on the edge: the link history, searches and switches.
 
-    def __init__(self, settings: EdgeSettings, loaded: LoadedModel, orchestrator: Orchestrator,
-                 cloud: CloudClient, estimator: LinkEstimator, metrics: EdgeMetrics,
-                 edge_profile: Profile | None = None, cloud_profile: Profile | None = None) -> None:
+    It measures nothing itself: `inputs` (both profiles, the codec losses) is handed to it ready, by the runtime
+    that gathered it (`EdgeRuntime.plan_inputs`); until then it can switch plans by hand but not search.
+    """
+
+    def __init__(self, settings: EdgeSettings, orchestrator: Orchestrator, cloud: CloudClient,
+                 estimator: LinkEstimator, metrics: EdgeMetrics, inputs: PlanInputs | None = None) -> None:
         self.settings = settings
-        self.loaded = loaded
         self.orchestrator = orchestrator
         self.cloud = cloud
         self.estimator = estimator
         self.metrics = metrics
-        self.edge_profile = edge_profile
-        self.cloud_profile = cloud_profile
+        self.inputs = inputs
         self.adaptive = settings.cut == "auto" and settings.adaptive
         self.workload = Workload.parse(settings.plan_workload)
-        self.constraints = Constraints(
-            edge_memory_bytes=int(settings.edge_memory_mb * 2**20) if settings.edge_memory_mb else None,
-            min_edge_layers=settings.min_edge_layers, allow_tokens_off_device=settings.allow_tokens_off_device,
-            max_codec_loss=settings.max_codec_loss)  # the codec losses are measured with the profiles
+        self.constraints = Constraints.from_limits(settings.edge_memory_mb, settings.min_edge_layers,
+                                                   settings.allow_tokens_off_device, settings.max_codec_loss)
         self.planned_link: Link | None = None  # the link the current plan was chosen for
         self.history: deque[LinkPoint] = deque(maxlen=900)
         self.changes: deque[PlanChange] = deque(maxlen=200)
@@ -94,64 +91,31 @@ class Replanner:
     def plan(self) -> Plan:
         return self.orchestrator.plan
 
-    def profiles(self) -> tuple[Profile, Profile]:
-        """Both tiers' profiles: the edge's measured here (once) and slowed as emulated, the cloud's fetched.
-
-        Raises:
-            CloudUnavailableError: there is no cloud, or it cannot be reached.
-        """
-        from partitioner.accuracy import codec_losses
-        from partitioner.profiler import measure_profile
-
-        if self.constraints.max_codec_loss is not None and not self.constraints.codec_loss:
-            losses = codec_losses(self.loaded)
-            log.info("measured codec losses (perplexity ratio - 1): %s", losses)
-            self.constraints = self.constraints.model_copy(update={"codec_loss": losses})
-        if self.edge_profile is None:
-            if self.settings.edge_profile is not None:
-                edge = Profile.load(self.settings.edge_profile)
-            else:
-                edge = measure_profile(self.loaded, device_name="edge", repeats=3, onnx_dir=self.settings.onnx_dir,
-                                       quantize=self.settings.onnx_quantize)
-            self.edge_profile = edge.slowed(self.settings.emulate_slowdown)
-        if self.cloud_profile is None:
-            self.cloud_profile = Profile.model_validate(self.cloud.profile())
-        return self.edge_profile, self.cloud_profile
-
-    def search(self, link: Link | None = None, constraints: dict | None = None,
+    def search(self, link: Link | None = None, constraints: Constraints | None = None,
                workload: Workload | None = None) -> SearchResult:
         """The best plan for a link (default: the current estimate); does not switch to it.
 
-        `constraints` overrides fields of the configured `Constraints` for this search only.
+        Raises:
+            PlanError: no inputs yet, or no plan meets the constraints.
         """
-        edge, cloud = self.profiles()
+        if self.inputs is None:
+            raise PlanError("the planner has no profiles yet: the cloud has not been reached")
         link = link or self.estimator.estimate().as_link()
-        c = self.constraints.model_copy(update=constraints or {})
-        return plan_for(edge, cloud, link, workload or self.workload, c, seed=self.settings.plan_seed)
+        return plan_for(self.inputs.on(link), workload or self.workload, constraints or self.constraints,
+                        seed=self.settings.plan_seed)
 
     def plan_at_start(self) -> None:
-        """`--plan auto`: probe the link, search with both profiles, switch; edge-only while the cloud is unreachable.
-
-        An unreachable cloud is not an error here: `tick` plans as soon as probes get through.
-        """
-        from partitioner.planning import describe, probe_link
-
-        try:
-            self.cloud.info()  # fail fast, before spending time measuring the edge
-            probe_link(self.cloud.probe, self.estimator)
-            result = self.search()
-        except CloudUnavailableError as exc:
-            log.warning("--plan auto: %s; serving edge-only until the cloud answers", exc)
-            return
+        """`--plan auto`, once the inputs are gathered: search on the probed link and switch."""
         link = self.estimator.estimate().as_link()
+        result = self.search(link)
         log.info("--plan auto:\n%s", describe(result, link, self.workload))
         self.switch(result.best.plan, "start", link)
 
     def predicted_ms(self, plan: Plan, link: Link) -> float | None:
         """The cost model's time for one request of the workload, or None before profiles exist."""
-        if self.edge_profile is None or self.cloud_profile is None:
+        if self.inputs is None:
             return None
-        return predict(plan, self.edge_profile, self.cloud_profile, link, self.workload).total_ms
+        return predict(plan, self.inputs.edge, self.inputs.cloud, link, self.workload).total_ms
 
     def switch(self, plan: Plan, reason: str, link: Link | None = None) -> PlanChange | None:
         """Make `plan` current: check privacy, have the cloud load its blocks, swap; None if it already is.
@@ -160,11 +124,10 @@ class Replanner:
             PlanError: the plan breaks the privacy setting, or the cloud cannot hold its blocks.
             CloudUnavailableError: the plan needs the cloud and it cannot be reached.
         """
-        if plan.num_layers != self.loaded.layered.num_layers:
-            raise PlanError(f"the model has {self.loaded.layered.num_layers} blocks; the plan is for {plan.num_layers}")
-        if plan.tokens_leave_device and not self.settings.allow_tokens_off_device:
-            raise PlanError(f"plan {plan.describe()} sends token ids to the cloud, which this edge's privacy "
-                            "setting forbids (EDGE_ALLOW_TOKENS_OFF_DEVICE)")
+        layers = self.orchestrator.loaded.layered.num_layers
+        if plan.num_layers != layers:
+            raise PlanError(f"the model has {layers} blocks; the plan is for {plan.num_layers}")
+        plan.check_privacy(self.settings.allow_tokens_off_device)
         with self._lock:
             old = self.orchestrator.plan
             link = link or self.estimator.estimate().as_link()
@@ -190,7 +153,7 @@ class Replanner:
         self.history.append(LinkPoint(time.time(), estimate.bandwidth_bps, estimate.rtt_ms, estimate.confidence))
         self.metrics.bandwidth.set(estimate.bandwidth_bps)
         self.metrics.rtt.set(estimate.rtt_ms / 1000)
-        if not self.adaptive or estimate.samples == 0:
+        if not self.adaptive or estimate.samples == 0 or self.inputs is None:
             return None
         now = estimate.as_link()
         if self.planned_link is None:  # the cloud was unreachable at start: plan now that the link answers

@@ -8,14 +8,28 @@ import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Generator
-from typing import Literal
+from typing import Any, Literal
 
 import anyio
 from fastapi.concurrency import iterate_in_threadpool, run_in_threadpool
 
 from edge_service.metrics import EdgeMetrics
-from edge_service.openai_api import Usage
 from edge_service.orchestrator import Finished, GenerationRequest, Orchestrator
+from edge_service.protocol import (
+    AssistantMessage,
+    ChatCompletionChoice,
+    ChatCompletionResponse,
+    ChatCompletionStreamChoice,
+    ChatCompletionStreamResponse,
+    CompletionChoice,
+    CompletionResponse,
+    CompletionStreamResponse,
+    DeltaMessage,
+    EdgesplitInfo,
+    FinishReason,
+    LinkUsage,
+    Usage,
+)
 from splitcore.errors import EdgesplitError
 from splitcore.http import error_body
 
@@ -23,26 +37,25 @@ log = logging.getLogger(__name__)
 Endpoint = Literal["completion", "chat"]
 
 
-def _usage(done: Finished) -> dict:
+def _usage(done: Finished) -> Usage:
     n = len(done.token_ids)
-    usage = Usage(prompt_tokens=done.prompt_tokens, completion_tokens=n, total_tokens=done.prompt_tokens + n)
-    return usage.model_dump()
+    return Usage(prompt_tokens=done.prompt_tokens, completion_tokens=n, total_tokens=done.prompt_tokens + n)
 
 
-def _extension(done: Finished) -> dict:
+def _extension(done: Finished) -> EdgesplitInfo:
     """edgesplit's own figures for one request: the plan it ran on and what crossed the link."""
     plan = done.plan
-    return {"plan": plan.describe(), "cut": [plan.cut_a, plan.cut_b], "head": plan.head, "codec": plan.codec,
-            "time_to_first_token_ms": round(done.time_to_first_token_ms, 2), "total_ms": round(done.total_ms, 2),
-            "link": done.link.as_dict(), "fallback": done.fallback, "replays": done.replays}
+    return EdgesplitInfo(plan=plan.describe(), cut=[plan.cut_a, plan.cut_b], head=plan.head, codec=plan.codec,
+                         time_to_first_token_ms=round(done.time_to_first_token_ms, 2), total_ms=round(done.total_ms, 2),
+                         link=LinkUsage(**done.link.as_dict()), fallback=done.fallback, replays=done.replays)
 
 
-def _finish(done: Finished) -> str:
+def _finish(done: Finished) -> FinishReason:
     return "stop" if done.finish_reason == "cancelled" else done.finish_reason
 
 
 class Responder:
-    """Builds the body or the event stream of one request."""
+    """Builds the body or the event stream of one request, as the protocol's models."""
 
     def __init__(self, orchestrator: Orchestrator, model_name: str, endpoint: Endpoint,
                  metrics: EdgeMetrics | None = None) -> None:
@@ -54,21 +67,31 @@ class Responder:
         self.id = f"{prefix}-{uuid.uuid4().hex}"
         self.created = int(time.time())
 
-    def _envelope(self, choices: list[dict], chunk: bool) -> dict:
-        obj = "text_completion" if self.endpoint == "completion" else (
-            "chat.completion.chunk" if chunk else "chat.completion")
-        return {"id": self.id, "object": obj, "created": self.created, "model": self.model_name, "choices": choices}
-
-    def _choice(self, text: str, finish: str | None, chunk: bool, first: bool = False) -> dict:
+    def _whole(self, text: str, done: Finished) -> CompletionResponse | ChatCompletionResponse:
+        envelope: dict[str, Any] = {"id": self.id, "created": self.created, "model": self.model_name,
+                                    "usage": _usage(done), "edgesplit": _extension(done)}
         if self.endpoint == "completion":
-            return {"index": 0, "text": text, "logprobs": None, "finish_reason": finish}
-        if chunk:
-            delta: dict = {"role": "assistant", "content": text} if first else ({"content": text} if text else {})
-            return {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
-        return {"index": 0, "message": {"role": "assistant", "content": text}, "logprobs": None,
-                "finish_reason": finish}
+            return CompletionResponse(choices=[CompletionChoice(text=text, finish_reason=_finish(done))], **envelope)
+        choice = ChatCompletionChoice(message=AssistantMessage(content=text), finish_reason=_finish(done))
+        return ChatCompletionResponse(choices=[choice], **envelope)
 
-    async def body(self, request: GenerationRequest) -> dict:
+    def _chunk(self, text: str | None, finish: FinishReason | None = None, first: bool = False,
+               done: Finished | None = None) -> str:
+        """One event: a piece of text, the finish (text ""), or with `done` the usage tail (no choices)."""
+        envelope: dict[str, Any] = {"id": self.id, "created": self.created, "model": self.model_name}
+        if done is not None:
+            envelope |= {"usage": _usage(done), "edgesplit": _extension(done)}
+        chunk: CompletionStreamResponse | ChatCompletionStreamResponse
+        if self.endpoint == "completion":
+            choices = [] if text is None else [CompletionChoice(text=text, finish_reason=finish)]
+            chunk = CompletionStreamResponse(choices=choices, **envelope)
+        else:
+            delta = DeltaMessage(role="assistant", content=text) if first else DeltaMessage(content=text or None)
+            stream_choices = [] if text is None else [ChatCompletionStreamChoice(delta=delta, finish_reason=finish)]
+            chunk = ChatCompletionStreamResponse(choices=stream_choices, **envelope)
+        return _sse(chunk.model_dump())
+
+    async def body(self, request: GenerationRequest) -> CompletionResponse | ChatCompletionResponse:
         """The whole generation as one response body."""
         self.metrics.begin()
         try:
@@ -81,11 +104,7 @@ class Responder:
         done = events[-1]
         assert isinstance(done, Finished)
         self.metrics.finished(done, self.endpoint)
-        text = "".join(e for e in events if isinstance(e, str))
-        out = self._envelope([self._choice(text, _finish(done), chunk=False)], chunk=False)
-        out["usage"] = _usage(done)
-        out["edgesplit"] = _extension(done)
-        return out
+        return self._whole("".join(e for e in events if isinstance(e, str)), done)
 
     async def stream(self, request: GenerationRequest, include_usage: bool) -> AsyncIterator[str]:
         """Start the generation, then stream it as server-sent events.
@@ -116,20 +135,17 @@ class Responder:
         ended = False
         try:
             if self.endpoint == "chat":
-                yield _sse(self._envelope([self._choice("", None, chunk=True, first=True)], chunk=True))
+                yield self._chunk("", first=True)
                 first = False
             async for event in _chain(head, iterate_in_threadpool(events)):
                 if isinstance(event, Finished):
                     ended = True
                     self.metrics.finished(event, self.endpoint)
-                    yield _sse(self._envelope([self._choice("", _finish(event), chunk=True)], chunk=True))
+                    yield self._chunk("", _finish(event))
                     if include_usage:
-                        tail = self._envelope([], chunk=True)
-                        tail["usage"] = _usage(event)
-                        tail["edgesplit"] = _extension(event)
-                        yield _sse(tail)
+                        yield self._chunk(None, done=event)
                 else:
-                    yield _sse(self._envelope([self._choice(event, None, chunk=True, first=first)], chunk=True))
+                    yield self._chunk(event, first=first)
                     first = False
             yield "data: [DONE]\n\n"
         except EdgesplitError as exc:  # headers are sent: the error goes in the stream, as OpenAI does

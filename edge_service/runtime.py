@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+import threading
+from dataclasses import dataclass, field
 
 from edge_service.cloud_client import CloudClient
 from edge_service.metrics import EdgeMetrics
 from edge_service.orchestrator import Orchestrator
 from edge_service.replanner import Replanner
 from edge_service.settings import EdgeSettings
-from partitioner.link_estimator import LinkEstimator
+from partitioner.planning import PlanInputs
+from profiling.link_estimator import LinkEstimator
+from profiling.profile import Profile
+from profiling.profiler import measure_profile
 from splitcore.backends import Runners
 from splitcore.defaults import usable_cores
 from splitcore.errors import CloudUnavailableError, PlanError
@@ -28,9 +32,7 @@ def plan_from_settings(settings: EdgeSettings, num_layers: int) -> Plan:
     """
     plan = parse_cut(settings.cut, num_layers, codec=settings.codec, head=settings.head,
                      zstd_level=settings.zstd_level)
-    if plan.tokens_leave_device and not settings.allow_tokens_off_device:
-        raise PlanError(f"plan {plan.describe()} sends token ids to the cloud; allow it with "
-                        "--allow-tokens-off-device (EDGE_ALLOW_TOKENS_OFF_DEVICE=1) or cut at A >= 1")
+    plan.check_privacy(settings.allow_tokens_off_device)
     return plan
 
 
@@ -54,10 +56,11 @@ class EdgeRuntime:
     loaded: LoadedModel
     orchestrator: Orchestrator
     cloud: CloudClient
-    max_positions: int
     link: LinkEstimator
     metrics: EdgeMetrics
     replanner: Replanner
+    _edge_profile: Profile | None = None
+    _gathering: threading.Lock = field(default_factory=threading.Lock)  # one measurement of the inputs at a time
 
     @classmethod
     def build(cls, settings: EdgeSettings, loaded: LoadedModel | None = None,
@@ -75,12 +78,59 @@ class EdgeRuntime:
                                     max_concurrent_steps=settings.max_concurrent_steps or usable_cores(),
                                     runners=Runners(loaded.layered, settings.backend, settings.onnx_dir,
                                                     quantize=settings.onnx_quantize))
-        replanner = Replanner(settings, loaded, orchestrator, cloud, estimator, metrics)
+        replanner = Replanner(settings, orchestrator, cloud, estimator, metrics)
+        runtime = cls(settings, loaded, orchestrator, cloud, estimator, metrics, replanner)
         if auto:
-            replanner.plan_at_start()
+            runtime.plan_at_start()
         log.info("edge plan: %s", orchestrator.plan.describe())
-        positions = int(getattr(loaded.layered.config, "max_position_embeddings", 0) or 2**31)
-        return cls(settings, loaded, orchestrator, cloud, positions, estimator, metrics, replanner)
+        return runtime
+
+    @property
+    def max_positions(self) -> int:
+        return self.loaded.layered.max_positions
+
+    def edge_profile(self) -> Profile:
+        """This device's profile: the configured file or measured here (once), slowed as emulated."""
+        if self._edge_profile is None:
+            s = self.settings
+            if s.edge_profile is not None:
+                profile = Profile.load(s.edge_profile)
+            else:
+                profile = measure_profile(self.loaded, device_name="edge", repeats=3, onnx_dir=s.onnx_dir,
+                                          quantize=s.onnx_quantize)
+            self._edge_profile = profile.slowed(s.emulate_slowdown)
+        return self._edge_profile
+
+    def plan_inputs(self) -> PlanInputs:
+        """What the planner needs, gathered once and handed to the replanner: this device's profile, the cloud's,
+        the probed link, and the codec losses when a codec limit is set.
+
+        Raises:
+            CloudUnavailableError: the cloud cannot be reached.
+        """
+        with self._gathering:
+            if self.replanner.inputs is None:
+                self.cloud.info()  # fail fast, before spending time measuring the edge
+                losses_of = self.loaded if self.settings.max_codec_loss is not None else None
+                self.replanner.inputs = PlanInputs.gather(self.edge_profile(), self.cloud, self.link, losses_of)
+            return self.replanner.inputs
+
+    def plan_at_start(self) -> None:
+        """`--plan auto`: gather the inputs, search, switch; edge-only while the cloud is unreachable.
+
+        An unreachable cloud is not an error here: `tick` plans as soon as probes get through.
+        """
+        try:
+            self.plan_inputs()
+            self.replanner.plan_at_start()
+        except CloudUnavailableError as exc:
+            log.warning("--plan auto: %s; serving edge-only until the cloud answers", exc)
+
+    def tick(self) -> None:
+        """One periodic re-planning check; gathers the inputs first when an adaptive edge started without them."""
+        if self.replanner.adaptive and self.replanner.inputs is None and self.link.estimate().samples:
+            self.plan_inputs()
+        self.replanner.tick()
 
     def cloud_status(self) -> tuple[bool, str]:
         """Ready when the plan needs no cloud, or the cloud answers, serves this model and holds the plan's blocks."""

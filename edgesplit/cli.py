@@ -10,15 +10,13 @@ import ssl
 import sys
 from pathlib import Path
 
+from cloud_service.settings import CloudSettings
+from edge_service.settings import EdgeSettings
+from edgesplit.flags import add_settings_flags, settings_from_args
 from splitcore.defaults import DEFAULT_MODEL_DIR
 from splitcore.errors import EdgesplitError, UserError
 
 GRACE_S = 30  # on SIGTERM, requests in flight get this long to finish before the server closes
-
-
-def _settings_kwargs(args: argparse.Namespace, names: list[str]) -> dict:
-    """Only the flags the user gave: the rest come from the environment or the defaults."""
-    return {n: getattr(args, n) for n in names if getattr(args, n, None) is not None}
 
 
 def _uvicorn_tls(certfile: Path | None, keyfile: Path | None, client_ca: Path | None = None) -> dict:
@@ -37,14 +35,9 @@ def _serve_cloud(args: argparse.Namespace) -> None:
     import uvicorn
 
     from cloud_service.app import create_app
-    from cloud_service.settings import CloudSettings
     from splitcore.loading import read_config
 
-    settings = CloudSettings(**_settings_kwargs(args, ["model_dir", "host", "port", "layers", "threads",
-                                                       "session_ttl_s", "max_sessions", "max_cache_mb",
-                                                       "max_weights_mb", "profile", "ssl_certfile", "ssl_keyfile",
-                                                       "ssl_ca_certs", "max_sessions_per_caller",
-                                                       "max_concurrent_steps", "backend", "onnx_dir"]))
+    settings = settings_from_args(CloudSettings, args)
     read_config(settings.model_dir)  # refuse a missing or unsupported checkpoint before starting the server
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s cloud %(name)s: %(message)s")
     tls = _uvicorn_tls(settings.ssl_certfile, settings.ssl_keyfile, settings.ssl_ca_certs)
@@ -58,15 +51,9 @@ def _serve_edge(args: argparse.Namespace) -> None:
 
     from edge_service.app import create_app
     from edge_service.runtime import plan_from_settings
-    from edge_service.settings import EdgeSettings
     from splitcore.loading import read_config
 
-    flags = ["model_dir", "cloud_url", "cut", "head", "codec", "zstd_level", "allow_tokens_off_device", "host", "port",
-             "threads", "edge_profile", "edge_memory_mb", "min_edge_layers", "plan_workload", "emulate_slowdown",
-             "max_codec_loss", "probe_interval_s", "replan_interval_s", "adaptive", "cloud_ca_file",
-             "cloud_client_cert", "cloud_client_key", "ssl_certfile", "ssl_keyfile", "cloud_step_timeout_s",
-             "max_concurrent_requests", "max_concurrent_steps", "fallback", "backend", "onnx_dir", "onnx_quantize"]
-    settings = EdgeSettings(**_settings_kwargs(args, flags))
+    settings = settings_from_args(EdgeSettings, args)
     config = read_config(settings.model_dir)  # refuse a missing or unsupported checkpoint before loading it
     if settings.cut != "auto":
         plan_from_settings(settings, config.num_hidden_layers)  # and a bad plan
@@ -87,7 +74,7 @@ def _profile(args: argparse.Namespace) -> None:
     import torch
     from tqdm import tqdm
 
-    from partitioner.profiler import measure_profile
+    from profiling.profiler import measure_profile
     from splitcore.loading import load_checkpoint
 
     if args.threads:
@@ -107,25 +94,20 @@ def _profile(args: argparse.Namespace) -> None:
 
 
 def _plan(args: argparse.Namespace) -> None:
-    from partitioner.accuracy import codec_losses
-    from partitioner.costmodel import Link, Workload
-    from partitioner.link_estimator import parse_bandwidth, parse_duration_ms
-    from partitioner.planning import describe, plan_for
-    from partitioner.profile import Profile
+    from partitioner.costmodel import Workload
+    from partitioner.planning import PlanInputs, describe, plan_for
     from partitioner.search import Constraints
+    from profiling.link_estimator import Link, parse_bandwidth, parse_duration_ms
+    from profiling.profile import Profile
     from splitcore.loading import load_checkpoint
 
-    edge, cloud = Profile.load(args.edge_profile), Profile.load(args.cloud_profile)
     workload = Workload.parse(args.workload)
     link = Link(bandwidth_bps=parse_bandwidth(args.bandwidth), rtt_ms=parse_duration_ms(args.rtt))
-    losses: dict[str, float] = {}
-    if args.max_codec_loss is not None:
-        losses = codec_losses(load_checkpoint(args.model_dir))
-    constraints = Constraints(
-        edge_memory_bytes=int(args.edge_memory_mb * 2**20) if args.edge_memory_mb else None,
-        min_edge_layers=args.min_edge_layers, allow_tokens_off_device=args.allow_tokens_off_device,
-        codec_loss=losses, max_codec_loss=args.max_codec_loss)
-    result = plan_for(edge, cloud, link, workload, constraints, seed=args.seed, trials=args.trials)
+    losses_of = load_checkpoint(args.model_dir) if args.max_codec_loss is not None else None
+    inputs = PlanInputs.gather(Profile.load(args.edge_profile), Profile.load(args.cloud_profile), link, losses_of)
+    constraints = Constraints.from_limits(args.edge_memory_mb, args.min_edge_layers, args.allow_tokens_off_device,
+                                          args.max_codec_loss)
+    result = plan_for(inputs, workload, constraints, seed=args.seed, trials=args.trials)
     if args.json:
         best = result.best
         print(json.dumps({"cut": [best.plan.cut_a, best.plan.cut_b], "head": best.plan.head, "codec": best.plan.codec,
@@ -187,69 +169,32 @@ def build_parser() -> argparse.ArgumentParser:
 
     serve = sub.add_parser("serve", help="run one tier").add_subparsers(dest="tier", required=True)
     cloud = serve.add_parser("cloud", help="the cloud tier: shard endpoint and session store")
-    cloud.add_argument("--model", dest="model_dir", type=Path, help="checkpoint directory")
-    cloud.add_argument("--host")
-    cloud.add_argument("--port", type=int)
-    cloud.add_argument("--layers", help="A:B: keep only blocks [A, B) in memory")
-    cloud.add_argument("--threads", type=int, help="torch threads")
-    cloud.add_argument("--session-ttl-s", type=float)
-    cloud.add_argument("--max-sessions", type=int)
-    cloud.add_argument("--max-cache-mb", type=float)
-    cloud.add_argument("--max-weights-mb", type=float, help="budget for block weights an edge may ask to load")
-    cloud.add_argument("--profile", type=Path, help="measured profile to serve (default: measure on first request)")
-    cloud.add_argument("--ssl-certfile", type=Path, help="serve over TLS with this PEM certificate")
-    cloud.add_argument("--ssl-keyfile", type=Path, help="its private key")
-    cloud.add_argument("--ssl-ca-certs", type=Path, help="mutual TLS: require edge certificates from this CA")
-    cloud.add_argument("--max-sessions-per-caller", type=int, help="live sessions one edge may hold")
-    cloud.add_argument("--max-concurrent-steps", type=int, help="steps computed at once (default: one per core)")
-    _backend_flags(cloud)
-    # the edge token is read from CLOUD_AUTH_TOKEN only: a flag would show it in the process list
+    # every setting is a flag (edgesplit.flags); the edge token is read from CLOUD_AUTH_TOKEN only
+    add_settings_flags(cloud, CloudSettings)
     cloud.set_defaults(func=_serve_cloud)
 
     edge = serve.add_parser("edge", help="the edge tier: OpenAI-compatible API, tokenizer, front/back blocks")
-    edge.add_argument("--model", dest="model_dir", type=Path, help="checkpoint directory")
-    edge.add_argument("--cloud", dest="cloud_url", help="cloud base URL, e.g. http://127.0.0.1:8001")
-    edge.add_argument("--cut", help="A:B, A, 'edge', 'cloud' or 'auto'")
-    edge.add_argument("--plan", dest="cut", choices=["auto"], help="auto: search a plan at start (same as --cut auto)")
-    edge.add_argument("--edge-profile", type=Path, help="this device's profile for --plan auto")
-    edge.add_argument("--edge-memory-mb", type=float, help="--plan auto: device memory budget")
-    edge.add_argument("--min-edge-layers", type=int, help="--plan auto: blocks that stay on the device")
-    edge.add_argument("--workload", dest="plan_workload", help="--plan auto: PROMPT:OUTPUT[:STREAMS]")
-    edge.add_argument("--max-codec-loss", type=float, help="--plan auto: largest perplexity ratio - 1 of a codec")
-    edge.add_argument("--no-adaptive", dest="adaptive", action="store_false", default=None,
-                      help="--plan auto: plan once at start, never again on its own")
-    edge.add_argument("--emulate-slowdown", type=float, help="emulate a device N x slower at compute (sleeps)")
-    edge.add_argument("--probe-interval-s", type=float, help="probe the link after this long without traffic")
-    edge.add_argument("--replan-interval-s", type=float, help="check the link against the plan this often")
-    edge.add_argument("--cloud-ca-file", type=Path, help="CA bundle that signed an https cloud's certificate")
-    edge.add_argument("--cloud-client-cert", type=Path, help="mutual TLS: this edge's certificate")
-    edge.add_argument("--cloud-client-key", type=Path, help="mutual TLS: its private key")
-    edge.add_argument("--ssl-certfile", type=Path, help="serve the public API over TLS with this certificate")
-    edge.add_argument("--ssl-keyfile", type=Path, help="its private key")
-    edge.add_argument("--cloud-step-timeout-s", type=float, help="a decode step slower than this: cloud stalled")
-    edge.add_argument("--max-concurrent-requests", type=int, help="generations at once; beyond: 429")
-    edge.add_argument("--max-concurrent-steps", type=int, help="of those, computing at once (default: one per core)")
-    edge.add_argument("--no-fallback", dest="fallback", action="store_false", default=None,
-                      help="fail a request when the cloud fails, instead of finishing it on the edge")
     # tokens come from EDGE_CLOUD_TOKEN and EDGE_ADMIN_TOKEN only: a flag would show them in the process list
-    edge.add_argument("--head", choices=["edge", "cloud"])
-    edge.add_argument("--codec", choices=["fp32", "fp16", "bf16", "int8"])
-    edge.add_argument("--zstd-level", type=int)
-    edge.add_argument("--allow-tokens-off-device", action="store_true", default=None)
-    edge.add_argument("--host")
-    edge.add_argument("--port", type=int)
-    edge.add_argument("--threads", type=int, help="torch threads")
-    _backend_flags(edge)
-    edge.add_argument("--onnx-quantize", action="store_true", default=None,
-                      help="onnxruntime: int8 weights for the edge's blocks (see bench/backends.py for the accuracy)")
+    add_settings_flags(edge, EdgeSettings)
     edge.set_defaults(func=_serve_edge)
     return parser
 
 
-def _backend_flags(tier: argparse.ArgumentParser) -> None:
-    tier.add_argument("--backend", choices=["torch", "onnxruntime"],
-                      help="runtime of this tier's blocks unless a plan names one (default: torch)")
-    tier.add_argument("--onnx-dir", type=Path, help="cache of ONNX exports (default: ~/.cache/edgesplit/onnx)")
+TOOLS = {"bench": "edgesplit.tools.linkbench", "loadtest": "edgesplit.tools.loadtest"}
+BENCH_EXTRA = ("openai", "matplotlib")  # pyproject's `bench` extra: checked before a run, not when its report is due
+
+
+def _tool(command: str, argv: list[str]) -> None:
+    """`edgesplit bench` and `edgesplit loadtest`: tooling with its own parser, from the `bench` extra."""
+    import importlib
+    import importlib.util
+
+    missing = [name for name in BENCH_EXTRA if importlib.util.find_spec(name) is None]
+    if missing:
+        print(f"edgesplit {command} needs the bench extra: pip install 'edgesplit[bench]' (missing: "
+              f"{', '.join(missing)})", file=sys.stderr)
+        raise SystemExit(2)
+    importlib.import_module(TOOLS[command]).main(argv)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -259,12 +204,8 @@ def main(argv: list[str] | None = None) -> None:
     if "OMP_WAIT_POLICY" not in os.environ and "GOMP_SPINCOUNT" not in os.environ:
         os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
     argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ["bench"]:
-        from edgesplit import linkbench
-        return linkbench.main(argv[1:])
-    if argv[:1] == ["loadtest"]:
-        from edgesplit import loadtest
-        return loadtest.main(argv[1:])
+    if argv[:1] in (["bench"], ["loadtest"]):
+        return _tool(argv[0], argv[1:])
     args = build_parser().parse_args(argv)
     try:
         args.func(args)

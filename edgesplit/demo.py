@@ -55,11 +55,10 @@ def _plan(model_dir: Path, cloud_url: str, prompt_tokens: int, output_tokens: in
 
     from edge_service.cloud_client import CloudClient
     from partitioner.costmodel import Workload
-    from partitioner.link_estimator import LinkEstimator
-    from partitioner.planning import describe, plan_for, probe_link
-    from partitioner.profile import Profile
-    from partitioner.profiler import measure_profile
+    from partitioner.planning import PlanInputs, describe, plan_for
     from partitioner.search import Constraints
+    from profiling.link_estimator import LinkEstimator
+    from profiling.profiler import measure_profile
     from splitcore.loading import load_checkpoint
 
     print("profiling  the edge (this process, 1 thread) and the cloud (GET /profile); probing the link ...")
@@ -67,13 +66,13 @@ def _plan(model_dir: Path, cloud_url: str, prompt_tokens: int, output_tokens: in
     hf_logging.disable_progress_bar()
     edge_profile = measure_profile(load_checkpoint(model_dir), "edge", repeats=3, emulation="1 thread")
     client = CloudClient(cloud_url)
-    cloud_profile = Profile.model_validate(client.profile())
-    estimator = LinkEstimator()
-    probe_link(client.probe, estimator)
-    client.close()
-    link = estimator.estimate().as_link()
+    try:
+        inputs = PlanInputs.gather(edge_profile, client, LinkEstimator())
+    finally:
+        client.close()
     workload = Workload(prompt_tokens=prompt_tokens, output_tokens=output_tokens)
-    result = plan_for(edge_profile, cloud_profile, link, workload, Constraints(min_edge_layers=1))
+    result = plan_for(inputs, workload, Constraints.from_limits(min_edge_layers=1))
+    link = inputs.link
     print("planner    " + describe(result, link, workload).replace("\n", "\n           "))
     print("           (the demo runs the split it was given, to show activations crossing the link)")
 

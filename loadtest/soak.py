@@ -17,7 +17,6 @@ import json
 import random
 import signal
 import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -27,11 +26,9 @@ from pathlib import Path
 
 import httpx
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from edgesplit.procs import free_port, serve, wait_healthy  # noqa: E402
-from edgesplit.scenario import stream_once  # noqa: E402
-from splitcore.defaults import DEFAULT_MODEL_DIR  # noqa: E402
+from edgesplit.procs import free_port, serve, wait_healthy
+from edgesplit.tools.scenario import stream_once
+from splitcore.defaults import DEFAULT_MODEL_DIR
 
 ROOT = Path(__file__).resolve().parents[1]
 TOKEN = "soak-edge-token"

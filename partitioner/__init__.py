@@ -1,1 +1,2 @@
-"""Profiling, cost model and partition search; and the accuracy figures of each codec."""
+"""Deciding: the cost model, the search over plans and the inputs it is given; imports `profiling` and `splitcore`
+only, never a service."""

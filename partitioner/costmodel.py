@@ -16,8 +16,10 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from partitioner.profile import PartCost, Profile
+from profiling.link_estimator import Link
+from profiling.profile import PartCost, Profile
 from splitcore.codec import DTYPE_BY_NAME, raw_nbytes
+from splitcore.defaults import MIB
 from splitcore.errors import UserError
 from splitcore.plan import Plan
 from splitcore.schema import StrictModel
@@ -25,14 +27,6 @@ from splitcore.wire import HEADER_BYTES
 
 HTTP_BYTES = 160  # request line and headers of one POST and its answer, each way (measured with httpx/uvicorn)
 TOKEN_BYTES = 4  # one int32 token id
-
-
-class Link(StrictModel):
-    """The edge-cloud link as the planner sees it."""
-
-    bandwidth_bps: float = Field(gt=0, description="bits per second, each way")
-    rtt_ms: float = Field(ge=0, description="round-trip time of an empty exchange")
-    overhead_ms: float = Field(default=0.0, ge=0, description="per-request software cost on top of rtt (HTTP, codec)")
 
 
 class Workload(StrictModel):
@@ -70,7 +64,7 @@ def _frame(plan: Plan, sender: Profile, receiver: Profile, rows: int, tokens: bo
     raw = raw_nbytes(DTYPE_BY_NAME[plan.codec], rows, sender.hidden_size)
     sent, received = sender.codec_cost(plan.codec, plan.zstd_level), receiver.codec_cost(plan.codec, plan.zstd_level)
     ratio = 1.0 if sent is None else (sent.decode_ratio if rows == 1 else sent.prefill_ratio)
-    mib = raw / 2**20
+    mib = raw / MIB
     cpu = (sent.encode_ms_per_mib * mib if sent else 0.0) + (
         received.decode_ms_per_mib * mib if received and ratio < 1.0 else 0.0)
     return int(raw * min(1.0, ratio)) + HEADER_BYTES + HTTP_BYTES, cpu

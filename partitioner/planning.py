@@ -1,30 +1,77 @@
-"""Choosing a plan for a deployment: probe the link, gather both profiles, search, and explain the choice."""
+"""Choosing a plan for a deployment: gather what the search needs, search, and explain the choice.
+
+`PlanInputs.gather` is the one place that fetches the cloud's profile, probes the link and measures the codecs'
+losses; the command line (`edgesplit plan`, `edgesplit demo`) and the edge's runtime all go through it, then
+through `plan_for`.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+from dataclasses import dataclass, field
+from typing import Protocol
 
-from partitioner.costmodel import Link, Workload
-from partitioner.link_estimator import LinkEstimator
-from partitioner.profile import Profile
+from partitioner.costmodel import Workload
 from partitioner.search import Choice, Constraints, SearchResult, search
+from profiling.codec_loss import codec_losses
+from profiling.link_estimator import Link, LinkEstimator, probe_link
+from profiling.profile import Profile
+from splitcore.defaults import MIB
 from splitcore.errors import PlanError
+from splitcore.loading import LoadedModel
 
 log = logging.getLogger(__name__)
-PROBE_SMALL, PROBE_LARGE = 64, 256 * 1024  # bytes: the spread that lets the estimator see the bandwidth
-PROBE_MIN_LARGE = 4 * 1024  # bytes: the large probe never shrinks below this
 
 
-def probe_link(probe: object, estimator: LinkEstimator, rounds: int = 4, large_bytes: int = PROBE_LARGE) -> None:
-    """Time `rounds` small and large probe exchanges into the estimator (`probe(nbytes) -> ms`)."""
-    for _ in range(rounds):
-        for nbytes in (PROBE_SMALL, large_bytes):
-            estimator.observe(nbytes, probe(nbytes))  # type: ignore[operator]
+class CloudPeer(Protocol):
+    """What planning asks of the cloud (the edge's `CloudClient` is one): its measured profile, timed probes."""
+
+    def profile(self) -> dict: ...
+
+    def probe(self, nbytes: int) -> float: ...
 
 
-def probe_size(bandwidth_bps: float, budget_ms: float = 50.0) -> int:
-    """A large probe that takes about `budget_ms` on the estimated link, so probing a slow link stays cheap."""
-    return int(min(PROBE_LARGE, max(PROBE_MIN_LARGE, bandwidth_bps * budget_ms / 1000 / 8)))
+@dataclass(frozen=True)
+class PlanInputs:
+    """What a search needs besides the workload and the operator's limits."""
+
+    edge: Profile
+    cloud: Profile
+    link: Link
+    codec_loss: dict[str, float] = field(default_factory=dict)  # codec -> perplexity ratio - 1; empty: not measured
+
+    @classmethod
+    def gather(cls, edge: Profile, cloud: Profile | CloudPeer, link: Link | LinkEstimator,
+               losses_of: LoadedModel | None = None) -> PlanInputs:
+        """Fetch the cloud's profile, probe the link and measure the codec losses, as far as each is asked for.
+
+        Args:
+            edge: this device's profile (measured or loaded, slowed as emulated).
+            cloud: the cloud's profile, or the cloud to fetch it from.
+            link: a known link, or the estimator to probe it into (then `cloud` must be the cloud itself).
+            losses_of: the model whose codec losses a codec accuracy limit needs; None: not measured.
+
+        Raises:
+            CloudUnavailableError: the cloud cannot be reached.
+        """
+        if isinstance(cloud, Profile):
+            assert not isinstance(link, LinkEstimator), "probing the link needs the cloud, not only its profile"
+            cloud_profile = cloud
+        else:
+            cloud_profile = Profile.model_validate(cloud.profile())
+        if isinstance(link, LinkEstimator):
+            assert not isinstance(cloud, Profile)
+            probe_link(cloud.probe, link)
+            link = link.estimate().as_link()
+        losses = codec_losses(losses_of) if losses_of is not None else {}
+        if losses:
+            log.info("measured codec losses (perplexity ratio - 1): %s", losses)
+        return cls(edge, cloud_profile, link, losses)
+
+    def on(self, link: Link) -> PlanInputs:
+        """The same profiles and losses on another link (the estimate now)."""
+        return dataclasses.replace(self, link=link)
 
 
 def describe(result: SearchResult, link: Link, workload: Workload) -> str:
@@ -34,7 +81,7 @@ def describe(result: SearchResult, link: Link, workload: Workload) -> str:
         flag = "" if ch.feasible else "  (not allowed by the constraints)"
         return (f"  {name:16} {ch.plan.describe():60} total {e.total_ms:9.1f} ms  first token "
                 f"{e.time_to_first_token_ms:8.1f} ms  per token {e.time_per_output_token_ms:7.2f} ms  "
-                f"device {e.edge_memory_bytes / 2**20:7.1f} MiB  {e.bytes_per_token:6.0f} B/token{flag}")
+                f"device {e.edge_memory_bytes / MIB:7.1f} MiB  {e.bytes_per_token:6.0f} B/token{flag}")
     best = result.best
     lines = [f"link {link.bandwidth_bps / 1e6:.1f} Mbit/s, rtt {link.rtt_ms:.2f} ms; workload {workload.prompt_tokens} "
              f"prompt + {workload.output_tokens} output tokens",
@@ -46,12 +93,15 @@ def describe(result: SearchResult, link: Link, workload: Workload) -> str:
     return "\n".join(lines)
 
 
-def plan_for(edge: Profile, cloud: Profile, link: Link, workload: Workload, constraints: Constraints,
-             seed: int = 0, trials: int = 150) -> SearchResult:
-    """Search, after checking both profiles describe the same model."""
+def plan_for(inputs: PlanInputs, workload: Workload, constraints: Constraints, seed: int = 0,
+             trials: int = 150) -> SearchResult:
+    """Search with the measured codec losses, after checking both profiles describe the same model."""
+    edge, cloud = inputs.edge, inputs.cloud
     if edge.fingerprint != cloud.fingerprint:
         raise PlanError(f"edge profile is of {edge.model_name!r}, cloud profile of {cloud.model_name!r}: "
                         "profile one model")
-    result = search(edge, cloud, link, workload, constraints, n_trials=trials, seed=seed)
+    if inputs.codec_loss:
+        constraints = constraints.model_copy(update={"codec_loss": inputs.codec_loss})
+    result = search(edge, cloud, inputs.link, workload, constraints, n_trials=trials, seed=seed)
     log.info("chose %s (predicted %.1f ms per request)", result.best.plan.describe(), result.best.estimate.total_ms)
     return result

@@ -16,8 +16,10 @@ from typing import Literal, cast
 import optuna
 from pydantic import Field
 
-from partitioner.costmodel import Estimate, Link, Workload, predict
-from partitioner.profile import ZSTD_LEVELS, Profile
+from partitioner.costmodel import Estimate, Workload, predict
+from profiling.link_estimator import Link
+from profiling.profile import ZSTD_LEVELS, Profile
+from splitcore.defaults import MIB, mib_bytes
 from splitcore.errors import PlanError
 from splitcore.plan import BackendName, CodecName, Plan, Tier
 from splitcore.schema import StrictModel
@@ -33,6 +35,24 @@ class Constraints(StrictModel):
     codec_loss: dict[str, float] = Field(default_factory=dict,
                                          description="codec -> measured accuracy loss (e.g. perplexity ratio - 1)")
     max_codec_loss: float | None = Field(default=None, ge=0, description="None: any codec")
+
+    @classmethod
+    def from_limits(cls, edge_memory_mb: float | None = None, min_edge_layers: int = 0,
+                    allow_tokens_off_device: bool = False, max_codec_loss: float | None = None) -> Constraints:
+        """The constraints an operator's limits give (settings or flags, sizes in MiB), in one place; the codec
+        losses a `max_codec_loss` needs are measured with the plan's inputs (`PlanInputs.codec_loss`)."""
+        return cls(edge_memory_bytes=mib_bytes(edge_memory_mb), min_edge_layers=min_edge_layers,
+                   allow_tokens_off_device=allow_tokens_off_device, max_codec_loss=max_codec_loss)
+
+    def narrowed(self, edge_memory_mb: float | None = None, min_edge_layers: int | None = None) -> Constraints:
+        """These constraints with one search's own budget or privacy floor (an admin request); whether token ids
+        may leave the device stays the operator's setting."""
+        update: dict[str, int | None] = {}
+        if edge_memory_mb is not None:
+            update["edge_memory_bytes"] = mib_bytes(edge_memory_mb)
+        if min_edge_layers is not None:
+            update["min_edge_layers"] = min_edge_layers
+        return self.model_copy(update=update)
 
 
 class Choice(StrictModel):
@@ -162,8 +182,8 @@ def _binding(choices: list[Choice], edge: Profile, c: Constraints) -> str:
         return f"min_edge_layers={c.min_edge_layers} exceeds the model's {edge.num_layers} blocks"
     least = min(ch.estimate.edge_memory_bytes for ch in choices)
     budget = c.edge_memory_bytes or 0
-    reasons = [f"device memory budget: {budget / 2**20:.1f} MiB, but the smallest allowed plan needs "
-               f"{least / 2**20:.1f} MiB on the device"]
+    reasons = [f"device memory budget: {budget / MIB:.1f} MiB, but the smallest allowed plan needs "
+               f"{least / MIB:.1f} MiB on the device"]
     if not c.allow_tokens_off_device:
         reasons.append("allowing tokens off the device would permit plans that keep less on it")
     if c.min_edge_layers:

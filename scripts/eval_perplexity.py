@@ -11,20 +11,15 @@ from __future__ import annotations
 
 import argparse
 import math
-import sys
 from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(ROOT), str(ROOT / "scripts")]
-
-from train_default_model import encode_stream, read_corpus, split_corpus  # noqa: E402
-
-from partitioner.accuracy import split_logits  # noqa: E402
-from splitcore.defaults import DEFAULT_MODEL_DIR  # noqa: E402
-from splitcore.loading import load_checkpoint  # noqa: E402
-from splitcore.plan import parse_cut  # noqa: E402
+from edgesplit.tools.corpus import encode_stream, read_corpus, split_corpus
+from profiling.codec_loss import split_logits
+from splitcore.defaults import DEFAULT_MODEL_DIR
+from splitcore.loading import load_checkpoint
+from splitcore.plan import parse_cut
 
 
 def main() -> None:

@@ -17,10 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import re
-import shutil
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -28,32 +24,8 @@ import torch
 from tqdm import tqdm
 from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from splitcore.testing import train_byte_level_bpe  # noqa: E402
-
-HOLDOUT_EVERY = 20  # every 20th chapter is held out
-
-
-def read_corpus() -> list[str]:
-    """Return the KJV as a list of chapters, verse numbers stripped."""
-    if shutil.which("bible") is None:
-        raise SystemExit("the corpus comes from Debian's bible-kjv package: apt-get install bible-kjv")
-    raw = subprocess.run(["bible", "-l1000", "gen1:1-rev22:21"], check=True, capture_output=True, text=True).stdout
-    chapters: list[str] = []
-    for block in re.split(r"\n(?=\S[^\n]* \d+\n)", raw):
-        lines = block.strip().splitlines()
-        if len(lines) < 2:
-            continue
-        verses = [re.sub(r"^\s*\d+\s+", "", line).strip() for line in lines[1:] if line.strip()]
-        chapters.append(" ".join(verses))
-    assert len(chapters) > 1000, f"expected 1189 chapters, parsed {len(chapters)}"
-    return chapters
-
-
-def split_corpus(chapters: list[str]) -> tuple[list[str], list[str]]:
-    train = [c for i, c in enumerate(chapters) if i % HOLDOUT_EVERY != HOLDOUT_EVERY - 1]
-    held = [c for i, c in enumerate(chapters) if i % HOLDOUT_EVERY == HOLDOUT_EVERY - 1]
-    return train, held
+from edgesplit.tools.corpus import HOLDOUT_EVERY, encode_stream, read_corpus, split_corpus
+from splitcore.testing import train_byte_level_bpe
 
 
 def train_tokenizer(texts: list[str], vocab_size: int, out: Path) -> PreTrainedTokenizerFast:
@@ -61,14 +33,6 @@ def train_tokenizer(texts: list[str], vocab_size: int, out: Path) -> PreTrainedT
     tok.model_max_length = 1024
     tok.save_pretrained(out)
     return tok
-
-
-def encode_stream(tok: PreTrainedTokenizerFast, texts: list[str]) -> torch.Tensor:
-    ids: list[int] = []
-    for text in texts:
-        ids.extend(tok.encode(text))
-        ids.append(tok.eos_token_id)
-    return torch.tensor(ids, dtype=torch.long)
 
 
 @torch.no_grad()

@@ -7,6 +7,12 @@ from contextlib import AbstractContextManager
 from pathlib import Path
 
 DEFAULT_MODEL_DIR = Path(__file__).resolve().parent.parent / "models" / "default"  # the checkpoint the project ships
+MIB = 2**20  # bytes in a mebibyte: settings and flags give sizes in MiB
+
+
+def mib_bytes(mib: float | None) -> int | None:
+    """A size in MiB as bytes; None or 0 (no limit, as the settings document it) is None."""
+    return int(mib * MIB) if mib else None
 
 
 def usable_cores() -> int:

@@ -15,14 +15,15 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from splitcore.errors import EdgesplitError
+from splitcore.schema import ErrorInfo, ErrorResponse
 
 log = logging.getLogger(__name__)
 
 
 def error_body(message: str, error_type: str = "invalid_request_error", param: str | None = None,
                code: str | int | None = None) -> dict:
-    """The OpenAI error object."""
-    return {"error": {"message": message, "type": error_type, "param": param, "code": code}}
+    """The OpenAI error object, as JSON."""
+    return ErrorResponse(error=ErrorInfo(message=message, type=error_type, param=param, code=code)).model_dump()
 
 
 def error_response(status: int, message: str, error_type: str = "invalid_request_error", param: str | None = None,

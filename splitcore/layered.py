@@ -39,6 +39,8 @@ class LayeredModel:
         self.hidden_size: int = self.config.hidden_size
         self.vocab_size: int = self.config.vocab_size
         self.model_type: str = self.config.model_type
+        # positions the model can attend over; a config without a limit (rotary, no table) is unbounded here
+        self.max_positions: int = int(getattr(self.config, "max_position_embeddings", 0) or 2**31)
 
     def new_cache(self) -> DynamicCache:
         """An empty KV cache shaped for this model; a tier fills only its own layers."""

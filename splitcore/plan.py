@@ -66,6 +66,17 @@ class Plan(BaseModel):
         """True when token ids (or the sampled token) cross the link."""
         return self.uses_cloud and (self.cut_a == 0 or self.head == "cloud")
 
+    def check_privacy(self, allow_tokens_off_device: bool) -> None:
+        """The privacy setting, checked in one place for every way a plan is set.
+
+        Raises:
+            PlanError: token ids would leave the device and the setting forbids it.
+        """
+        if self.tokens_leave_device and not allow_tokens_off_device:
+            raise PlanError(f"plan {self.describe()} sends token ids to the cloud, which this edge's privacy setting "
+                            "forbids: allow it with --allow-tokens-off-device (EDGE_ALLOW_TOKENS_OFF_DEVICE=1) "
+                            "or keep block 0 and the head on the edge")
+
     def describe(self) -> str:
         if not self.uses_cloud:
             return f"edge-only ({self.num_layers} blocks on the edge){self._runtimes()}"

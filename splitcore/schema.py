@@ -13,6 +13,19 @@ class StrictModel(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
 
+class ErrorInfo(StrictModel):
+    message: str
+    type: str = Field(description="e.g. invalid_request_error, authentication_error, server_error")
+    param: str | None = Field(default=None, description="the request field at fault, when one is")
+    code: str | int | None = Field(default=None, description="the HTTP status")
+
+
+class ErrorResponse(StrictModel):
+    """The OpenAI error shape, used by both tiers so a client (or the edge reading the cloud) parses one format."""
+
+    error: ErrorInfo
+
+
 class SamplingParams(StrictModel):
     """How the tier that holds the head picks the next token."""
 

@@ -11,6 +11,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import (
     GPT2Config,
@@ -79,3 +80,20 @@ def save_checkpoint(loaded: LoadedModel, path: str | Path) -> Path:
     if loaded.tokenizer is not None:
         loaded.tokenizer.save_pretrained(path)
     return path
+
+
+def reference_tokens(loaded: LoadedModel, prompt: list[int], n: int, min_new_tokens: int = 0) -> list[int]:
+    """The unsplit model's greedy continuation of `prompt` by `transformers`' own `generate`: the golden reference
+    every split is compared with (at most `n` tokens; fewer if it ends, unless `min_new_tokens` holds it off)."""
+    ids = torch.tensor([prompt])
+    out = loaded.layered.model.generate(ids, max_new_tokens=n, min_new_tokens=min_new_tokens, do_sample=False,
+                                        pad_token_id=0)
+    return [int(t) for t in out[0, len(prompt):]]
+
+
+def reference_text(loaded: LoadedModel, prompt: str | list[int], n: int) -> str:
+    """`reference_tokens` of a text (or token ids) prompt, decoded as the edge streams it."""
+    assert loaded.tokenizer is not None, "a text reference needs the tokenizer"
+    ids = loaded.tokenizer.encode(prompt, add_special_tokens=False) if isinstance(prompt, str) else prompt
+    return str(loaded.tokenizer.decode(reference_tokens(loaded, ids, n), skip_special_tokens=True))
+

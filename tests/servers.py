@@ -1,15 +1,24 @@
-"""Real uvicorn servers on loopback, run in a thread of the test process."""
+"""Real uvicorn servers on loopback, run in a thread of the test process; both tiers at once."""
 
 from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from types import TracebackType
+from typing import Any
 
 import uvicorn
 from fastapi import FastAPI
 
+from cloud_service.app import create_app as create_cloud
+from cloud_service.settings import CloudSettings
+from edge_service.app import create_app as create_edge
+from edge_service.settings import EdgeSettings
 from edgesplit.procs import free_port
+from splitcore.loading import LoadedModel
 
 
 class LoopbackServer:
@@ -35,3 +44,25 @@ class LoopbackServer:
                  tb: TracebackType | None) -> None:
         self.server.should_exit = True
         self.thread.join(timeout=30)
+
+
+@dataclass(frozen=True)
+class Tiers:
+    """A running cloud and an edge pointed at it."""
+
+    edge_url: str
+    cloud_url: str
+    edge_app: FastAPI
+    cloud_app: FastAPI
+
+
+@contextmanager
+def edge_and_cloud(loaded: LoadedModel, cloud: CloudSettings | None = None, **edge: Any) -> Iterator[Tiers]:
+    """A real cloud and a real edge serving `loaded` on loopback; `edge` are the edge's settings (its cloud_url is
+    the cloud's)."""
+    cloud_app = create_cloud(cloud or CloudSettings(), loaded)
+    with LoopbackServer(cloud_app) as cloud_url:
+        edge_app = create_edge(EdgeSettings(cloud_url=cloud_url, **edge), loaded)
+        with LoopbackServer(edge_app) as edge_url:
+            yield Tiers(edge_url, cloud_url, edge_app, cloud_app)
+

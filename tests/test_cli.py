@@ -11,6 +11,8 @@ import pytest
 from splitcore.loading import LoadedModel
 from splitcore.testing import save_checkpoint
 
+pytestmark = pytest.mark.e2e  # spawns processes, drives a browser or fuzzes: out of the fast loop (-m 'not e2e')
+
 
 @pytest.fixture(scope="module")
 def checkpoint(models: dict[str, LoadedModel], tmp_path_factory: pytest.TempPathFactory) -> Path:

@@ -24,6 +24,8 @@ from splitcore.loading import LoadedModel
 from splitcore.testing import tiny_model
 from tests.servers import LoopbackServer
 
+pytestmark = pytest.mark.e2e  # spawns processes, drives a browser or fuzzes: out of the fast loop (-m 'not e2e')
+
 EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "20"))
 CLOUD_TOKEN, ADMIN_TOKEN = "fuzz-cloud-token", "fuzz-admin-token"
 FUZZ = settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck))

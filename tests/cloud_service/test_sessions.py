@@ -15,16 +15,9 @@ from splitcore.ranges import LayerRange
 from splitcore.shard import ShardState
 from splitcore.testing import tiny_model
 from splitcore.wire import FrameCodec
+from tests.fakes import Clock
 
 RUNNER = TorchRunner(tiny_model("gpt2", layers=1).layered)  # the store never runs it
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def session(n: int, cache_bytes: int = 0) -> CloudSession:

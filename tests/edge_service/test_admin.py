@@ -6,14 +6,12 @@ from collections.abc import Iterator
 
 import httpx
 import pytest
-import torch
 
-from cloud_service.app import create_app as create_cloud
-from cloud_service.settings import CloudSettings
 from edge_service.app import create_app as create_edge
 from edge_service.settings import EdgeSettings
 from splitcore.loading import LoadedModel
-from tests.servers import LoopbackServer
+from splitcore.testing import reference_text
+from tests.servers import LoopbackServer, edge_and_cloud
 
 TOKEN = "s3cret-admin-token"
 AUTH = {"authorization": f"Bearer {TOKEN}"}
@@ -22,10 +20,8 @@ AUTH = {"authorization": f"Bearer {TOKEN}"}
 @pytest.fixture(scope="module")
 def urls(models: dict[str, LoadedModel]) -> Iterator[tuple[str, str]]:
     loaded = models["gpt2"]
-    with LoopbackServer(create_cloud(CloudSettings(), loaded)) as cloud_url:
-        settings = EdgeSettings(cloud_url=cloud_url, cut="edge", admin_token=TOKEN, probe_interval_s=0.3)
-        with LoopbackServer(create_edge(settings, loaded)) as edge_url:
-            yield edge_url, cloud_url
+    with edge_and_cloud(loaded, cut="edge", admin_token=TOKEN, probe_interval_s=0.3) as tiers:
+        yield tiers.edge_url, tiers.cloud_url
 
 
 def test_admin_routes_need_the_token(urls: tuple[str, str]) -> None:
@@ -71,10 +67,8 @@ def test_a_plan_set_by_hand_serves_new_requests_exactly(urls: tuple[str, str], m
     ids = loaded.tokenizer.encode("an operator repartitions")
     out = httpx.post(edge + "/v1/completions", json={"prompt": ids, "max_tokens": 8, "temperature": 0},
                      timeout=60).json()
-    ref = loaded.layered.model.generate(torch.tensor([ids]), max_new_tokens=8, do_sample=False,
-                                        pad_token_id=0)[0, len(ids):].tolist()
     assert out["edgesplit"]["cut"] == [1, 3] and out["edgesplit"]["link"]["decode_steps"] == 7
-    assert out["choices"][0]["text"] == loaded.tokenizer.decode(ref, skip_special_tokens=True)
+    assert out["choices"][0]["text"] == reference_text(loaded, ids, 8)
     again = httpx.post(edge + "/admin/plan", json={"cut": "1:3", "codec": "fp32"}, headers=AUTH, timeout=30)
     assert again.status_code == 200 and not again.json()["changed"]
     httpx.post(edge + "/admin/plan", json={"cut": "edge"}, headers=AUTH, timeout=30)

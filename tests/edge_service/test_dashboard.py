@@ -11,12 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from cloud_service.app import create_app as create_cloud
-from cloud_service.settings import CloudSettings
-from edge_service.app import create_app as create_edge
-from edge_service.settings import EdgeSettings
 from splitcore.loading import LoadedModel
-from tests.servers import LoopbackServer
+from tests.servers import edge_and_cloud
+
+pytestmark = pytest.mark.e2e  # spawns processes, drives a browser or fuzzes: out of the fast loop (-m 'not e2e')
 
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -31,10 +29,9 @@ def test_the_dashboard_draws_the_plan_and_repartitions_from_its_form(models: dic
     loaded = models["gpt2"]
     n = loaded.layered.num_layers
     ARTIFACTS.mkdir(exist_ok=True)
-    with LoopbackServer(create_cloud(CloudSettings(), loaded)) as cloud_url:
-        settings = EdgeSettings(cloud_url=cloud_url, cut="1:3", codec="int8", admin_token="dash-token",
-                                probe_interval_s=0.3)
-        with LoopbackServer(create_edge(settings, loaded)) as url, sync_playwright() as pw:
+    with edge_and_cloud(loaded, cut="1:3", codec="int8", admin_token="dash-token", probe_interval_s=0.3) as tiers:
+        url = tiers.edge_url
+        with sync_playwright() as pw:
             browser = pw.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
             try:
                 page = browser.new_page(viewport={"width": 1150, "height": 1300})

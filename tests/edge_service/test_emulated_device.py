@@ -10,9 +10,8 @@ import pytest
 
 import edge_service.orchestrator as orchestrator_module
 import splitcore.backends as backends_module  # where the torch runner calls run_range
-from cloud_service.engine import ShardEngine
-from cloud_service.sessions import SessionStore
 from edge_service.orchestrator import Finished, GenerationRequest, Orchestrator
+from edgesplit.tools.inprocess import in_process_cloud
 from splitcore.loading import LoadedModel
 from splitcore.plan import Plan
 from tests.overlap import Overlap
@@ -26,8 +25,8 @@ def test_concurrent_generations_never_use_the_emulated_device_at_once(
     sleep = overlap.wrap(lambda seconds: time.sleep(max(seconds, 0.005)))  # a floor, so overlaps would be seen
     monkeypatch.setattr(orchestrator_module, "time", types.SimpleNamespace(perf_counter=time.perf_counter,
                                                                           sleep=sleep))
-    engine = ShardEngine(loaded, SessionStore(ttl_s=60, max_sessions=8, max_cache_bytes=2**30))
-    orch = Orchestrator(loaded, Plan(num_layers=4, cut_a=cut[0], cut_b=cut[1], codec="fp32"), engine, slowdown=3)
+    orch = Orchestrator(loaded, Plan(num_layers=4, cut_a=cut[0], cut_b=cut[1], codec="fp32"), in_process_cloud(loaded),
+                        slowdown=3)
 
     def generate(_: int) -> Finished:
         done = list(orch.generate(GenerationRequest(prompt_ids=[5, 6, 7], max_tokens=8)))[-1]

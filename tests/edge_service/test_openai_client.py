@@ -7,20 +7,15 @@ from collections.abc import Iterator
 import pytest
 from openai import OpenAI
 
-from cloud_service.app import create_app as create_cloud
-from cloud_service.settings import CloudSettings
-from edge_service.app import create_app as create_edge
-from edge_service.settings import EdgeSettings
 from splitcore.loading import LoadedModel
-from tests.servers import LoopbackServer
+from tests.servers import edge_and_cloud
 
 
 @pytest.fixture(scope="module")
 def client(models: dict[str, LoadedModel]) -> Iterator[tuple[OpenAI, str]]:
     loaded = models["gpt2"]
-    with LoopbackServer(create_cloud(CloudSettings(), loaded)) as cloud_url, \
-            LoopbackServer(create_edge(EdgeSettings(cloud_url=cloud_url, cut="1:3", codec="fp16"), loaded)) as url:
-        yield OpenAI(base_url=f"{url}/v1", api_key="not-checked", max_retries=0), loaded.name
+    with edge_and_cloud(loaded, cut="1:3", codec="fp16") as tiers:
+        yield OpenAI(base_url=f"{tiers.edge_url}/v1", api_key="not-checked", max_retries=0), loaded.name
 
 
 def test_completions_streamed_and_not_agree(client: tuple[OpenAI, str]) -> None:

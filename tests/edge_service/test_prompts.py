@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import copy
 
-from edge_service.openai_api import ChatMessage
 from edge_service.prompts import render_chat
+from edge_service.protocol import ChatMessage
 from splitcore.loading import LoadedModel
 
 MESSAGES = [ChatMessage(role="system", content="Be brief."),

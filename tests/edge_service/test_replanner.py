@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
-import torch
 
 from cloud_service.app import create_app as create_cloud
 from cloud_service.settings import CloudSettings
@@ -14,22 +13,16 @@ from edge_service.metrics import EdgeMetrics
 from edge_service.orchestrator import Finished, GenerationRequest, Orchestrator
 from edge_service.replanner import Replanner, link_moved
 from edge_service.settings import EdgeSettings
-from partitioner.costmodel import Link
-from partitioner.link_estimator import LinkEstimator
-from partitioner.synthetic import synthetic_profile
+from partitioner.planning import PlanInputs
+from profiling.link_estimator import Link, LinkEstimator
+from profiling.synthetic import synthetic_profile
 from splitcore.loading import LoadedModel
 from splitcore.plan import Plan
+from splitcore.testing import reference_tokens
+from tests.fakes import Clock
 from tests.servers import LoopbackServer
 
 GOOD, BAD = (1e9, 1.0), (2e6, 150.0)  # (bits/s, rtt ms)
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +52,8 @@ def make(models: dict[str, LoadedModel], cloud_url: str, **settings: object
     edge = synthetic_profile("edge", [8.0] * n, hidden_size=64, head_ms=2.0)  # a device 8x slower than the cloud
     cloud_profile = synthetic_profile("cloud", [1.0] * n, hidden_size=64, head_ms=0.25)
     s = EdgeSettings(cloud_url=cloud_url, cut="auto", codec="fp32", plan_workload="32:16", **settings)  # type: ignore[arg-type]
-    return Replanner(s, loaded, orchestrator, cloud, est, EdgeMetrics(), edge, cloud_profile), est, clock
+    inputs = PlanInputs(edge, cloud_profile, Link(bandwidth_bps=GOOD[0], rtt_ms=GOOD[1]))
+    return Replanner(s, orchestrator, cloud, est, EdgeMetrics(), inputs), est, clock
 
 
 def settle(rp: Replanner, est: LinkEstimator, clock: Clock, link: tuple[float, float], ticks: int = 4,
@@ -114,8 +108,7 @@ def test_a_generation_finishes_on_the_plan_it_started_with(models: dict[str, Loa
     rp, est, clock = make(models, cloud_url)
     loaded = models["gpt2"]
     ids = loaded.tokenizer.encode("switching plans mid-stream")
-    ref = loaded.layered.model.generate(torch.tensor([ids]), max_new_tokens=12, do_sample=False,
-                                        pad_token_id=0)[0, len(ids):].tolist()
+    ref = reference_tokens(loaded, ids, 12)
     n = loaded.layered.num_layers
     old = Plan(num_layers=n, cut_a=1, cut_b=3, codec="fp32")
     rp.switch(old, "admin")

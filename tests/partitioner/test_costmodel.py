@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from partitioner.costmodel import HTTP_BYTES, Link, Workload, edge_memory_bytes, predict
-from partitioner.profile import PartCost
-from partitioner.synthetic import synthetic_profile
+from partitioner.costmodel import HTTP_BYTES, Workload, edge_memory_bytes, predict
+from profiling.link_estimator import Link
+from profiling.profile import PartCost
+from profiling.synthetic import synthetic_profile
 from splitcore.errors import UserError
 from splitcore.plan import Plan
 from splitcore.wire import HEADER_BYTES
@@ -57,7 +58,7 @@ def test_interpolation_is_linear_between_and_beyond_measured_points() -> None:
 
 
 def test_measured_compression_shrinks_prefill_frames_and_costs_codec_time() -> None:
-    from partitioner.profile import CodecCost
+    from profiling.profile import CodecCost
 
     cost = CodecCost(prefill_ratio=0.5, decode_ratio=1.0, encode_ms_per_mib=100.0, decode_ms_per_mib=50.0)
     edge = EDGE.model_copy(update={"codecs": {"fp32": {3: cost}}})
@@ -119,7 +120,7 @@ def test_with_several_streams_a_balanced_middle_cut_beats_both_ends() -> None:
 
 
 def test_a_plan_is_costed_on_the_runtime_it_names_and_pays_for_that_runtimes_weights() -> None:
-    from partitioner.synthetic import synthetic_profile, with_runtime
+    from profiling.synthetic import synthetic_profile, with_runtime
     from splitcore.errors import PlanError
 
     edge = with_runtime(synthetic_profile("edge", [4.0] * 4), "onnxruntime", speedup=2.0, weights_bytes=1000)

@@ -7,9 +7,10 @@ import warnings
 
 import pytest
 
-from partitioner.costmodel import Link, Workload
+from partitioner.costmodel import Workload
 from partitioner.search import Constraints, InfeasibleError, exact_best, pareto_front, plan_space, search
-from partitioner.synthetic import random_profiles, synthetic_profile
+from profiling.link_estimator import Link
+from profiling.synthetic import random_profiles, synthetic_profile
 
 SCENARIOS = 200
 CODEC_LOSS = {"fp16": 0.0, "bf16": 0.001, "int8": 0.01}
@@ -34,6 +35,7 @@ def violates(plan, estimate, c: Constraints) -> bool:  # noqa: ANN001
                 and c.codec_loss[plan.codec] > c.max_codec_loss))
 
 
+@pytest.mark.e2e  # 200 searches against exhaustive enumeration: about 4 minutes, so out of the fast loop
 def test_the_search_is_within_one_percent_of_the_exact_optimum_and_never_breaks_a_constraint() -> None:
     warnings.filterwarnings("ignore")
     close = feasible = 0
@@ -101,7 +103,7 @@ def test_the_pareto_front_trades_latency_for_device_memory() -> None:
 
 
 def test_the_search_picks_each_tiers_runtime_where_it_is_faster() -> None:
-    from partitioner.synthetic import with_runtime
+    from profiling.synthetic import with_runtime
 
     edge = with_runtime(synthetic_profile("edge", [8.0] * 6), "onnxruntime", speedup=2.0)
     cloud = with_runtime(synthetic_profile("cloud", [1.0] * 6), "onnxruntime", speedup=0.5)  # slower there

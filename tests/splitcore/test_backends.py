@@ -12,6 +12,7 @@ from splitcore.errors import UnsupportedModelError
 from splitcore.loading import LoadedModel
 from splitcore.onnx_export import ExportCache
 from splitcore.ranges import LayerRange
+from splitcore.testing import reference_tokens
 
 TOLERANCE = 1e-3  # fp32 rounding through a few blocks of init-range-0.3 weights: measured below 1e-4
 
@@ -59,8 +60,7 @@ def test_ort_greedy_tokens_equal_torch_and_the_unsplit_model(models: dict[str, L
                                                              family: str) -> None:
     m = models[family]
     prompt = m.tokenizer("The edge keeps the first layers")["input_ids"]  # type: ignore[misc]
-    reference = m.layered.model.generate(torch.tensor([prompt]), max_new_tokens=16, do_sample=False,
-                                         min_new_tokens=16)[0, len(prompt):].tolist()
+    reference = reference_tokens(m, prompt, 16, min_new_tokens=16)
     assert _greedy(TorchRunner(m.layered), m, prompt, 16) == reference
     assert _greedy(OrtRunner(m.layered, ExportCache(onnx_dir)), m, prompt, 16) == reference
 

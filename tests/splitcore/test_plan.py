@@ -49,3 +49,13 @@ def test_layer_ranges_are_half_open() -> None:
     assert LayerRange(start=3, end=4).within(r) and not LayerRange(start=4, end=6).within(r)
     with pytest.raises(ValueError, match="start <= end"):
         LayerRange(start=3, end=2)
+
+
+def test_privacy_is_checked_in_one_place_for_every_way_a_plan_is_set() -> None:
+    from splitcore.plan import parse_cut
+
+    for spec in ("cloud", "0:4"):
+        with pytest.raises(PlanError, match="allow-tokens-off-device"):
+            parse_cut(spec, 4).check_privacy(allow_tokens_off_device=False)
+        parse_cut(spec, 4).check_privacy(allow_tokens_off_device=True)
+    parse_cut("1:3", 4).check_privacy(allow_tokens_off_device=False)  # block 0 and the head stay on the device

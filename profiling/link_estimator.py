@@ -1,0 +1,131 @@
+"""Bandwidth and RTT from real exchanges with the cloud.
+
+Each exchange gives (bytes both ways, elapsed time, the cloud's own compute time). The transfer time,
+elapsed minus compute, is modelled as `rtt + bytes * 8 / bandwidth`: a least-squares line over a window of
+recent exchanges gives the RTT (intercept) and bandwidth (slope). Decode steps alone all have the same size,
+which pins the RTT but not the bandwidth: an active probe (one small and one large body) supplies the spread
+when the service is idle. The confidence grows with the number of samples and the spread of their sizes.
+
+Only exchanges of the last `max_age_s` count (or the newest few, when the link has been quiet that long), so
+after the link changes the estimate follows within that horizon instead of averaging the old link in.
+"""
+
+from __future__ import annotations
+
+import statistics
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from pydantic import Field
+
+from splitcore.schema import StrictModel
+
+PROBE_SMALL, PROBE_LARGE = 64, 256 * 1024  # bytes: the spread that lets the estimator see the bandwidth
+PROBE_MIN_LARGE = 4 * 1024  # bytes: the large probe never shrinks below this
+
+
+class Link(StrictModel):
+    """The edge-cloud link as the planner sees it."""
+
+    bandwidth_bps: float = Field(gt=0, description="bits per second, each way")
+    rtt_ms: float = Field(ge=0, description="round-trip time of an empty exchange")
+    overhead_ms: float = Field(default=0.0, ge=0, description="per-request software cost on top of rtt (HTTP, codec)")
+
+
+@dataclass(frozen=True)
+class Sample:
+    at_s: float
+    bytes_total: int
+    transfer_ms: float
+
+
+@dataclass(frozen=True)
+class LinkEstimate:
+    bandwidth_bps: float
+    rtt_ms: float
+    confidence: float  # 0 (a guess) to 1 (many samples of well-spread sizes)
+    samples: int
+
+    def as_link(self) -> Link:
+        return Link(bandwidth_bps=self.bandwidth_bps, rtt_ms=self.rtt_ms)
+
+
+class LinkEstimator:
+    """Thread-safe; `observe` is called once per exchange by the orchestrator and the prober."""
+
+    def __init__(self, window: int = 128, prior_bandwidth_bps: float = 100e6, prior_rtt_ms: float = 1.0,
+                 clock: Callable[[], float] = time.monotonic, max_age_s: float = 4.0, min_recent: int = 4) -> None:
+        self._samples: deque[Sample] = deque(maxlen=window)
+        self._lock = threading.Lock()
+        self._clock = clock
+        self._prior = LinkEstimate(prior_bandwidth_bps, prior_rtt_ms, 0.0, 0)
+        self.max_age_s = max_age_s  # exchanges older than this no longer count (unless too few are newer)
+        self.min_recent = min_recent  # the newest this many always count, however old
+        self.bytes_observed = 0  # both ways, every exchange since start
+        self._bandwidth_bps = prior_bandwidth_bps
+
+    def observe(self, bytes_total: int, elapsed_ms: float, compute_ms: float = 0.0) -> None:
+        with self._lock:
+            self._samples.append(Sample(self._clock(), bytes_total, max(0.0, elapsed_ms - compute_ms)))
+            self.bytes_observed += bytes_total
+
+    def estimate(self) -> LinkEstimate:
+        with self._lock:
+            samples = list(self._samples)
+        oldest = self._clock() - self.max_age_s
+        recent = [s for s in samples if s.at_s >= oldest]
+        samples = recent if len(recent) >= self.min_recent else samples[-self.min_recent:]
+        if not samples:
+            return self._prior
+        xs = [float(s.bytes_total) for s in samples]
+        ys = [s.transfer_ms for s in samples]
+        if len(set(xs)) < 2 or max(xs) < 2 * min(xs):  # sizes too alike: only the RTT is known
+            known = self._bandwidth_bps  # the last bandwidth seen from well-spread sizes, else the prior
+            rtt = statistics.median(ys) - statistics.median(xs) * 8 / known * 1000
+            return LinkEstimate(known, max(0.0, rtt), min(0.3, len(samples) / 30), len(samples))
+        slope, intercept = statistics.linear_regression(xs, ys)
+        bandwidth = 8 / (slope / 1000) if slope > 0 else self._bandwidth_bps
+        self._bandwidth_bps = bandwidth
+        spread = min(1.0, (max(xs) / min(xs)) / 100)
+        return LinkEstimate(bandwidth, max(0.0, intercept), min(1.0, len(samples) / 30) * (0.5 + 0.5 * spread),
+                            len(samples))
+
+    def idle_for_s(self) -> float:
+        with self._lock:
+            return self._clock() - self._samples[-1].at_s if self._samples else float("inf")
+
+
+def parse_bandwidth(text: str) -> float:
+    """'10mbit', '1gbit', '500kbit', '2e6' (bits per second) -> bits per second."""
+    units = {"gbit": 1e9, "mbit": 1e6, "kbit": 1e3, "bit": 1.0, "bps": 1.0}
+    t = text.strip().lower()
+    for unit, factor in units.items():
+        if t.endswith(unit):
+            return float(t[: -len(unit)]) * factor
+    return float(t)
+
+
+def parse_duration_ms(text: str) -> float:
+    """'40ms', '0.04s', '40' (milliseconds) -> milliseconds."""
+    t = text.strip().lower()
+    if t.endswith("ms"):
+        return float(t[:-2])
+    if t.endswith("s"):
+        return float(t[:-1]) * 1000
+    return float(t)
+
+
+def probe_link(probe: Callable[[int], float], estimator: LinkEstimator, rounds: int = 4,
+               large_bytes: int = PROBE_LARGE) -> None:
+    """Time `rounds` small and large probe exchanges into the estimator (`probe(nbytes) -> ms`)."""
+    for _ in range(rounds):
+        for nbytes in (PROBE_SMALL, large_bytes):
+            estimator.observe(nbytes, probe(nbytes))
+
+
+def probe_size(bandwidth_bps: float, budget_ms: float = 50.0) -> int:
+    """A large probe that takes about `budget_ms` on the estimated link, so probing a slow link stays cheap."""
+    return int(min(PROBE_LARGE, max(PROBE_MIN_LARGE, bandwidth_bps * budget_ms / 1000 / 8)))

@@ -1,0 +1,79 @@
+"""Bandwidth and RTT from observed exchanges."""
+
+from __future__ import annotations
+
+import pytest
+
+from profiling.link_estimator import LinkEstimator, parse_bandwidth, parse_duration_ms
+from tests.fakes import Clock
+
+
+def exchange(nbytes: int, bandwidth_bps: float, rtt_ms: float, compute_ms: float = 0.0) -> tuple[int, float, float]:
+    return nbytes, rtt_ms + nbytes * 8 / bandwidth_bps * 1000 + compute_ms, compute_ms
+
+
+def probes(est: LinkEstimator, clock: Clock, bandwidth_bps: float, rtt_ms: float, rounds: int) -> None:
+    """`rounds` small and large probes over a link, 0.1 s apart."""
+    for nbytes in [64, 262144] * rounds:
+        est.observe(*exchange(nbytes, bandwidth_bps, rtt_ms))
+        clock.now += 0.1
+
+
+def test_decode_sized_frames_alone_pin_the_rtt_but_not_the_bandwidth() -> None:
+    est = LinkEstimator(prior_bandwidth_bps=50e6)
+    for _ in range(20):
+        est.observe(*exchange(830, 10e6, 40.0, compute_ms=5.0))
+    e = est.estimate()
+    assert e.bandwidth_bps == 50e6 and e.confidence <= 0.3
+    assert e.rtt_ms == pytest.approx(40.0 + 830 * 8 / 10e6 * 1000 - 830 * 8 / 50e6 * 1000)
+
+
+def test_frames_of_several_sizes_give_bandwidth_and_rtt() -> None:
+    est = LinkEstimator()
+    for nbytes in [64, 830, 262144, 64, 262144, 2048] * 5:
+        est.observe(*exchange(nbytes, 10e6, 40.0, compute_ms=3.0))
+    e = est.estimate()
+    assert e.bandwidth_bps == pytest.approx(10e6, rel=1e-6) and e.rtt_ms == pytest.approx(40.0, abs=1e-6)
+    assert e.confidence > 0.5 and e.samples == 30
+
+
+def test_an_unobserved_link_reports_the_prior_with_no_confidence() -> None:
+    e = LinkEstimator(prior_bandwidth_bps=1e8, prior_rtt_ms=2).estimate()
+    assert (e.bandwidth_bps, e.rtt_ms, e.confidence) == (1e8, 2, 0.0)
+
+
+def test_link_units_parse() -> None:
+    assert parse_bandwidth("10mbit") == 10e6 and parse_bandwidth("1gbit") == 1e9 and parse_bandwidth("500kbit") == 5e5
+    assert parse_duration_ms("40ms") == 40 and parse_duration_ms("0.15s") == 150
+
+
+def test_the_estimate_follows_a_changed_link_once_old_exchanges_age_out() -> None:
+    clock = Clock()
+    est = LinkEstimator(clock=clock, max_age_s=5.0, min_recent=4)
+    probes(est, clock, 100e6, 1.0, rounds=10)
+    assert est.estimate().rtt_ms == pytest.approx(1.0, abs=1e-6)
+    clock.now += 10.0
+    probes(est, clock, 5e6, 80.0, rounds=3)
+    e = est.estimate()
+    assert e.rtt_ms == pytest.approx(80.0, abs=1e-6) and e.bandwidth_bps == pytest.approx(5e6, rel=1e-6)
+
+
+def test_a_quiet_link_keeps_its_newest_exchanges() -> None:
+    clock = Clock()
+    est = LinkEstimator(clock=clock, max_age_s=1.0, min_recent=4)
+    probes(est, clock, 20e6, 10.0, rounds=2)
+    clock.now += 100.0
+    e = est.estimate()
+    assert e.samples == 4 and e.rtt_ms == pytest.approx(10.0, abs=1e-6)
+
+
+def test_decode_only_traffic_keeps_the_bandwidth_last_measured_not_the_prior() -> None:
+    clock = Clock()
+    est = LinkEstimator(clock=clock, prior_bandwidth_bps=100e6, max_age_s=1.0, min_recent=4)
+    probes(est, clock, 8e6, 20.0, rounds=4)
+    assert est.estimate().bandwidth_bps == pytest.approx(8e6, rel=1e-6)
+    clock.now += 5.0
+    for _ in range(10):
+        est.observe(*exchange(830, 8e6, 20.0))
+    e = est.estimate()
+    assert e.bandwidth_bps == pytest.approx(8e6, rel=1e-6) and e.rtt_ms == pytest.approx(20.0, abs=1e-6)

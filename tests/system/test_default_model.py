@@ -1,0 +1,33 @@
+"""The checkpoint the project ships: loads like any user checkpoint, and splits exactly."""
+
+from __future__ import annotations
+
+import pytest
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from edgesplit.tools.inprocess import split_generate
+from splitcore.defaults import DEFAULT_MODEL_DIR
+from splitcore.loading import LoadedModel, load_checkpoint
+from splitcore.plan import Plan
+from splitcore.testing import reference_tokens
+
+
+@pytest.fixture(scope="module")
+def shipped() -> LoadedModel:
+    return load_checkpoint(DEFAULT_MODEL_DIR)
+
+
+def test_the_shipped_checkpoint_is_small_and_standard(shipped: LoadedModel) -> None:
+    size = sum(f.stat().st_size for f in DEFAULT_MODEL_DIR.iterdir())
+    assert size <= 25 * 2**20
+    assert 6 <= shipped.layered.num_layers <= 12
+    assert AutoModelForCausalLM.from_pretrained(DEFAULT_MODEL_DIR) is not None
+    assert AutoTokenizer.from_pretrained(DEFAULT_MODEL_DIR).decode([]) == ""
+
+
+@pytest.mark.parametrize(("a", "b", "head"), [(1, 4, "edge"), (2, 6, "edge"), (4, 8, "edge"), (3, 8, "cloud")])
+def test_split_generation_equals_unsplit_on_the_shipped_model(shipped: LoadedModel, a: int, b: int,
+                                                             head: str) -> None:
+    prompt = shipped.tokenizer.encode("And it came to pass, when the king")
+    plan = Plan(num_layers=shipped.layered.num_layers, cut_a=a, cut_b=b, head=head, codec="fp32")
+    assert split_generate(shipped, plan, prompt, 24).token_ids == reference_tokens(shipped, prompt, 24)

@@ -15,7 +15,7 @@ from cloud_service.sessions import CloudSession, SessionStore
 from splitcore.backends import Runners
 from splitcore.codec import DTYPE_BY_NAME
 from splitcore.defaults import MIB, step_bound
-from splitcore.errors import FrameError, PlanError, SessionConflictError
+from splitcore.errors import FrameError, ModelMismatchError, PlanError, SessionConflictError
 from splitcore.loading import LoadedModel
 from splitcore.ranges import LayerRange
 from splitcore.sampling import Sampler
@@ -124,6 +124,7 @@ class ShardEngine:
             meta = SessionMeta.model_validate_json(frame.meta) if frame.meta else SessionMeta()
         except ValidationError as exc:
             raise FrameError(f"bad session metadata: {exc.errors()[0]['msg']}") from exc
+        self._check_weights(frame, meta.weights_digest)
         runner = self.runners.get(meta.backend)
         session = CloudSession(
             id=frame.session, layers=frame.layers, state=runner.new_state(), runner=runner,
@@ -135,6 +136,21 @@ class ShardEngine:
         log.info("session %s opened for blocks %s on %s (request %s)", session.id, frame.layers, runner.name,
                  meta.request_id or "-")
         return session
+
+    def _check_weights(self, frame: Frame, expected: str) -> None:
+        """Open a session only on the weights its edge expects: another model's answer must never be mixed in.
+
+        Raises:
+            FrameError: the opening frame names no digest.
+            ModelMismatchError: the blocks (and embeddings or head) the frame asks for hold other weights here.
+        """
+        if not expected:
+            raise FrameError("a session's first frame must name the weights digest it expects (meta.weights_digest)")
+        held = self.loaded.digests.part(frame.layers, embed=frame.kind == Kind.TOKENS, head=Flags.HEAD in frame.flags)
+        if held != expected:
+            raise ModelMismatchError(f"this cloud holds other weights for blocks {frame.layers} than the edge "
+                                     f"expects (model {self.loaded.name!r}, {self.loaded.fingerprint}); serve the "
+                                     "same checkpoint on both tiers")
 
     def _step(self, session: CloudSession, frame: Frame) -> bytes:
         state = session.state

@@ -15,7 +15,13 @@ from pathlib import Path
 
 import httpx
 
-from splitcore.errors import CapacityError, CloudRefusedError, CloudSessionLostError, CloudUnavailableError
+from splitcore.errors import (
+    CapacityError,
+    CloudModelMismatchError,
+    CloudRefusedError,
+    CloudSessionLostError,
+    CloudUnavailableError,
+)
 from splitcore.wire import MEDIA_TYPE
 
 log = logging.getLogger(__name__)
@@ -108,13 +114,19 @@ class CloudClient:
             raise CloudUnavailableError(f"cloud at {self.base_url} is unreachable: {exc}") from exc
         if response.status_code < 400:
             return response
-        try:
-            message = response.json()["error"]["message"]
-        except (ValueError, KeyError, TypeError):  # not our error body: keep the status and text
-            message = response.text[:200]
+        message, kind = _error_of(response)
         if response.status_code == 429:
             raise CapacityError(f"the cloud is at capacity: {message}")
         if response.status_code < 500:
-            raise CloudRefusedError(f"cloud refused the request ({response.status_code}): {message}",
-                                    response.status_code)
+            refused = CloudModelMismatchError if kind == "model_mismatch" else CloudRefusedError
+            raise refused(f"cloud refused the request ({response.status_code}): {message}", response.status_code)
         raise CloudUnavailableError(f"cloud failed ({response.status_code}): {message}")
+
+
+def _error_of(response: httpx.Response) -> tuple[str, str | None]:
+    """The message and type of the cloud's error body; the status's text when it is not one of ours."""
+    try:
+        error = response.json()["error"]
+        return str(error["message"]), str(error["type"])
+    except (ValueError, KeyError, TypeError):  # not our error body: keep the text
+        return response.text[:200], None

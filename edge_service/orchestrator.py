@@ -211,8 +211,9 @@ class Orchestrator:
         fallback = None
         if plan.uses_cloud and self.fallback and self.breaker.open:
             plan, fallback = _edge_only(plan), "the cloud failed recently; retrying it after a backoff"
+        expected = self.loaded.digests.part(plan.cloud_layers, embed=plan.cut_a == 0, head=plan.head == "cloud")
         meta = SessionMeta(sampling=request.sampling, codec=plan.codec, zstd_level=plan.zstd_level,
-                           request_id=request.request_id, backend=plan.cloud_backend)
+                           request_id=request.request_id, backend=plan.cloud_backend, weights_digest=expected)
         runner = self.runners.get(plan.edge_backend)
         return _Context(plan=plan, session=uuid.uuid4(), runner=runner, front=runner.new_state(),
                         back=runner.new_state(),

@@ -76,6 +76,13 @@ class SessionConflictError(UserError):
     status_code = 409
 
 
+class ModelMismatchError(UserError):
+    """The weights a session expects are not the weights this tier holds: answering would silently mix models."""
+
+    status_code = 409
+    error_type = "model_mismatch"
+
+
 class CapacityError(EdgesplitError):
     """The service is at a configured capacity limit; try again later."""
 
@@ -97,6 +104,10 @@ class CloudRefusedError(CloudUnavailableError):
     def __init__(self, message: str, cloud_status: int) -> None:
         super().__init__(message)
         self.cloud_status = cloud_status  # the cloud's HTTP status, e.g. 404 for a session it no longer holds
+
+
+class CloudModelMismatchError(CloudRefusedError):
+    """The cloud holds other weights than this edge for the plan's blocks: it must not be used for this model."""
 
 
 class CloudSessionLostError(CloudRefusedError):

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,8 +18,50 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, Pretra
 
 from splitcore.errors import UnsupportedModelError, UserError
 from splitcore.layered import SUPPORTED_FAMILIES, LayeredModel, wrap
+from splitcore.ranges import LayerRange
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class WeightDigests:
+    """SHA-256 of every weight of a model, part by part, taken once at load.
+
+    A tier vouches for the part it runs: `part(layers, embed, head)` digests the embeddings (when the part starts
+    from token ids), blocks `layers` and the final norm and head (when it samples), so an edge can name the part
+    it expects of the cloud and the cloud refuse a session whose weights differ by a single element.
+    """
+
+    embed: str
+    blocks: tuple[str, ...]
+    head: str
+
+    def part(self, layers: LayerRange, embed: bool = False, head: bool = False) -> str:
+        digest = hashlib.sha256(f"{layers.start}:{layers.end}:{int(embed)}{int(head)}".encode())
+        blocks = self.blocks[layers.start:layers.end]
+        for d in [*([self.embed] if embed else []), *blocks, *([self.head] if head else [])]:
+            digest.update(bytes.fromhex(d))
+        return digest.hexdigest()
+
+
+def _digest(tensors: dict[str, torch.Tensor]) -> str:
+    """SHA-256 of names, dtypes, shapes and every byte of `tensors` (no copy of contiguous weights)."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(tensors.items()):
+        flat = tensor.detach().contiguous().reshape(-1)
+        digest.update(f"{name}:{flat.dtype}:{tuple(tensor.shape)};".encode())
+        digest.update(flat.view(torch.uint8).numpy().data)
+    return digest.hexdigest()
+
+
+def weight_digests(layered: LayeredModel) -> WeightDigests:
+    """Digests of the embeddings, each block, and the final norm with the LM head, over their full weights."""
+    embeddings = {f"{name}.{k}": v for name, mod in layered.model.named_modules()
+                  if isinstance(mod, torch.nn.Embedding) for k, v in mod.state_dict().items()}
+    head = {**{f"norm.{k}": v for k, v in layered.norm.state_dict().items()},
+            **{f"lm_head.{k}": v for k, v in layered.lm_head.state_dict().items()}}
+    return WeightDigests(embed=_digest(embeddings), blocks=tuple(_digest(b.state_dict()) for b in layered.blocks),
+                         head=_digest(head))
 
 
 @dataclass
@@ -28,23 +71,22 @@ class LoadedModel:
     layered: LayeredModel
     tokenizer: PreTrainedTokenizerBase | None
     name: str
-    fingerprint: str
+    digests: WeightDigests
+
+    @property
+    def fingerprint(self) -> str:
+        """A short identity of the architecture and every weight (the profile's and `/v1/info`'s model identity)."""
+        m = self.layered
+        shape = json.dumps((m.model_type, m.num_layers, m.hidden_size, m.vocab_size)).encode()
+        every = self.digests.part(LayerRange(start=0, end=m.num_layers), embed=True, head=True)
+        return hashlib.sha256(shape + bytes.fromhex(every)).hexdigest()[:16]
 
 
-def fingerprint(layered: LayeredModel) -> str:
-    """A short digest of the architecture and a sample of every weight, so two tiers can check they hold one model.
-
-    Path-like config fields (`_name_or_path`, versions) are left out: copies of one checkpoint agree wherever
-    they live.
-    """
-    shape = (layered.model_type, layered.num_layers, layered.hidden_size, layered.vocab_size)
-    digest = hashlib.sha256(json.dumps(shape).encode())
-    for name, tensor in layered.model.state_dict().items():
-        flat = tensor.detach().reshape(-1)
-        digest.update(name.encode())
-        digest.update(str(tuple(tensor.shape)).encode())
-        digest.update(flat[:64].float().numpy().tobytes() + flat[-64:].float().numpy().tobytes())
-    return digest.hexdigest()[:16]
+def _loaded(layered: LayeredModel, tokenizer: PreTrainedTokenizerBase | None, name: str) -> LoadedModel:
+    started = time.perf_counter()
+    digests = weight_digests(layered)
+    log.debug("digested the weights of %s in %.0f ms", name, (time.perf_counter() - started) * 1000)
+    return LoadedModel(layered=layered, tokenizer=tokenizer, name=name, digests=digests)
 
 
 def load_checkpoint(path: str | Path, dtype: torch.dtype = torch.float32) -> LoadedModel:
@@ -60,7 +102,7 @@ def load_checkpoint(path: str | Path, dtype: torch.dtype = torch.float32) -> Loa
     tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
     layered = wrap(model)
     log.info("loaded %s (%s, %d blocks, hidden %d)", path, config.model_type, layered.num_layers, layered.hidden_size)
-    return LoadedModel(layered=layered, tokenizer=tokenizer, name=path.name, fingerprint=fingerprint(layered))
+    return _loaded(layered, tokenizer, path.name)
 
 
 def from_config(config: PretrainedConfig, seed: int = 0, tokenizer: PreTrainedTokenizerBase | None = None,
@@ -69,7 +111,7 @@ def from_config(config: PretrainedConfig, seed: int = 0, tokenizer: PreTrainedTo
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     layered = wrap(model)
-    return LoadedModel(layered=layered, tokenizer=tokenizer, name=name, fingerprint=fingerprint(layered))
+    return _loaded(layered, tokenizer, name)
 
 
 def read_config(path: str | Path) -> PretrainedConfig:

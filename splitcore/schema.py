@@ -42,3 +42,6 @@ class SessionMeta(StrictModel):
     zstd_level: int = Field(default=1, ge=-7, le=22)  # zstd level of the cloud's answers
     request_id: str = Field(default="", max_length=64, description="for following one request across tiers in logs")
     backend: BackendName | None = None  # runtime of the cloud's blocks; None: the cloud's default
+    weights_digest: str = Field(default="", pattern=r"^([0-9a-f]{64})?$",
+                                description="SHA-256 of the weights the edge expects the cloud's part to hold "
+                                            "(splitcore.loading.WeightDigests.part); a mismatch is refused")

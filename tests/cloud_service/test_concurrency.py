@@ -14,8 +14,8 @@ import splitcore.backends as engine_module  # where the torch runner calls run_r
 from cloud_service.app import create_app
 from cloud_service.settings import CloudSettings
 from splitcore.ranges import LayerRange
-from splitcore.testing import save_checkpoint, tiny_model
-from tests.cloud_service.test_hold_layers import step
+from splitcore.testing import save_checkpoint
+from tests.cloud_service.test_hold_layers import seed3, step
 from tests.overlap import Overlap
 from tests.servers import LoopbackServer
 
@@ -26,7 +26,7 @@ def test_steps_of_different_sessions_run_at_the_same_time_up_to_the_bound(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """8 sessions, at most 4 steps at once: each step waits inside the model until 4 are inside together (one
     global lock would break the barrier), and never more than 4 are (the bound that keeps cores from thrashing)."""
-    path = save_checkpoint(tiny_model("gpt2", seed=3), tmp_path / "ckpt")
+    path = save_checkpoint(seed3(), tmp_path / "ckpt")
     barrier = threading.Barrier(BOUND, timeout=20)
     overlap = Overlap()
     monkeypatch.setattr(engine_module, "run_range", overlap.wrap(engine_module.run_range, before=barrier.wait))
@@ -42,7 +42,7 @@ def test_steps_of_different_sessions_run_at_the_same_time_up_to_the_bound(
 
 def test_steps_of_one_session_take_turns(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Two frames for the same session at once: one runs, the other waits for it (then finds the position moved)."""
-    path = save_checkpoint(tiny_model("gpt2", seed=3), tmp_path / "ckpt")
+    path = save_checkpoint(seed3(), tmp_path / "ckpt")
     overlap = Overlap()
     pause = threading.Event()
     monkeypatch.setattr(engine_module, "run_range", overlap.wrap(engine_module.run_range, lambda: pause.wait(0.2)))

@@ -10,10 +10,11 @@ import torch
 from cloud_service.engine import ShardEngine
 from cloud_service.sessions import SessionStore
 from splitcore.codec import Dtype
-from splitcore.errors import FrameError, PlanError, SessionConflictError, SessionNotFoundError
+from splitcore.errors import FrameError, ModelMismatchError, PlanError, SessionConflictError, SessionNotFoundError
 from splitcore.loading import LoadedModel
 from splitcore.ranges import LayerRange
-from splitcore.wire import Flags, FrameCodec, Kind
+from splitcore.schema import SessionMeta
+from splitcore.wire import Flags, FrameCodec
 
 MID = LayerRange(start=1, end=3)
 
@@ -24,9 +25,14 @@ def engine(models: dict[str, LoadedModel]) -> ShardEngine:
 
 
 def send(engine: ShardEngine, tensor: torch.Tensor, position: int = 0, layers: LayerRange = MID,
-         sid: uuid.UUID | None = None, flags: Flags = Flags.NONE) -> torch.Tensor:
+         sid: uuid.UUID | None = None, flags: Flags = Flags.NONE, digest: str | None = None) -> torch.Tensor:
+    """One frame; a session's first names the digest of the weights it expects (the engine's own by default)."""
     codec = FrameCodec(Dtype.FP32)
-    data = codec.encode(sid or uuid.UUID(int=1), position, layers, tensor, flags)
+    meta = b""
+    if position == 0:
+        expected = engine.loaded.digests.part(layers, embed=not tensor.is_floating_point(), head=Flags.HEAD in flags)
+        meta = SessionMeta(weights_digest=expected if digest is None else digest).model_dump_json().encode()
+    data = codec.encode(sid or uuid.UUID(int=1), position, layers, tensor, flags, meta=meta)
     return codec.decode(engine.forward(data)).tensor
 
 
@@ -72,7 +78,18 @@ def test_a_cloud_holding_some_blocks_refuses_others(models: dict[str, LoadedMode
 
 
 def test_the_cloud_head_answers_with_one_token_not_logits(engine: ShardEngine) -> None:
-    codec = FrameCodec(Dtype.FP32)
-    data = codec.encode(uuid.UUID(int=3), 0, LayerRange(start=0, end=4), torch.tensor([5, 6, 7]), Flags.HEAD)
-    answer = codec.decode(engine.forward(data))
-    assert answer.kind == Kind.TOKENS and answer.tensor.shape == (1,)
+    answer = send(engine, torch.tensor([5, 6, 7]), layers=LayerRange(start=0, end=4), flags=Flags.HEAD,
+                  sid=uuid.UUID(int=3))
+    assert answer.dtype == torch.int64 and answer.shape == (1,)
+
+
+def test_a_session_opens_only_on_the_weights_its_edge_expects(models: dict[str, LoadedModel],
+                                                              engine: ShardEngine) -> None:
+    other = models["gpt2"].digests.part(MID, embed=True)  # right blocks, but also the embeddings this part skips
+    with pytest.raises(ModelMismatchError, match=r"other weights for blocks \[1, 3\)"):
+        send(engine, torch.randn(2, 64), digest=other)
+    with pytest.raises(FrameError, match="weights digest"):
+        send(engine, torch.randn(2, 64), digest="", sid=uuid.UUID(int=7))
+    assert len(engine.store) == 0  # neither opened a session
+    assert send(engine, torch.randn(2, 64), sid=uuid.UUID(int=8)).shape == (2, 64)
+

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import uuid
 from pathlib import Path
 
@@ -11,7 +12,7 @@ import torch
 from cloud_service.app import create_app
 from cloud_service.settings import CloudSettings
 from splitcore.codec import Dtype
-from splitcore.loading import load_checkpoint
+from splitcore.loading import LoadedModel, load_checkpoint
 from splitcore.ranges import LayerRange
 from splitcore.schema import SessionMeta
 from splitcore.shard import ShardState, run_range
@@ -20,14 +21,23 @@ from splitcore.wire import MEDIA_TYPE, FrameCodec
 from tests.servers import LoopbackServer
 
 
+@functools.cache
+def seed3() -> LoadedModel:
+    """The model these tests' clouds serve (saved as a checkpoint), as the edge holds it."""
+    return tiny_model("gpt2", seed=3)
+
+
 def step(url: str, sid: uuid.UUID, position: int, layers: LayerRange, rows: torch.Tensor) -> httpx.Response:
-    meta = SessionMeta(codec="fp32").model_dump_json().encode() if position == 0 else b""  # answers in fp32 too
+    """One frame of hidden states for blocks `layers`; a session's first names the weights the edge expects."""
+    meta = b""
+    if position == 0:  # answers in fp32 too
+        meta = SessionMeta(codec="fp32", weights_digest=seed3().digests.part(layers)).model_dump_json().encode()
     frame = FrameCodec(Dtype.FP32).encode(sid, position, layers, rows, meta=meta)
     return httpx.post(f"{url}/v1/shard/forward", content=frame, headers={"content-type": MEDIA_TYPE})
 
 
 def test_a_cloud_loads_the_blocks_a_new_plan_needs(tmp_path: Path) -> None:
-    path = save_checkpoint(tiny_model("gpt2", seed=3), tmp_path / "ckpt")
+    path = save_checkpoint(seed3(), tmp_path / "ckpt")
     reference = load_checkpoint(path).layered  # every block, to check the loaded ones compute the same
     settings = CloudSettings(model_dir=path, layers="1:2", max_weights_mb=0.5)  # a block is 0.19 MiB: room for two
     with LoopbackServer(create_app(settings)) as url:

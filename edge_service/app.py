@@ -79,7 +79,7 @@ def create_app(settings: EdgeSettings, loaded: LoadedModel | None = None) -> Fas
             prompt_ids = tokenizer.encode(text, add_special_tokens=False)
         else:
             prompt_ids = list(body.prompt)  # type: ignore[arg-type]
-        return await _generate(runtime, body, prompt_ids, body.max_tokens, body.stop_list, "completion")
+        return await _generate(runtime, body, prompt_ids, body.max_tokens, body.stop_list, "completion", request)
 
     @app.post("/v1/chat/completions", response_model=None,
               responses=_responses(ChatCompletionResponse, ChatCompletionStreamResponse))
@@ -91,7 +91,7 @@ def create_app(settings: EdgeSettings, loaded: LoadedModel | None = None) -> Fas
         stop = body.stop_list
         if not getattr(tokenizer, "chat_template", None):
             stop = [*stop, PLAIN_CHAT_STOP]
-        return await _generate(runtime, body, prompt_ids, body.output_limit, stop, "chat")
+        return await _generate(runtime, body, prompt_ids, body.output_limit, stop, "chat", request)
 
     @app.get("/v1/models")
     async def models(request: Request) -> ModelList:
@@ -159,7 +159,7 @@ def _responses(whole: type[BaseModel], chunk: type[BaseModel]) -> dict[int | str
 
 
 async def _generate(runtime: EdgeRuntime, body: _Common, prompt_ids: list[int], max_tokens: int | None,
-                    stop: list[str], endpoint: Endpoint) -> Response:
+                    stop: list[str], endpoint: Endpoint, http: Request) -> Response:
     settings = runtime.settings
     if body.model is not None and body.model != runtime.loaded.name:
         raise ModelNotFoundError(f"model {body.model!r} is not served here; GET /v1/models lists "
@@ -176,7 +176,7 @@ async def _generate(runtime: EdgeRuntime, body: _Common, prompt_ids: list[int], 
         events = await responder.stream(request, body.include_usage)
         return StreamingResponse(events, media_type="text/event-stream",
                                  headers={"cache-control": "no-cache", "x-request-id": request.request_id})
-    out = await responder.body(request)
+    out = await responder.body(request, http.is_disconnected)
     log.info("request %s: %d tokens in %.0f ms", request.request_id, out.usage.completion_tokens,
              (time.perf_counter() - started) * 1000)
     return JSONResponse(out.model_dump(), headers={"x-request-id": request.request_id})

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Generator
+from collections.abc import AsyncIterator, Awaitable, Callable, Generator
 from typing import Any, Literal
 
 import anyio
@@ -35,6 +36,7 @@ from splitcore.http import error_body
 
 log = logging.getLogger(__name__)
 Endpoint = Literal["completion", "chat"]
+DISCONNECT_POLL_S = 0.25  # how often a whole-body request checks that its caller is still there
 
 
 def _usage(done: Finished) -> Usage:
@@ -91,19 +93,35 @@ class Responder:
             chunk = ChatCompletionStreamResponse(choices=stream_choices, **envelope)
         return _sse(chunk.model_dump())
 
-    async def body(self, request: GenerationRequest) -> CompletionResponse | ChatCompletionResponse:
-        """The whole generation as one response body."""
+    async def body(self, request: GenerationRequest, disconnected: Callable[[], Awaitable[bool]]
+                   ) -> CompletionResponse | ChatCompletionResponse:
+        """The whole generation as one response body; a caller who hangs up cancels it, as a stream's does.
+
+        `disconnected` is polled while the generation runs (Starlette's `Request.is_disconnected`); once it says
+        so, the generation stops at its next step and frees the cloud session, so an abandoned request does not
+        keep its slot for the rest of its tokens.
+        """
+        cancel = threading.Event()
         self.metrics.begin()
         try:
-            events = await run_in_threadpool(lambda: list(self.orchestrator.generate(request)))
+            work = asyncio.ensure_future(run_in_threadpool(lambda: list(self.orchestrator.generate(request, cancel))))
+            while not (await asyncio.wait({work}, timeout=DISCONNECT_POLL_S))[0]:
+                if await disconnected():
+                    cancel.set()
+            events = await work
         except BaseException as exc:
+            cancel.set()  # cancelled from outside (shutdown): stop the generation too
             self.metrics.failed(exc, self.endpoint)
             raise
         finally:
             self.metrics.end()
         done = events[-1]
         assert isinstance(done, Finished)
-        self.metrics.finished(done, self.endpoint)
+        if cancel.is_set():
+            self.metrics.disconnected(self.endpoint)
+            log.info("request %s: the caller hung up; stopped after %d tokens", self.id, len(done.token_ids))
+        else:
+            self.metrics.finished(done, self.endpoint)
         return self._whole("".join(e for e in events if isinstance(e, str)), done)
 
     async def stream(self, request: GenerationRequest, include_usage: bool) -> AsyncIterator[str]:

@@ -16,7 +16,7 @@ from edge_service.app import create_app as create_edge
 from edge_service.settings import EdgeSettings
 from splitcore.loading import LoadedModel
 from splitcore.testing import reference_text, reference_tokens
-from tests.servers import LoopbackServer
+from tests.servers import LoopbackServer, edge_and_cloud
 
 CUTS = ["edge", "cloud", "1:3", "2:4"]
 PROMPT = "The edge keeps the first layers"
@@ -235,3 +235,23 @@ def test_a_cloud_that_cannot_run_the_plan_makes_the_edge_unready_and_requests_fa
         response = httpx.post(f"{url}/v1/completions", json={"prompt": "x", "max_tokens": 2}, timeout=30)
         assert response.status_code == 502
         assert "cloud refused the request (422)" in response.json()["error"]["message"]
+
+
+def test_a_caller_who_hangs_up_on_a_whole_body_request_frees_its_slot_and_the_cloud_session(
+        models: dict[str, LoadedModel]) -> None:
+    import time
+
+    loaded = models["gpt2"]
+    with edge_and_cloud(loaded, cut="1:3", max_concurrent_requests=1, emulate_slowdown=20) as tiers:
+        long = {"prompt": PROMPT, "max_tokens": 400, "temperature": 0.7}
+        with pytest.raises(httpx.ReadTimeout):  # the caller gives up and closes its connection
+            httpx.post(f"{tiers.edge_url}/v1/completions", json=long, timeout=0.5)
+        deadline = time.monotonic() + 3
+        while tiers.edge_app.state.runtime.metrics.in_flight and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert tiers.edge_app.state.runtime.metrics.in_flight == 0
+        assert httpx.get(f"{tiers.cloud_url}/health").json()["sessions"] == 0
+        short = httpx.post(f"{tiers.edge_url}/v1/completions", json={"prompt": PROMPT, "max_tokens": 2}, timeout=30)
+        assert short.status_code == 200  # the one slot is free again, not held by the abandoned request
+        metrics = httpx.get(f"{tiers.edge_url}/metrics").text
+        assert 'outcome="disconnected"' in metrics

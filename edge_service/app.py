@@ -21,7 +21,7 @@ from pydantic import BaseModel
 from edge_service import admin
 from edge_service.metrics import EdgeMetrics
 from edge_service.orchestrator import GenerationRequest
-from edge_service.prompts import render_chat
+from edge_service.prompts import check_text_size, render_chat
 from edge_service.protocol import (
     ChatCompletionRequest,
     ChatCompletionResponse,
@@ -76,7 +76,8 @@ def create_app(settings: EdgeSettings, loaded: LoadedModel | None = None) -> Fas
         tokenizer = runtime.orchestrator.tokenizer
         if isinstance(body.prompt, str) or isinstance(body.prompt[0], str):
             text = body.prompt if isinstance(body.prompt, str) else body.prompt[0]
-            prompt_ids = tokenizer.encode(text, add_special_tokens=False)
+            check_text_size([text], runtime.settings.max_prompt_bytes)
+            prompt_ids = await run_in_threadpool(tokenizer.encode, text, add_special_tokens=False)
         else:
             prompt_ids = list(body.prompt)  # type: ignore[arg-type]
         return await _generate(runtime, body, prompt_ids, body.max_tokens, body.stop_list, "completion", request)
@@ -87,7 +88,8 @@ def create_app(settings: EdgeSettings, loaded: LoadedModel | None = None) -> Fas
         """OpenAI-compatible chat completion; the tokenizer's chat template, or the plain one in `prompts`."""
         runtime: EdgeRuntime = request.app.state.runtime
         tokenizer = runtime.orchestrator.tokenizer
-        prompt_ids = render_chat(tokenizer, body.messages)
+        check_text_size([m.text for m in body.messages], runtime.settings.max_prompt_bytes)
+        prompt_ids = await run_in_threadpool(render_chat, tokenizer, body.messages)
         stop = body.stop_list
         if not getattr(tokenizer, "chat_template", None):
             stop = [*stop, PLAIN_CHAT_STOP]

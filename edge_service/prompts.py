@@ -15,8 +15,29 @@ from __future__ import annotations
 from transformers import PreTrainedTokenizerBase
 
 from edge_service.protocol import ChatMessage
+from splitcore.errors import UserError
 
 PLAIN_ROLES = {"system": "System", "developer": "System", "user": "User", "assistant": "Assistant"}
+
+
+def check_text_size(texts: list[str], max_bytes: int) -> None:
+    """Refuse a prompt over `max_bytes` of UTF-8, or one that is not valid Unicode, before any tokenising.
+
+    Tokenising is the one step whose cost grows with the prompt before its length in tokens is known (a 4 MiB
+    prompt took 13 s here), so the size is bounded first, in bytes, and the tokenising itself runs off the
+    event loop.
+
+    Raises:
+        UserError: over the limit, or a lone surrogate (text no tokenizer can encode).
+    """
+    size = 0
+    for text in texts:
+        try:
+            size += len(text.encode("utf-8"))
+        except UnicodeEncodeError as exc:
+            raise UserError(f"the prompt is not valid Unicode: {exc.reason} at character {exc.start}") from exc
+    if size > max_bytes:
+        raise UserError(f"the prompt is {size} bytes; the limit is {max_bytes} (EDGE_MAX_PROMPT_BYTES)")
 
 
 def render_chat(tokenizer: PreTrainedTokenizerBase, messages: list[ChatMessage]) -> list[int]:

@@ -44,6 +44,8 @@ class EdgeSettings(BaseSettings):
     cloud_connect_timeout_s: float = Field(default=3.0, description="longest wait to open a connection to the cloud")
     max_prompt_tokens: int = Field(default=4096,
         description="longest accepted prompt, tokens (also capped by the model's positions)")
+    max_prompt_bytes: int = Field(default=65536, ge=1,
+        description="longest text prompt (all chat messages together), UTF-8 bytes, refused before tokenising")
     max_output_tokens: int = Field(default=2048, description="largest accepted max_tokens")
     max_body_mb: float = Field(default=4.0,
         description="largest accepted request body, MiB (a 4096-token prompt as JSON is far smaller)")

@@ -9,14 +9,14 @@ import uuid
 from collections.abc import AsyncIterator
 
 import torch
-from fastapi import Depends, FastAPI, Request, Response
+from fastapi import FastAPI, Request, Response
 from fastapi.concurrency import run_in_threadpool
 
 from cloud_service.engine import ShardEngine
+from cloud_service.identity import EdgeAuth, EdgeTokens
 from cloud_service.metrics import CloudMetrics
 from cloud_service.sessions import SessionStore
 from cloud_service.settings import CloudSettings
-from splitcore.auth import bearer, check_token
 from splitcore.backends import Runners
 from splitcore.defaults import usable_cores
 from splitcore.errors import EdgesplitError, PlanError, SessionNotFoundError
@@ -25,7 +25,7 @@ from splitcore.loading import LoadedModel, load_checkpoint
 from splitcore.metrics import install_metrics_route
 from splitcore.plan import parse_cut
 from splitcore.ranges import LayerRange
-from splitcore.wire import MEDIA_TYPE
+from splitcore.wire import MEDIA_TYPE, short_id
 
 log = logging.getLogger(__name__)
 
@@ -62,23 +62,19 @@ def create_app(settings: CloudSettings, loaded: LoadedModel | None = None) -> Fa
         sweeper.cancel()
 
     metrics = CloudMetrics()
+    tokens = EdgeTokens.parse(settings.edge_tokens, settings.auth_token)
     app = FastAPI(title="edgesplit cloud", lifespan=lifespan)
     install_error_handlers(app)
     install_metrics_route(app, metrics.registry)
-    app.add_middleware(BodyLimit, max_bytes=settings.max_frame_bytes)  # every route, JSON ones too
-
-    async def require_edge(request: Request) -> None:  # async: a sync dependency would cost a thread hop per step
-        """The shard API answers only edges that send CLOUD_AUTH_TOKEN (when one is set)."""
-        if settings.auth_token is not None:
-            check_token(bearer(request), settings.auth_token, "edge")
-
-    edge_only = [Depends(require_edge)]
+    app.add_middleware(BodyLimit, max_bytes=settings.max_frame_bytes, idle_s=settings.body_idle_timeout_s,
+                       total_s=settings.body_timeout_s)  # every route, JSON ones too
+    app.add_middleware(EdgeAuth, tokens=tokens)  # outermost: who calls is known before any body is read
 
     frame_body = {"requestBody": {"required": True, "content": {
         MEDIA_TYPE: {"schema": {"type": "string", "format": "binary"}},
         "application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}}}
 
-    @app.post("/v1/shard/forward", response_class=Response, dependencies=edge_only, openapi_extra=frame_body,
+    @app.post("/v1/shard/forward", response_class=Response, openapi_extra=frame_body,
               responses={200: {"content": {MEDIA_TYPE: {}}, "description": "answer frame"}})
     async def forward(request: Request) -> Response:
         """Run a frame's blocks for its session; body and answer are binary frames (`splitcore.wire`)."""
@@ -87,8 +83,7 @@ def create_app(settings: CloudSettings, loaded: LoadedModel | None = None) -> Fa
             with metrics.step_latency.time():
                 data = await request.body()
                 metrics.link_bytes.labels("received").inc(len(data))
-                caller = request.client.host if request.client else ""
-                answer = await run_in_threadpool(request.app.state.engine.forward, data, caller)
+                answer = await run_in_threadpool(request.app.state.engine.forward, data, request.state.edge)
         except EdgesplitError as exc:  # counted, then answered by the app's error handler
             metrics.errors.labels(type(exc).__name__).inc()
             raise
@@ -97,14 +92,14 @@ def create_app(settings: CloudSettings, loaded: LoadedModel | None = None) -> Fa
         metrics.link_bytes.labels("sent").inc(len(answer))
         return Response(answer, media_type=MEDIA_TYPE)
 
-    @app.delete("/v1/sessions/{session_id}", status_code=204, dependencies=edge_only)
+    @app.delete("/v1/sessions/{session_id}", status_code=204)
     async def end_session(session_id: uuid.UUID, request: Request) -> Response:
-        """Free a session's KV cache."""
-        if not request.app.state.engine.end(session_id):
-            raise SessionNotFoundError(f"session {session_id} is not live")
+        """Free a session's KV cache; only the edge that opened it may."""
+        if not request.app.state.engine.end(session_id, request.state.edge):
+            raise SessionNotFoundError(f"session {short_id(session_id)} is not live")
         return Response(status_code=204)
 
-    @app.get("/v1/info", dependencies=edge_only)
+    @app.get("/v1/info")
     async def info(request: Request) -> dict:
         """What this cloud holds, so an edge can check it serves the same model."""
         engine: ShardEngine = request.app.state.engine
@@ -113,7 +108,7 @@ def create_app(settings: CloudSettings, loaded: LoadedModel | None = None) -> Fa
                 "num_layers": m.num_layers, "hidden_size": m.hidden_size, "vocab_size": m.vocab_size,
                 "held_layers": [engine.held.start, engine.held.end]}
 
-    @app.post("/v1/layers", dependencies=edge_only)
+    @app.post("/v1/layers")
     async def hold_layers(wanted: LayerRange, request: Request) -> dict:
         """Load blocks `[start, end)` (and any between them and those held) before an edge switches to a plan."""
         engine: ShardEngine = request.app.state.engine
@@ -123,13 +118,13 @@ def create_app(settings: CloudSettings, loaded: LoadedModel | None = None) -> Fa
         held = await run_in_threadpool(engine.hold, wanted, lambda: load_checkpoint(settings.model_dir), budget)
         return {"held_layers": [held.start, held.end]}
 
-    @app.post("/v1/probe", status_code=204, dependencies=edge_only)
+    @app.post("/v1/probe", status_code=204)
     async def probe(request: Request) -> Response:
         """Swallow a body and answer empty: the edge times it to estimate bandwidth and RTT."""
         await request.body()
         return Response(status_code=204)
 
-    @app.get("/profile", dependencies=edge_only)
+    @app.get("/profile")
     async def profile(request: Request) -> Response:
         """This tier's measured profile, so the edge can plan with the cloud's real costs."""
         engine: ShardEngine = request.app.state.engine

@@ -20,7 +20,7 @@ from splitcore.loading import LoadedModel
 from splitcore.ranges import LayerRange
 from splitcore.sampling import Sampler
 from splitcore.schema import SessionMeta
-from splitcore.wire import Flags, Frame, FrameCodec, Kind, Limits
+from splitcore.wire import Flags, Frame, FrameCodec, Kind, Limits, short_id
 
 log = logging.getLogger(__name__)
 
@@ -53,15 +53,16 @@ class ShardEngine:
     def forward(self, data: bytes, caller: str = "", *, timeout_s: float | None = None) -> bytes:
         """Decode a request frame, run its blocks for its session, encode the answer.
 
-        `caller` identifies the edge (its address) for the per-caller session limit. `timeout_s` is there for
-        the orchestrator's `CloudLink` protocol: in process there is no link to time out.
+        `caller` is the edge (its token's name, or its address on an open cloud): a session it opens is its
+        own, and its per-edge session limit counts it. `timeout_s` is there for the orchestrator's `CloudLink`
+        protocol: in process there is no link to time out.
 
         Raises:
             FrameError, PlanError, SessionNotFoundError, SessionConflictError, CapacityError.
         """
         frame = self._decoder().decode(data)
         self._check_frame(frame)
-        session = self._open(frame, caller) if frame.position == 0 else self.store.get(frame.session)
+        session = self._open(frame, caller) if frame.position == 0 else self.store.get(frame.session, caller)
         with session.lock, self._steps:
             return self._step(session, frame)
 
@@ -96,9 +97,9 @@ class ShardEngine:
             log.info("now holding blocks %s (asked for %s)", grown, wanted)
             return grown
 
-    def end(self, sid: uuid.UUID) -> bool:
-        """Free a session's cache; False when it was not live."""
-        return self.store.remove(sid)
+    def end(self, sid: uuid.UUID, caller: str = "") -> bool:
+        """Free a session's cache; False when it was not live or is another edge's."""
+        return self.store.remove(sid, owner=caller)
 
     def _check_frame(self, frame: Frame) -> None:
         rows = frame.tensor.shape[0]
@@ -133,8 +134,8 @@ class ShardEngine:
             owner=caller,
         )
         self.store.add(session)
-        log.info("session %s opened for blocks %s on %s (request %s)", session.id, frame.layers, runner.name,
-                 meta.request_id or "-")
+        log.info("session %s opened for blocks %s on %s (request %r, edge %r)", short_id(session.id), frame.layers,
+                 runner.name, meta.request_id, caller)
         return session
 
     def _check_weights(self, frame: Frame, expected: str) -> None:
@@ -153,11 +154,11 @@ class ShardEngine:
                                      "same checkpoint on both tiers")
 
     def _step(self, session: CloudSession, frame: Frame) -> bytes:
-        state = session.state
+        state, sid = session.state, short_id(session.id)
         if frame.layers != session.layers:
-            raise SessionConflictError(f"session {session.id} runs blocks {session.layers}, not {frame.layers}")
+            raise SessionConflictError(f"session {sid} runs blocks {session.layers}, not {frame.layers}")
         if frame.position != state.position:
-            raise SessionConflictError(f"session {session.id} is at position {state.position}, frame starts at "
+            raise SessionConflictError(f"session {sid} is at position {state.position}, frame starts at "
                                        f"{frame.position}")
         started = time.perf_counter()
         runner = session.runner
@@ -167,7 +168,7 @@ class ShardEngine:
             hidden = runner.run(state, frame.layers, hidden=frame.tensor)
         if Flags.HEAD in frame.flags:
             if session.sampler is None:
-                raise SessionConflictError(f"session {session.id} was opened without the head")
+                raise SessionConflictError(f"session {sid} was opened without the head")
             token = session.sampler(runner.logits(hidden))
             out: torch.Tensor = torch.tensor([token])
         else:

@@ -1,7 +1,8 @@
 """The cloud's session store: one KV cache per edge session, with a TTL, LRU eviction and a memory cap.
 
-A session that was dropped is remembered (bounded) with the reason, so the
-edge is told "expired" or "evicted for memory" rather than "unknown".
+A session belongs to the edge that opened it: to any other edge it does not exist (404, never a 409 with its
+position). A session that was dropped is remembered (bounded) with the reason, so its edge is told "expired" or
+"evicted for memory" rather than "unknown". Logs name a session by the first 8 hex digits of its id only.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from splitcore.backends import Runner, State
 from splitcore.errors import CapacityError, SessionConflictError, SessionNotFoundError
 from splitcore.ranges import LayerRange
 from splitcore.sampling import Sampler
-from splitcore.wire import FrameCodec
+from splitcore.wire import FrameCodec, short_id
 
 log = logging.getLogger(__name__)
 _FORGOTTEN_KEPT = 4096  # how many dropped session ids keep their reason
@@ -35,7 +36,7 @@ class CloudSession:
     codec: FrameCodec  # encodes this session's answers (its dtype and zstd level)
     sampler: Sampler | None  # set when the cloud holds the head
     request_id: str = ""
-    owner: str = ""  # the edge that opened it (its address), for the per-caller limit
+    owner: str = ""  # the edge that opened it (its token's name, or its address): the only one that may use it
     lock: threading.Lock = field(default_factory=threading.Lock)
     last_used: float = 0.0
 
@@ -52,7 +53,7 @@ class SessionStore:
         self._clock = clock
         self._lock = threading.Lock()
         self._live: OrderedDict[uuid.UUID, CloudSession] = OrderedDict()  # least recently used first
-        self._forgotten: OrderedDict[uuid.UUID, str] = OrderedDict()
+        self._forgotten: OrderedDict[uuid.UUID, tuple[str, str]] = OrderedDict()  # id -> (reason, owner)
         self.evictions = 0
 
     def __len__(self) -> int:
@@ -63,18 +64,20 @@ class SessionStore:
         with self._lock:
             return sum(s.state.cache_bytes for s in self._live.values())
 
-    def get(self, sid: uuid.UUID) -> CloudSession:
-        """The live session `sid`, marked as just used.
+    def get(self, sid: uuid.UUID, owner: str = "") -> CloudSession:
+        """The live session `sid` of edge `owner`, marked as just used.
 
         Raises:
-            SessionNotFoundError: unknown, expired or evicted (the message says which).
+            SessionNotFoundError: unknown, expired or evicted (the message says which), or another edge's.
         """
         with self._lock:
             self._expire_locked()
             session = self._live.get(sid)
-            if session is None:
-                reason = self._forgotten.get(sid, "unknown")
-                raise SessionNotFoundError(f"session {sid} is {reason} on the cloud; start it again from position 0")
+            if session is None or session.owner != owner:
+                reason, dropped_for = self._forgotten.get(sid, ("unknown", owner))
+                reason = reason if session is None and dropped_for == owner else "unknown"
+                raise SessionNotFoundError(f"session {short_id(sid)} is {reason} on the cloud; start it again "
+                                           "from position 0")
             session.last_used = self._clock()
             self._live.move_to_end(sid)
             return session
@@ -87,8 +90,8 @@ class SessionStore:
         """
         with self._lock:
             self._expire_locked()
-            if session.id in self._live:
-                raise SessionConflictError(f"session {session.id} already exists; end it before starting it again")
+            if session.id in self._live:  # says nothing of the session: whose it is, where it stands
+                raise SessionConflictError(f"session id {short_id(session.id)} is in use; open a new session")
             if self.max_per_owner is not None:
                 held = sum(1 for s in self._live.values() if s.owner == session.owner)
                 if held >= self.max_per_owner:
@@ -107,9 +110,12 @@ class SessionStore:
                 if not self._evict_one_locked(keep=session.id, reason="evicted (cloud cache memory cap)"):
                     break
 
-    def remove(self, sid: uuid.UUID, reason: str = "ended") -> bool:
-        """Drop a session and its cache; False when it was not live."""
+    def remove(self, sid: uuid.UUID, reason: str = "ended", owner: str | None = None) -> bool:
+        """Drop a session and its cache; False when it was not live, or (given `owner`) is another edge's."""
         with self._lock:
+            session = self._live.get(sid)
+            if session is None or (owner is not None and session.owner != owner):
+                return False
             return self._drop_locked(sid, reason)
 
     def sweep(self) -> int:
@@ -130,13 +136,13 @@ class SessionStore:
             if sid != keep and not s.lock.locked():
                 self._drop_locked(sid, reason)
                 self.evictions += 1
-                log.info("session %s %s", sid, reason)
+                log.info("session %s %s", short_id(sid), reason)
                 return True
         return False
 
     def _drop_locked(self, sid: uuid.UUID, reason: str) -> bool:
         session = self._live.pop(sid, None)
-        self._forgotten[sid] = reason
+        self._forgotten[sid] = (reason, session.owner if session is not None else "")
         while len(self._forgotten) > _FORGOTTEN_KEPT:
             self._forgotten.popitem(last=False)
         return session is not None

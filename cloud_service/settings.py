@@ -38,16 +38,23 @@ class CloudSettings(BaseSettings):
     profile: Path | None = Field(default=None,
         description="measured profile JSON to serve at GET /profile; default: measure on first request")
     auth_token: SecretStr | None = Field(default=None,
-        description="bearer token edges must send to /v1/* and /profile; unset: open")
+        description="bearer token every edge shares (the edge named 'edge'); unset, and no edge_tokens: open")
+    edge_tokens: SecretStr | None = Field(default=None,
+        description="a token per edge, 'name=token,name=token': each session belongs to the edge that opened it")
+    header_timeout_s: float = Field(default=10.0, gt=0,
+        description="a request's headers must arrive within this long, or the connection is closed")
+    body_idle_timeout_s: float = Field(default=10.0, gt=0,
+        description="longest wait for the next piece of a request body; then 408")
+    body_timeout_s: float = Field(default=120.0, gt=0, description="longest time to receive a whole request body")
     ssl_certfile: Path | None = Field(default=None, description="serve over TLS with this PEM certificate")
     ssl_keyfile: Path | None = Field(default=None, description="and this private key")
     ssl_ca_certs: Path | None = Field(default=None,
         description="with TLS: accept only edges with a client certificate signed by this CA")
     max_sessions_per_caller: int = Field(default=64,
-        description="live sessions one edge (client address) may hold; beyond: 429")
+        description="live sessions one edge (its token's name; its address on an open cloud) may hold; beyond: 429")
     log_level: str = Field(default="info", description="logging level")
 
-    _no_empty_token = field_validator("auth_token", mode="before")(empty_is_none)
+    _no_empty_token = field_validator("auth_token", "edge_tokens", mode="before")(empty_is_none)
 
     @property
     def max_cache_bytes(self) -> int:

@@ -64,7 +64,8 @@ def create_app(settings: EdgeSettings, loaded: LoadedModel | None = None) -> Fas
     app = FastAPI(title="edgesplit edge", lifespan=lifespan)
     install_error_handlers(app)
     install_metrics_route(app, metrics.registry)
-    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes, idle_s=settings.body_idle_timeout_s,
+                       total_s=settings.body_timeout_s)
     app.include_router(admin.router)
     app.include_router(admin.guarded)
 

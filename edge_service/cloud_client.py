@@ -22,7 +22,7 @@ from splitcore.errors import (
     CloudSessionLostError,
     CloudUnavailableError,
 )
-from splitcore.wire import MEDIA_TYPE
+from splitcore.wire import MEDIA_TYPE, short_id
 
 log = logging.getLogger(__name__)
 
@@ -78,9 +78,9 @@ class CloudClient:
             self._request("DELETE", f"/v1/sessions/{session}")
         except CloudRefusedError as exc:
             if exc.cloud_status != 404:  # 404: already expired or evicted, nothing left to free
-                log.warning("could not end cloud session %s: %s", session, exc)
+                log.warning("could not end cloud session %s: %s", short_id(session), exc)
         except CloudUnavailableError as exc:  # the cloud's TTL frees it later
-            log.warning("could not end cloud session %s: %s", session, exc)
+            log.warning("could not end cloud session %s: %s", short_id(session), exc)
 
     def probe(self, nbytes: int) -> float:
         """Send `nbytes` to the cloud's probe endpoint; return the round trip in milliseconds."""

@@ -36,7 +36,7 @@ from splitcore.plan import Plan
 from splitcore.ranges import LayerRange
 from splitcore.sampling import Sampler
 from splitcore.schema import SessionMeta
-from splitcore.wire import Flags, FrameCodec, Kind
+from splitcore.wire import Flags, FrameCodec, Kind, short_id
 
 log = logging.getLogger(__name__)
 
@@ -180,7 +180,8 @@ class Orchestrator:
                 if ctx.replays:  # lost again straight after a replay: treat as a failing cloud
                     self._fall_back(ctx, exc)
                 else:
-                    log.warning("cloud lost session %s (%s); replaying %d tokens", ctx.session, exc, len(prefix))
+                    log.warning("cloud lost session %s (%s); replaying %d tokens", short_id(ctx.session), exc,
+                                len(prefix))
                     self._restart(ctx, ctx.plan)
                     ctx.replays += 1
             except (CloudUnavailableError, CapacityError) as exc:

@@ -46,6 +46,11 @@ class EdgeSettings(BaseSettings):
         description="longest accepted prompt, tokens (also capped by the model's positions)")
     max_prompt_bytes: int = Field(default=65536, ge=1,
         description="longest text prompt (all chat messages together), UTF-8 bytes, refused before tokenising")
+    header_timeout_s: float = Field(default=10.0, gt=0,
+        description="a request's headers must arrive within this long, or the connection is closed")
+    body_idle_timeout_s: float = Field(default=10.0, gt=0,
+        description="longest wait for the next piece of a request body; then 408")
+    body_timeout_s: float = Field(default=60.0, gt=0, description="longest time to receive a whole request body")
     max_output_tokens: int = Field(default=2048, description="largest accepted max_tokens")
     max_body_mb: float = Field(default=4.0,
         description="largest accepted request body, MiB (a 4096-token prompt as JSON is far smaller)")

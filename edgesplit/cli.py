@@ -15,6 +15,7 @@ from edge_service.settings import EdgeSettings
 from edgesplit.flags import add_settings_flags, settings_from_args
 from splitcore.defaults import DEFAULT_MODEL_DIR
 from splitcore.errors import EdgesplitError, UserError
+from splitcore.http import header_timeout_protocol
 
 GRACE_S = 30  # on SIGTERM, requests in flight get this long to finish before the server closes
 
@@ -43,7 +44,7 @@ def _serve_cloud(args: argparse.Namespace) -> None:
     tls = _uvicorn_tls(settings.ssl_certfile, settings.ssl_keyfile, settings.ssl_ca_certs)
     uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level=settings.log_level,
                 access_log=False,  # one line per decoded token would cost more than the step
-                timeout_graceful_shutdown=GRACE_S, **tls)
+                http=header_timeout_protocol(settings.header_timeout_s), timeout_graceful_shutdown=GRACE_S, **tls)
 
 
 def _serve_edge(args: argparse.Namespace) -> None:
@@ -61,7 +62,7 @@ def _serve_edge(args: argparse.Namespace) -> None:
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per decode step would cost more than the step
     tls = _uvicorn_tls(settings.ssl_certfile, settings.ssl_keyfile)
     uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level=settings.log_level,
-                timeout_graceful_shutdown=GRACE_S, **tls)
+                http=header_timeout_protocol(settings.header_timeout_s), timeout_graceful_shutdown=GRACE_S, **tls)
 
 
 def _demo(args: argparse.Namespace) -> None:

@@ -6,13 +6,16 @@ client (or the edge reading the cloud) parses one format.
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import time
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from splitcore.errors import EdgesplitError
 from splitcore.schema import ErrorInfo, ErrorResponse
@@ -64,14 +67,16 @@ def install_error_handlers(app: FastAPI) -> None:
 
 
 class BodyLimit:
-    """ASGI middleware: refuse a request body over `max_bytes` with 413 before it is all in memory.
+    """ASGI middleware: refuse a request body over `max_bytes` with 413 before it is all in memory, and one that
+    arrives too slowly with 408.
 
     Checks the declared length first, then reads the body (a chunked one declares none) up to the limit and
-    hands it on whole, as the handlers would read it anyway: the edge's JSON bodies and the cloud's frames.
+    hands it on whole, as the handlers would read it anyway: the edge's JSON bodies and the cloud's frames. Each
+    piece must come within `idle_s` and the whole within `total_s`, so a slow client cannot hold a worker.
     """
 
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
-        self.app, self.max_bytes = app, max_bytes
+    def __init__(self, app: ASGIApp, max_bytes: int, idle_s: float = 10.0, total_s: float = 120.0) -> None:
+        self.app, self.max_bytes, self.idle_s, self.total_s = app, max_bytes, idle_s, total_s
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -82,8 +87,14 @@ class BodyLimit:
             await self._refuse(scope, receive, send)
             return
         chunks, size, more = [], 0, True
+        deadline = time.monotonic() + self.total_s
         while more:
-            message = await receive()
+            try:
+                message = await asyncio.wait_for(receive(), min(self.idle_s, max(0.0, deadline - time.monotonic())))
+            except TimeoutError:
+                log.info("closed a request whose body came too slowly (%s %s)", scope["method"], scope["path"])
+                await error_response(408, "the request body arrived too slowly")(scope, receive, send)
+                return
             if message["type"] != "http.request":  # the client went away
                 return
             chunks.append(message.get("body", b""))
@@ -107,3 +118,53 @@ class BodyLimit:
     async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
         response = error_response(413, f"request body is over the {self.max_bytes}-byte limit")
         await response(scope, receive, send)
+
+
+class HeaderTimeoutProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol with a bound on how long a request's headers may take to arrive.
+
+    uvicorn bounds an idle kept-alive connection but not a request whose headers trickle in (a slowloris holds
+    the connection for as long as it likes). Here every request's headers, on a new connection or after the
+    previous response, must be complete within `header_timeout_s`, or the connection is closed. Pass a subclass
+    from `header_timeout_protocol` as uvicorn's `http=`.
+    """
+
+    header_timeout_s = 10.0
+    _headers_timer: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._arm_headers_timer()
+
+    def on_headers_complete(self) -> None:
+        self._disarm_headers_timer()
+        super().on_headers_complete()
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        if not self.transport.is_closing():
+            self._arm_headers_timer()  # the next request on this connection
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm_headers_timer()
+        super().connection_lost(exc)
+
+    def _arm_headers_timer(self) -> None:
+        self._disarm_headers_timer()
+        self._headers_timer = self.loop.call_later(self.header_timeout_s, self._headers_too_slow)
+
+    def _disarm_headers_timer(self) -> None:
+        if self._headers_timer is not None:
+            self._headers_timer.cancel()
+            self._headers_timer = None
+
+    def _headers_too_slow(self) -> None:
+        self._headers_timer = None
+        if not self.transport.is_closing():
+            log.info("closed a connection whose request headers did not arrive within %.0f s", self.header_timeout_s)
+            self.transport.close()
+
+
+def header_timeout_protocol(timeout_s: float) -> type[HeaderTimeoutProtocol]:
+    """uvicorn's `http=` protocol class with this header timeout."""
+    return type("HeaderTimeoutProtocol", (HeaderTimeoutProtocol,), {"header_timeout_s": timeout_s})

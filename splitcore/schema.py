@@ -40,7 +40,8 @@ class SessionMeta(StrictModel):
     sampling: SamplingParams = SamplingParams()
     codec: CodecName = "fp16"  # element type of the cloud's hidden-state answers
     zstd_level: int = Field(default=1, ge=-7, le=22)  # zstd level of the cloud's answers
-    request_id: str = Field(default="", max_length=64, description="for following one request across tiers in logs")
+    request_id: str = Field(default="", max_length=64, pattern=r"^[A-Za-z0-9._:-]*$",
+                            description="for following one request across tiers in logs (no spaces, no newlines)")
     backend: BackendName | None = None  # runtime of the cloud's blocks; None: the cloud's default
     weights_digest: str = Field(default="", pattern=r"^([0-9a-f]{64})?$",
                                 description="SHA-256 of the weights the edge expects the cloud's part to hold "

@@ -149,3 +149,9 @@ class FrameCodec:
         return Frame(session=uuid.UUID(bytes=sid), position=position, layers=LayerRange(start=start, end=end),
                      kind=kind, dtype=dtype, tensor=tensor, flags=flags, meta=meta, compute_ms=compute_ms,
                      wire_bytes=len(data))
+
+
+def short_id(sid: uuid.UUID) -> str:
+    """A session id as logs and error messages show it: enough to follow one session, not enough to step it."""
+    return f"{sid.hex[:8]}..."
+

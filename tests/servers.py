@@ -18,17 +18,20 @@ from cloud_service.settings import CloudSettings
 from edge_service.app import create_app as create_edge
 from edge_service.settings import EdgeSettings
 from edgesplit.procs import free_port
+from splitcore.http import header_timeout_protocol
 from splitcore.loading import LoadedModel
 
 
 class LoopbackServer:
     """`with LoopbackServer(app) as url:` serves `app` on 127.0.0.1 until the block ends."""
 
-    def __init__(self, app: FastAPI) -> None:
+    def __init__(self, app: FastAPI, http: float | None = None) -> None:
+        """`http`: a header timeout in seconds, served as the real tiers serve it (`header_timeout_protocol`)."""
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
+        protocol: Any = header_timeout_protocol(http) if http is not None else "auto"
         self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning",
-                                                    access_log=False))
+                                                    access_log=False, http=protocol))
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 
     def __enter__(self) -> str:

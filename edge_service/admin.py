@@ -1,8 +1,9 @@
 """The operator's surface on the edge: `/admin/*`, guarded by the admin token.
 
-Credentials: `Authorization: Bearer <token>`, or the cookie `/admin/login` sets for the dashboard (a browser
-cannot add a header when it opens a page). Without credentials: 401; wrong ones, or no token configured: 403.
-Handlers are thin: the work is in `Replanner`.
+Credentials: `Authorization: Bearer <token>`, or the signed, expiring cookie `/admin/login` sets for the dashboard
+(a browser cannot add a header when it opens a page); `admin_auth.AdminGuard` checks both. Without credentials:
+401; wrong ones (answered after a growing delay), or no token configured: 403. Handlers are thin: the work is in
+`Replanner` and `EdgeRuntime`.
 """
 
 from __future__ import annotations
@@ -18,15 +19,14 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse, RedirectResponse
 from pydantic import Field, model_validator
 
+from edge_service.admin_auth import COOKIE, AdminGuard
 from edge_service.runtime import EdgeRuntime
 from partitioner.costmodel import Workload
 from profiling.link_estimator import Link
-from splitcore.auth import bearer, check_token
 from splitcore.errors import AuthenticationError, CloudUnavailableError, PermissionDeniedError, UserError
 from splitcore.plan import BackendName, CodecName, parse_cut
 from splitcore.schema import StrictModel
 
-COOKIE = "edgesplit_admin"
 _PAGES = Path(__file__).with_name("pages")
 
 
@@ -61,12 +61,9 @@ class PlanRequest(StrictModel):
         return self
 
 
-def require_admin(request: Request) -> None:
+async def require_admin(request: Request) -> None:
     """The dependency that guards every admin route: the bearer token, else the dashboard's cookie."""
-    token = request.app.state.runtime.settings.admin_token
-    if token is None:
-        raise PermissionDeniedError("the admin API is off: start the edge with EDGE_ADMIN_TOKEN set")
-    check_token(bearer(request) or request.cookies.get(COOKIE, ""), token, "admin")
+    await request.app.state.admin_guard.check(request)
 
 
 def _runtime(request: Request) -> EdgeRuntime:
@@ -143,7 +140,7 @@ async def dashboard(request: Request) -> HTMLResponse:
     Without credentials it answers 401 with the login form; with wrong ones, 403.
     """
     try:
-        require_admin(request)
+        await require_admin(request)
     except AuthenticationError:
         return HTMLResponse((_PAGES / "login.html").read_text(), status_code=401,
                             headers=AuthenticationError.headers)
@@ -155,17 +152,31 @@ async def login_page() -> HTMLResponse:
     return HTMLResponse((_PAGES / "login.html").read_text())
 
 
-@router.post("/login", include_in_schema=False)
-async def login(request: Request) -> RedirectResponse:
-    """Check a token posted from the login form and keep it in an HttpOnly, same-site cookie."""
+@router.post("/login", include_in_schema=False, response_model=None)
+async def login(request: Request) -> RedirectResponse | HTMLResponse:
+    """Check a token posted from the login form; a browser keeps a signed, expiring session value, never the token.
+
+    A wrong token returns to the form with a message (403), after the delay its address has earned.
+    """
     form = parse_qs((await request.body()).decode("utf-8", "replace"))
     token = (form.get("token") or [""])[0]
     if not token:
         raise UserError("the form needs a token")
-    expected = _runtime(request).settings.admin_token
-    if expected is None:
-        raise PermissionDeniedError("the admin API is off: start the edge with EDGE_ADMIN_TOKEN set")
-    check_token(token, expected, "admin")
+    guard: AdminGuard = request.app.state.admin_guard
+    try:
+        await guard.check(request, token)
+    except PermissionDeniedError as exc:
+        page = (_PAGES / "login.html").read_text().replace("<!--message-->", f'<p id="message">{exc}</p>')
+        return HTMLResponse(page, status_code=403)
     response = RedirectResponse("/admin/dashboard", status_code=303)
-    response.set_cookie(COOKIE, token, httponly=True, samesite="strict", path="/admin")
+    response.set_cookie(COOKIE, guard.cookie(), max_age=int(guard.session_s), httponly=True, samesite="strict",
+                        path="/admin", secure=_runtime(request).settings.ssl_certfile is not None)
+    return response
+
+
+@router.post("/logout", include_in_schema=False)
+async def logout() -> RedirectResponse:
+    """Sign a browser out: its session cookie is dropped, and it is back at the sign-in form."""
+    response = RedirectResponse("/admin/login", status_code=303)
+    response.delete_cookie(COOKIE, path="/admin")
     return response

@@ -19,6 +19,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel
 
 from edge_service import admin
+from edge_service.admin_auth import AdminGuard
 from edge_service.metrics import EdgeMetrics
 from edge_service.orchestrator import GenerationRequest
 from edge_service.prompts import check_text_size, render_chat
@@ -66,6 +67,7 @@ def create_app(settings: EdgeSettings, loaded: LoadedModel | None = None) -> Fas
     install_metrics_route(app, metrics.registry)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes, idle_s=settings.body_idle_timeout_s,
                        total_s=settings.body_timeout_s)
+    app.state.admin_guard = AdminGuard(settings.admin_token, settings.admin_session_s)
     app.include_router(admin.router)
     app.include_router(admin.guarded)
 

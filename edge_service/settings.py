@@ -82,6 +82,8 @@ class EdgeSettings(BaseSettings):
         description="emulate a one-core device N x slower: compute takes turns")
     admin_token: SecretStr | None = Field(default=None,
         description="bearer token of /admin/*; unset: the admin API answers 403")
+    admin_session_s: float = Field(default=8 * 3600, gt=0,
+        description="how long a dashboard sign-in lasts before the token is asked for again, seconds")
     cloud_token: SecretStr | None = Field(default=None,
         description="bearer token the cloud requires (its CLOUD_AUTH_TOKEN)")
     cloud_ca_file: Path | None = Field(default=None,

@@ -11,6 +11,7 @@ from edge_service.app import create_app as create_edge
 from edge_service.settings import EdgeSettings
 from splitcore.loading import LoadedModel
 from splitcore.testing import reference_text
+from tests.fakes import Clock
 from tests.servers import LoopbackServer, edge_and_cloud
 
 TOKEN = "s3cret-admin-token"
@@ -131,3 +132,65 @@ def test_bandwidth_history_and_metrics_are_served(urls: tuple[str, str], models:
     for name in ["edgesplit_cloud_step_duration_seconds_bucket", "edgesplit_cloud_active_sessions",
                  'edgesplit_cloud_link_bytes_total{direction="received"}', "edgesplit_cloud_cache_bytes"]:
         assert name in cloud_text, name
+
+
+def test_the_cookie_is_a_signed_expiring_session_never_the_token_and_sign_out_drops_it(urls: tuple[str, str]) -> None:
+    edge, _ = urls
+    with httpx.Client(base_url=edge) as browser:
+        login = browser.post("/admin/login", data={"token": TOKEN})
+        cookie = login.headers["set-cookie"]
+        assert TOKEN not in cookie and "max-age=28800" in cookie.lower() and "secure" not in cookie.lower()
+        value = browser.cookies["edgesplit_admin"]
+        expiry, _, signature = value.partition(".")
+        forged = f"{int(expiry) + 3600}.{signature}"
+        assert httpx.get(edge + "/admin/plan", cookies={"edgesplit_admin": forged}).status_code == 401
+        out = browser.post("/admin/logout")
+        assert out.status_code == 303 and out.headers["location"] == "/admin/login"
+        assert browser.get("/admin/plan").status_code == 401
+
+
+def test_a_sign_in_served_over_tls_gets_a_secure_cookie_and_a_wrong_token_the_form_again(
+        models: dict[str, LoadedModel]) -> None:
+    settings = EdgeSettings(cut="edge", admin_token=TOKEN, ssl_certfile="edge.pem", ssl_keyfile="edge.key")
+    with LoopbackServer(create_edge(settings, models["gpt2"])) as edge:  # TLS is uvicorn's; the flag is the app's
+        assert "secure" in httpx.post(edge + "/admin/login", data={"token": TOKEN}).headers["set-cookie"].lower()
+        wrong = httpx.post(edge + "/admin/login", data={"token": "nope"})
+        assert wrong.status_code == 403 and 'id="message"' in wrong.text and "wrong admin token" in wrong.text
+
+
+def test_wrong_admin_tokens_are_answered_ever_more_slowly_until_the_right_one() -> None:
+    import asyncio
+    import time
+
+    from pydantic import SecretStr
+    from starlette.requests import Request
+
+    from edge_service.admin_auth import AdminGuard
+    from splitcore.errors import AuthenticationError, PermissionDeniedError
+
+    clock = Clock()
+    guard = AdminGuard(SecretStr(TOKEN), session_s=60, clock=clock)
+
+    def request(token: str = "", cookie: str = "") -> Request:
+        headers = [(b"authorization", f"Bearer {token}".encode())] if token else []
+        if cookie:
+            headers.append((b"cookie", f"edgesplit_admin={cookie}".encode()))
+        return Request({"type": "http", "headers": headers, "client": ("10.0.0.9", 1)})
+
+    waits = []
+    for _ in range(4):
+        started = time.perf_counter()
+        with pytest.raises(PermissionDeniedError):
+            asyncio.run(guard.check(request("nope")))
+        waits.append(time.perf_counter() - started)
+    assert waits[0] >= 0.04 and waits[3] >= 0.35 and waits == sorted(waits)
+    asyncio.run(guard.check(request(TOKEN)))  # the right token resets the address
+    started = time.perf_counter()
+    with pytest.raises(PermissionDeniedError):
+        asyncio.run(guard.check(request("nope")))
+    assert time.perf_counter() - started < 0.2
+    session = guard.cookie()
+    asyncio.run(guard.check(request(cookie=session)))
+    clock.now += 61  # past the session's expiry: asked again, without penalty
+    with pytest.raises(AuthenticationError):
+        asyncio.run(guard.check(request(cookie=session)))

@@ -22,6 +22,7 @@ from splitcore.defaults import usable_cores
 from splitcore.errors import EdgesplitError, PlanError, SessionNotFoundError
 from splitcore.http import BodyLimit, install_error_handlers
 from splitcore.loading import LoadedModel, load_checkpoint
+from splitcore.memory import release_forever
 from splitcore.metrics import install_metrics_route
 from splitcore.plan import parse_cut
 from splitcore.ranges import LayerRange
@@ -57,9 +58,11 @@ def create_app(settings: CloudSettings, loaded: LoadedModel | None = None) -> Fa
             torch.set_num_threads(settings.threads)
         app.state.engine = await run_in_threadpool(build_engine, settings, loaded)
         metrics.watch(app.state.engine.store)
-        sweeper = asyncio.create_task(_sweep_forever(app.state.engine.store))
+        store = app.state.engine.store
+        tasks = [asyncio.create_task(_sweep_forever(store)), asyncio.create_task(release_forever(lambda: store.freed))]
         yield
-        sweeper.cancel()
+        for task in tasks:
+            task.cancel()
 
     metrics = CloudMetrics()
     tokens = EdgeTokens.parse(settings.edge_tokens, settings.auth_token)

@@ -54,6 +54,7 @@ class SessionStore:
         self._lock = threading.Lock()
         self._live: OrderedDict[uuid.UUID, CloudSession] = OrderedDict()  # least recently used first
         self._forgotten: OrderedDict[uuid.UUID, tuple[str, str]] = OrderedDict()  # id -> (reason, owner)
+        self.freed = 0  # sessions dropped since start, for giving their memory back (`splitcore.memory`)
         self.evictions = 0
 
     def __len__(self) -> int:
@@ -142,6 +143,7 @@ class SessionStore:
 
     def _drop_locked(self, sid: uuid.UUID, reason: str) -> bool:
         session = self._live.pop(sid, None)
+        self.freed += session is not None
         self._forgotten[sid] = (reason, session.owner if session is not None else "")
         while len(self._forgotten) > _FORGOTTEN_KEPT:
             self._forgotten.popitem(last=False)

@@ -40,6 +40,7 @@ from edge_service.settings import EdgeSettings
 from splitcore.errors import CapacityError, EdgesplitError, ModelNotFoundError, UserError
 from splitcore.http import BodyLimit, error_response, install_error_handlers
 from splitcore.loading import LoadedModel
+from splitcore.memory import release_forever
 from splitcore.metrics import install_metrics_route
 from splitcore.schema import ErrorResponse
 
@@ -55,7 +56,8 @@ def create_app(settings: EdgeSettings, loaded: LoadedModel | None = None) -> Fas
         if settings.threads:
             torch.set_num_threads(settings.threads)
         runtime = app.state.runtime = await run_in_threadpool(EdgeRuntime.build, settings, loaded, metrics)
-        tasks = [asyncio.create_task(_probe_when_idle(runtime)), asyncio.create_task(_replan_forever(runtime))]
+        tasks = [asyncio.create_task(_probe_when_idle(runtime)), asyncio.create_task(_replan_forever(runtime)),
+                 asyncio.create_task(release_forever(lambda: metrics.ended))]
         yield
         for task in tasks:
             task.cancel()

@@ -54,6 +54,7 @@ class EdgeMetrics:
                                  "failure (or while the cloud was backed off)", registry=r)
         self.replays = Counter("edgesplit_edge_replays", "Cloud caches rebuilt by replaying a prefix", registry=r)
         self.in_flight = 0  # generations running now (the admission limit reads it)
+        self.ended = 0  # generations ended since start, for giving their memory back (`splitcore.memory`)
         self.cut = Gauge("edgesplit_edge_plan_cut", "Current plan's cut points", ["point"], registry=r)
 
     def begin(self) -> None:
@@ -62,6 +63,7 @@ class EdgeMetrics:
 
     def end(self) -> None:
         self.in_flight -= 1
+        self.ended += 1
         self.active.dec()
 
     def finished(self, done: Finished, endpoint: str) -> None:

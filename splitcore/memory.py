@@ -1,0 +1,49 @@
+"""Giving memory back to the system once sessions end, so a tier's resident size follows its load.
+
+PyTorch frees a finished session's KV cache to glibc's malloc, which keeps the pages for reuse: after a burst of
+sessions a cloud stayed at 1.45x its starting resident size with none live. `malloc_trim(0)` returns the free
+pages; it costs a few milliseconds, so it runs off the event loop and only after something was freed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import ctypes.util
+import gc
+import logging
+from collections.abc import Callable
+
+from fastapi.concurrency import run_in_threadpool
+
+log = logging.getLogger(__name__)
+RELEASE_INTERVAL_S = 2.0  # how often a tier looks whether anything was freed since it last gave memory back
+
+
+def _malloc_trim() -> Callable[[int], int] | None:
+    name = ctypes.util.find_library("c")
+    try:
+        return ctypes.CDLL(name).malloc_trim if name else None  # type: ignore[no-any-return]
+    except (OSError, AttributeError):  # not glibc (musl, macOS): nothing to trim
+        return None
+
+
+_TRIM = _malloc_trim()
+
+
+def release() -> None:
+    """Collect garbage cycles, then hand malloc's free pages back to the system (glibc only)."""
+    gc.collect()
+    if _TRIM is not None:
+        _TRIM(0)
+
+
+async def release_forever(freed: Callable[[], int], interval_s: float = RELEASE_INTERVAL_S) -> None:
+    """Every `interval_s`, if the count `freed()` (sessions or requests ended) moved, give memory back."""
+    seen = freed()
+    while True:
+        await asyncio.sleep(interval_s)
+        now = freed()
+        if now != seen:
+            seen = now
+            await run_in_threadpool(release)

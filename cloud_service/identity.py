@@ -12,8 +12,10 @@ from __future__ import annotations
 import secrets
 
 from pydantic import SecretStr
+from starlette.requests import Request
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from splitcore.auth import bearer
 from splitcore.errors import AuthenticationError, EdgesplitError, PermissionDeniedError, UserError
 from splitcore.http import error_response
 
@@ -81,9 +83,8 @@ class EdgeAuth:
             client = scope.get("client")
             identity = client[0] if client else ""
         else:
-            scheme, _, value = dict(scope["headers"]).get(b"authorization", b"").decode("latin-1").partition(" ")
             try:
-                identity = self.tokens.identify(value.strip() if scheme.lower() == "bearer" else "")
+                identity = self.tokens.identify(bearer(Request(scope)))  # the headers only: nothing is received
             except EdgesplitError as exc:
                 response = error_response(exc.status_code, str(exc), exc.error_type,
                                           headers=getattr(exc, "headers", None))

@@ -5,21 +5,19 @@ from __future__ import annotations
 from pathlib import Path
 
 from pydantic import Field, SecretStr, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import SettingsConfigDict
 
 from splitcore.auth import empty_is_none
-from splitcore.defaults import DEFAULT_MODEL_DIR, MIB, mib_bytes
-from splitcore.plan import BackendName, CodecName, Tier
+from splitcore.defaults import MIB, mib_bytes
+from splitcore.plan import CodecName, Tier
+from splitcore.tier_settings import TierSettings
 
 
-class EdgeSettings(BaseSettings):
+class EdgeSettings(TierSettings):
     """One object for every edge setting; flags override the environment."""
 
     model_config = SettingsConfigDict(env_prefix="EDGE_", env_file=".env", extra="ignore", frozen=True)
 
-    model_dir: Path = Field(default=DEFAULT_MODEL_DIR,
-        description="local Hugging Face checkpoint directory (tokenizer, weights)",
-        json_schema_extra={"flags": ["--model"]})
     cloud_url: str = Field(default="http://127.0.0.1:8001",
         description="base URL of the cloud service", json_schema_extra={"flags": ["--cloud"]})
     cut: str = Field(default="edge",
@@ -33,11 +31,7 @@ class EdgeSettings(BaseSettings):
         description="zstandard level for activations (higher: smaller prefill frames, more CPU)")
     allow_tokens_off_device: bool = Field(default=False,
         description="privacy: may token ids (cut A = 0, or head in the cloud) leave the device")
-    host: str = Field(default="127.0.0.1", description="address to listen on")
     port: int = Field(default=8000, description="TCP port to listen on")
-    threads: int | None = Field(default=None, description="torch intra-op threads; default: torch's choice (all cores)")
-    backend: BackendName = Field(default="torch", description="runtime of the edge's blocks unless the plan names one")
-    onnx_dir: Path | None = Field(default=None, description="cache of ONNX exports; default: ~/.cache/edgesplit/onnx")
     onnx_quantize: bool = Field(default=False,
         description="onnxruntime on the edge: int8 weights (dynamic quantisation; see bench/backends.py)")
     cloud_timeout_s: float = Field(default=30.0, description="longest wait for one cloud step")
@@ -46,10 +40,6 @@ class EdgeSettings(BaseSettings):
         description="longest accepted prompt, tokens (also capped by the model's positions)")
     max_prompt_bytes: int = Field(default=65536, ge=1,
         description="longest text prompt (all chat messages together), UTF-8 bytes, refused before tokenising")
-    header_timeout_s: float = Field(default=10.0, gt=0,
-        description="a request's headers must arrive within this long, or the connection is closed")
-    body_idle_timeout_s: float = Field(default=10.0, gt=0,
-        description="longest wait for the next piece of a request body; then 408")
     body_timeout_s: float = Field(default=60.0, gt=0, description="longest time to receive a whole request body")
     max_output_tokens: int = Field(default=2048, description="largest accepted max_tokens")
     max_body_mb: float = Field(default=4.0,
@@ -90,9 +80,6 @@ class EdgeSettings(BaseSettings):
         description="CA bundle to verify an https cloud with; default: the system's")
     cloud_client_cert: Path | None = Field(default=None, description="PEM certificate for mutual TLS with the cloud")
     cloud_client_key: Path | None = Field(default=None, description="its private key")
-    ssl_certfile: Path | None = Field(default=None,
-        description="serve the public API over TLS with this PEM certificate")
-    ssl_keyfile: Path | None = Field(default=None, description="and this private key")
     fallback: bool = Field(default=True,
         description="finish a generation on the edge alone when the cloud fails mid-request")
     cloud_step_timeout_s: float = Field(default=5.0,
@@ -101,7 +88,6 @@ class EdgeSettings(BaseSettings):
         description="generations at once; beyond: 429 with Retry-After")
     max_concurrent_steps: int | None = Field(default=None, ge=1,
         description="of those, computing at once; default: one per core")
-    log_level: str = Field(default="info", description="logging level")
 
     _no_empty_tokens = field_validator("admin_token", "cloud_token", mode="before")(empty_is_none)
 

@@ -1,0 +1,36 @@
+"""What every tier's settings share: the checkpoint, where it listens, how it computes, TLS, slow-client bounds.
+
+`EdgeSettings` and `CloudSettings` add their own fields and their `EDGE_` / `CLOUD_` environment prefix; each
+field here is one flag of either `serve` command (`edgesplit.flags`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings
+
+from splitcore.defaults import DEFAULT_MODEL_DIR
+from splitcore.plan import BackendName
+
+
+class TierSettings(BaseSettings):
+    """The fields both tiers' settings have, with the same meaning."""
+
+    model_dir: Path = Field(default=DEFAULT_MODEL_DIR,
+        description="local Hugging Face checkpoint directory (weights, config; the edge's tokenizer)",
+        json_schema_extra={"flags": ["--model"]})
+    host: str = Field(default="127.0.0.1", description="address to listen on")
+    threads: int | None = Field(default=None, description="torch intra-op threads; default: torch's choice (all cores)")
+    backend: BackendName = Field(default="torch",
+        description="runtime of this tier's blocks unless a plan names one")
+    onnx_dir: Path | None = Field(default=None, description="cache of ONNX exports; default: ~/.cache/edgesplit/onnx")
+    ssl_certfile: Path | None = Field(default=None,
+        description="serve this tier's API over TLS with this PEM certificate")
+    ssl_keyfile: Path | None = Field(default=None, description="and this private key")
+    header_timeout_s: float = Field(default=10.0, gt=0,
+        description="a request's headers must arrive within this long, or the connection is closed")
+    body_idle_timeout_s: float = Field(default=10.0, gt=0,
+        description="longest wait for the next piece of a request body; then 408")
+    log_level: str = Field(default="info", description="logging level")

@@ -59,7 +59,8 @@ def create_app(settings: CloudSettings, loaded: LoadedModel | None = None) -> Fa
         app.state.engine = await run_in_threadpool(build_engine, settings, loaded)
         metrics.watch(app.state.engine.store)
         store = app.state.engine.store
-        tasks = [asyncio.create_task(_sweep_forever(store)), asyncio.create_task(release_forever(lambda: store.freed))]
+        tasks = [asyncio.create_task(_sweep_forever(store)),
+                 asyncio.create_task(release_forever(lambda: store.freed, store.stepping))]
         yield
         for task in tasks:
             task.cancel()

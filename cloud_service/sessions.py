@@ -103,6 +103,11 @@ class SessionStore:
             session.last_used = self._clock()
             self._live[session.id] = session
 
+    def stepping(self) -> bool:
+        """Whether any session is computing a step now."""
+        with self._lock:
+            return any(s.lock.locked() for s in self._live.values())
+
     def after_step(self, session: CloudSession) -> None:
         """Account the session's grown cache; evict others (LRU, idle) while over the memory cap."""
         session.state.measure()

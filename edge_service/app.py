@@ -57,7 +57,7 @@ def create_app(settings: EdgeSettings, loaded: LoadedModel | None = None) -> Fas
             torch.set_num_threads(settings.threads)
         runtime = app.state.runtime = await run_in_threadpool(EdgeRuntime.build, settings, loaded, metrics)
         tasks = [asyncio.create_task(_probe_when_idle(runtime)), asyncio.create_task(_replan_forever(runtime)),
-                 asyncio.create_task(release_forever(lambda: metrics.ended))]
+                 asyncio.create_task(release_forever(lambda: metrics.ended, lambda: metrics.in_flight > 0))]
         yield
         for task in tasks:
             task.cancel()

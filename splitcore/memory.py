@@ -2,7 +2,9 @@
 
 PyTorch frees a finished session's KV cache to glibc's malloc, which keeps the pages for reuse: after a burst of
 sessions a cloud stayed at 1.45x its starting resident size with none live. `malloc_trim(0)` returns the free
-pages; it costs a few milliseconds, so it runs off the event loop and only after something was freed.
+pages (1.01x after the same burst). It holds malloc's locks while it walks the heap, so it runs only when the
+tier is idle (no step or request running: a step or a link probe timed across it would read a slower tier or
+link), off the event loop, and only after something was freed.
 """
 
 from __future__ import annotations
@@ -10,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import ctypes
 import ctypes.util
-import gc
 import logging
 from collections.abc import Callable
 
@@ -32,18 +33,19 @@ _TRIM = _malloc_trim()
 
 
 def release() -> None:
-    """Collect garbage cycles, then hand malloc's free pages back to the system (glibc only)."""
-    gc.collect()
+    """Hand malloc's free pages back to the system (glibc only; ctypes lets other threads run meanwhile)."""
     if _TRIM is not None:
         _TRIM(0)
 
 
-async def release_forever(freed: Callable[[], int], interval_s: float = RELEASE_INTERVAL_S) -> None:
-    """Every `interval_s`, if the count `freed()` (sessions or requests ended) moved, give memory back."""
-    seen = freed()
+async def release_forever(freed: Callable[[], int], busy: Callable[[], bool],
+                          interval_s: float = RELEASE_INTERVAL_S) -> None:
+    """Every `interval_s`, if the count `freed()` (sessions or requests ended) has moved since memory was last given
+    back and the tier is not `busy()`, give it back."""
+    released = freed()
     while True:
         await asyncio.sleep(interval_s)
         now = freed()
-        if now != seen:
-            seen = now
+        if now != released and not busy():
+            released = now
             await run_in_threadpool(release)

@@ -19,7 +19,7 @@ from fastapi import Request
 from pydantic import SecretStr
 
 from splitcore.auth import bearer, check_token
-from splitcore.errors import AuthenticationError, PermissionDeniedError
+from splitcore.errors import PermissionDeniedError
 
 COOKIE = "edgesplit_admin"
 FIRST_DELAY_S, MAX_DELAY_S = 0.05, 2.0  # the answer to a wrong token waits this long, doubling per failure
@@ -60,12 +60,10 @@ class AdminGuard:
         if not given and self.cookie_valid(request.cookies.get(COOKIE, "")):
             return
         address = request.client.host if request.client else ""
-        try:
+        try:  # nothing given (or an expired cookie) is a 401 without penalty; a wrong token waits first
             check_token(given, self.token, "admin")
         except PermissionDeniedError:
             await asyncio.sleep(self._failed(address))
-            raise
-        except AuthenticationError:  # nothing given, or an expired cookie: ask again, no penalty
             raise
         self._failures.pop(address, None)
 

@@ -14,18 +14,17 @@ from splitcore.loading import LoadedModel
 from splitcore.plan import Plan
 
 
-def in_process_cloud(loaded: LoadedModel, runners: Runners | None = None, max_sessions: int = 8) -> ShardEngine:
-    """A cloud engine over `loaded` with a session store of its own (1 GiB of cache, sessions kept a minute)."""
-    return ShardEngine(loaded, SessionStore(ttl_s=60, max_sessions=max_sessions, max_cache_bytes=2**30),
-                       runners=runners)
+def in_process_cloud(loaded: LoadedModel, runners: Runners | None = None) -> ShardEngine:
+    """A cloud engine over `loaded` with a session store of its own (8 sessions, 1 GiB of cache, kept a minute)."""
+    return ShardEngine(loaded, SessionStore(ttl_s=60, max_sessions=8, max_cache_bytes=2**30), runners=runners)
 
 
-def split_generate(loaded: LoadedModel, plan: Plan, prompt: list[int], n: int, runners: Runners | None = None,
-                   request: GenerationRequest | None = None) -> Finished:
-    """One greedy generation (or `request`) through `plan`, edge and cloud in process; checks the cloud freed it."""
+def split_generate(loaded: LoadedModel, plan: Plan, prompt: list[int], n: int, runners: Runners | None = None
+                   ) -> Finished:
+    """One greedy generation through `plan`, edge and cloud in process; checks the cloud freed its session."""
     engine = in_process_cloud(loaded, runners)
     orchestrator = Orchestrator(loaded, plan, engine, runners=runners)
-    events = list(orchestrator.generate(request or GenerationRequest(prompt_ids=prompt, max_tokens=n)))
+    events = list(orchestrator.generate(GenerationRequest(prompt_ids=prompt, max_tokens=n)))
     assert len(engine.store) == 0, "the cloud session must be freed when the generation ends"
     done = events[-1]
     assert isinstance(done, Finished)

@@ -69,7 +69,7 @@ def test_a_session_replayed_onto_a_cloud_that_now_holds_other_weights_finishes_o
     body = {"prompt": PROMPT, "max_tokens": N, "temperature": 0, "stream": True,
             "stream_options": {"include_usage": True}}
     pieces, final = [], {}
-    with edge_and_cloud(original, cut="1:3", codec="fp32", emulate_slowdown=20) as tiers, \
+    with edge_and_cloud(original, cut="1:3", codec="fp32", emulate_slowdown=10) as tiers, \
             httpx.stream("POST", f"{tiers.edge_url}/v1/completions", json=body, timeout=60) as response:
         for line in response.iter_lines():
             if not line.startswith("data: {"):

@@ -8,6 +8,7 @@ import logging
 import uuid
 from collections.abc import AsyncIterator
 
+import anyio.to_thread
 import torch
 from fastapi import FastAPI, Request, Response
 from fastapi.concurrency import run_in_threadpool
@@ -18,6 +19,7 @@ from cloud_service.metrics import CloudMetrics
 from cloud_service.sessions import SessionStore
 from cloud_service.settings import CloudSettings
 from splitcore.backends import Runners
+from splitcore.batching import BatchObserver
 from splitcore.defaults import usable_cores
 from splitcore.errors import EdgesplitError, PlanError, SessionNotFoundError
 from splitcore.http import BodyLimit, install_error_handlers
@@ -31,7 +33,8 @@ from splitcore.wire import MEDIA_TYPE, short_id
 log = logging.getLogger(__name__)
 
 
-def build_engine(settings: CloudSettings, loaded: LoadedModel | None = None) -> ShardEngine:
+def build_engine(settings: CloudSettings, loaded: LoadedModel | None = None,
+                 observer: BatchObserver | None = None) -> ShardEngine:
     """Load the model (unless given) and keep only the blocks this cloud is configured to hold.
 
     A model passed in is owned from then on: the blocks outside `settings.layers` are freed in place.
@@ -44,7 +47,8 @@ def build_engine(settings: CloudSettings, loaded: LoadedModel | None = None) -> 
     store = SessionStore(ttl_s=settings.session_ttl_s, max_sessions=settings.max_sessions,
                          max_cache_bytes=settings.max_cache_bytes,
                          max_per_owner=settings.max_sessions_per_caller)
-    runners = Runners(loaded.layered, default=settings.backend, onnx_dir=settings.onnx_dir)
+    runners = Runners(loaded.layered, default=settings.backend, onnx_dir=settings.onnx_dir,
+                      batching=settings.batch_limits(), observer=observer)
     return ShardEngine(loaded, store, held=held, max_concurrent_steps=settings.max_concurrent_steps or usable_cores(),
                        runners=runners)
 
@@ -56,7 +60,10 @@ def create_app(settings: CloudSettings, loaded: LoadedModel | None = None) -> Fa
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         if settings.threads:
             torch.set_num_threads(settings.threads)
-        app.state.engine = await run_in_threadpool(build_engine, settings, loaded)
+        # Each waiting frame holds a worker thread while its step is queued for the batcher: enough of them for a
+        # full batch of every session the cloud may hold (anyio's default of 40 would cap the batch at 40).
+        anyio.to_thread.current_default_thread_limiter().total_tokens = max(40, settings.max_sessions + 8)
+        app.state.engine = await run_in_threadpool(build_engine, settings, loaded, metrics.batches.observe)
         metrics.watch(app.state.engine.store)
         store = app.state.engine.store
         tasks = [asyncio.create_task(_sweep_forever(store)),
@@ -141,7 +148,9 @@ def create_app(settings: CloudSettings, loaded: LoadedModel | None = None) -> Fa
     async def health(request: Request) -> dict:
         """Liveness and load: live sessions and their cache memory."""
         store = request.app.state.engine.store
-        return {"status": "ok", "sessions": len(store), "cache_bytes": store.cache_bytes, "evictions": store.evictions}
+        engine: ShardEngine = request.app.state.engine
+        return {"status": "ok", "sessions": len(store), "cache_bytes": store.cache_bytes, "evictions": store.evictions,
+                "batch_size": engine.batch_size}
 
     return app
 

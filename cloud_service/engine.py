@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -40,8 +41,9 @@ class ShardEngine:
         self.max_positions = self.model.max_positions
         self._hold_lock = threading.Lock()
         self._local = threading.local()  # zstd contexts are not thread-safe: one decoder per worker thread
-        # Steps of different sessions run in parallel up to this many (None: no bound). Beyond about one per core
-        # they only thrash: on 2 cores, 16 sessions at once gave 54 tokens/s unbounded and 88 with 2 at a time.
+        # Unbatched (ONNX Runtime) steps of different sessions run in parallel up to this many (None: no bound).
+        # Beyond about one per core they only thrash: on 2 cores, 16 sessions at once gave 54 tokens/s unbounded
+        # and 88 with 2 at a time. Torch steps are batched instead (`splitcore.batching`).
         self._steps = step_bound(max_concurrent_steps)
 
     def _decoder(self) -> FrameCodec:
@@ -63,8 +65,16 @@ class ShardEngine:
         frame = self._decoder().decode(data)
         self._check_frame(frame)
         session = self._open(frame, caller) if frame.position == 0 else self.store.get(frame.session, caller)
-        with session.lock, self._steps:
+        # torch steps queue for the batcher, which runs them together; other runtimes take turns on the cores
+        with session.lock, (contextlib.nullcontext() if session.runner.name == "torch" else self._steps):
             return self._step(session, frame)
+
+    @property
+    def batch_size(self) -> int:
+        """Sessions in the torch batcher's latest forward (0 before any)."""
+        runner = self.runners.get("torch")
+        batcher = getattr(runner, "batcher", None)
+        return batcher.last_batch_rows if batcher is not None else 0
 
     def hold(self, wanted: LayerRange, load: Callable[[], LoadedModel] | None,
              max_weights_bytes: int | None = None) -> LayerRange:
@@ -162,16 +172,14 @@ class ShardEngine:
                                        f"{frame.position}")
         started = time.perf_counter()
         runner = session.runner
-        if frame.kind == Kind.TOKENS:
-            hidden = runner.run(state, frame.layers, input_ids=frame.tensor)
-        else:
-            hidden = runner.run(state, frame.layers, hidden=frame.tensor)
+        x = {"input_ids": frame.tensor} if frame.kind == Kind.TOKENS else {"hidden": frame.tensor}
         if Flags.HEAD in frame.flags:
             if session.sampler is None:
                 raise SessionConflictError(f"session {sid} was opened without the head")
-            token = session.sampler(runner.logits(hidden))
+            token = session.sampler(runner.run_head(state, frame.layers, **x))
             out: torch.Tensor = torch.tensor([token])
         else:
+            hidden = runner.run(state, frame.layers, **x)
             out = hidden[0, -1:, :] if Flags.LAST_ROW in frame.flags else hidden[0]  # (rows, hidden)
         self.store.after_step(session)
         compute_ms = (time.perf_counter() - started) * 1000

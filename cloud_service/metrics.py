@@ -5,7 +5,7 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from cloud_service.sessions import SessionStore
-from splitcore.metrics import LATENCY_BUCKETS_S
+from splitcore.metrics import LATENCY_BUCKETS_S, BatchMetrics
 
 
 class CloudMetrics:
@@ -22,6 +22,7 @@ class CloudMetrics:
         self.cache_bytes = Gauge("edgesplit_cloud_cache_bytes", "KV cache bytes over all sessions", registry=r)
         self.evictions = Gauge("edgesplit_cloud_session_evictions", "Sessions evicted since start", registry=r)
         self.in_flight = Gauge("edgesplit_cloud_in_flight_steps", "Frames being computed now", registry=r)
+        self.batches = BatchMetrics(r, "cloud")
 
     def watch(self, store: SessionStore) -> None:
         """Read the session store's figures at each scrape."""

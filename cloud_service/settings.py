@@ -23,7 +23,7 @@ class CloudSettings(TierSettings):
     max_weights_mb: float | None = Field(default=None,
         description="budget for block weights when an edge asks for more blocks; None: no limit")
     max_concurrent_steps: int | None = Field(default=None, ge=1,
-        description="steps computed at once; default: one per core")
+        description="unbatched (ONNX Runtime) steps computed at once; default: one per core (torch steps batch)")
     session_ttl_s: float = Field(default=300.0, description="a session idle this long is dropped with its KV cache")
     max_sessions: int = Field(default=256,
         description="sessions held at once; least recently used idle ones are evicted beyond it")

@@ -10,7 +10,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from edge_service.orchestrator import Finished
 from splitcore.errors import CloudUnavailableError, EdgesplitError
-from splitcore.metrics import LATENCY_BUCKETS_S
+from splitcore.metrics import LATENCY_BUCKETS_S, BatchMetrics
 
 
 @dataclass(frozen=True)
@@ -53,6 +53,7 @@ class EdgeMetrics:
         self.fallbacks = Counter("edgesplit_edge_fallbacks", "Generations finished on the edge alone after a cloud "
                                  "failure (or while the cloud was backed off)", registry=r)
         self.replays = Counter("edgesplit_edge_replays", "Cloud caches rebuilt by replaying a prefix", registry=r)
+        self.batches = BatchMetrics(r, "edge")
         self.in_flight = 0  # generations running now (the admission limit reads it)
         self.ended = 0  # generations ended since start, for giving their memory back (`splitcore.memory`)
         self.cut = Gauge("edgesplit_edge_plan_cut", "Current plan's cut points", ["point"], registry=r)

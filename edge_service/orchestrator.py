@@ -7,6 +7,7 @@ worker thread; tests and benchmarks call it directly, with either the HTTP
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -222,11 +223,12 @@ class Orchestrator:
                         sampler=Sampler(request.sampling), meta=meta.model_dump_json().encode(), fallback=fallback)
 
     @contextmanager
-    def _device(self) -> Iterator[None]:
+    def _device(self, runner: Runner) -> Iterator[None]:
         """A stretch of edge compute. On an emulated slower device it lasts `slowdown` x as long and holds the
-        device: the generations running at once take turns, as they would on one small core."""
+        device: the generations running at once take turns, as they would on one small core. Torch steps of
+        generations running at once are batched (`splitcore.batching`); other runtimes take turns on the cores."""
         if self.slowdown == 1.0:
-            with self._steps:
+            with contextlib.nullcontext() if runner.name == "torch" else self._steps:
                 yield
             return
         with self._device_lock:
@@ -240,20 +242,18 @@ class Orchestrator:
         plan, runner = ctx.plan, ctx.runner
         if not plan.uses_cloud:  # a = b: the cloud's range is empty, the edge runs every block
             all_blocks = LayerRange(start=0, end=plan.num_layers)
-            with self._device():
-                return ctx.sampler(runner.logits(runner.run(ctx.front, all_blocks, input_ids=ids)))
+            with self._device(runner):
+                return ctx.sampler(runner.run_head(ctx.front, all_blocks, input_ids=ids))
         if plan.cut_a > 0:
-            with self._device():
+            with self._device(runner):
                 payload = runner.run(ctx.front, plan.edge_front, input_ids=ids)[0]  # (seq, hidden)
         else:
             payload = ids  # (seq,): the plan lets tokens leave the device
         answer = self._cross(ctx, payload)
         if plan.head == "cloud":
             return int(answer[0])
-        with self._device():
-            hidden = answer.unsqueeze(0) if len(plan.edge_back) == 0 else runner.run(
-                ctx.back, plan.edge_back, hidden=answer)
-            return ctx.sampler(runner.logits(hidden))
+        with self._device(runner):
+            return ctx.sampler(runner.run_head(ctx.back, plan.edge_back, hidden=answer))
 
     def _cross(self, ctx: _Context, payload: torch.Tensor) -> torch.Tensor:
         """Send one step's activations to the cloud and return what it answers."""

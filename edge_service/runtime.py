@@ -77,7 +77,9 @@ class EdgeRuntime:
                                     fallback=settings.fallback, step_timeout_s=settings.cloud_step_timeout_s,
                                     max_concurrent_steps=settings.max_concurrent_steps or usable_cores(),
                                     runners=Runners(loaded.layered, settings.backend, settings.onnx_dir,
-                                                    quantize=settings.onnx_quantize))
+                                                    quantize=settings.onnx_quantize,
+                                                    batching=settings.batch_limits(),
+                                                    observer=metrics.batches.observe))
         replanner = Replanner(settings, orchestrator, cloud, estimator, metrics)
         runtime = cls(settings, loaded, orchestrator, cloud, estimator, metrics, replanner)
         if auto:

@@ -87,7 +87,7 @@ class EdgeSettings(TierSettings):
     max_concurrent_requests: int = Field(default=32, ge=1,
         description="generations at once; beyond: 429 with Retry-After")
     max_concurrent_steps: int | None = Field(default=None, ge=1,
-        description="of those, computing at once; default: one per core")
+        description="unbatched (ONNX Runtime) steps computed at once; default: one per core (torch steps batch)")
 
     _no_empty_tokens = field_validator("admin_token", "cloud_token", mode="before")(empty_is_none)
 

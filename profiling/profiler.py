@@ -24,6 +24,7 @@ from profiling.profile import ZSTD_LEVELS, CodecCost, Machine, PartCost, Profile
 from splitcore.backends import BACKENDS, OrtRunner, Runner, Runners, State, TorchRunner
 from splitcore.codec import DTYPE_BY_NAME, Compressor, Decompressor, quantise
 from splitcore.defaults import MIB
+from splitcore.kvcache import TorchState
 from splitcore.layered import LayeredModel
 from splitcore.loading import LoadedModel
 from splitcore.plan import BackendName
@@ -95,8 +96,9 @@ def _nbytes(module: torch.nn.Module) -> int:
 
 
 def _kv_bytes_per_token(m: LayeredModel, i: int) -> int:
-    state = _prefilled(TorchRunner(m), LayerRange(start=i, end=i + 1), 8)
-    return state.measure() // 8
+    state = _prefilled(TorchRunner(m, batched=False), LayerRange(start=i, end=i + 1), 8)
+    assert isinstance(state, TorchState)
+    return state.kv.valid_nbytes // 8
 
 
 
@@ -151,7 +153,7 @@ def measure_profile(loaded: LoadedModel, device_name: str, repeats: int = 5,
     prefill = [n for n in prefill if n <= m.max_positions]
     decode = [c for c in decode if c < m.max_positions]
     runners = Runners(m, onnx_dir=onnx_dir, quantize=quantize)
-    torch_runner = runners.get("torch")
+    torch_runner = TorchRunner(m, batched=False)  # timed in this thread: a step's compute, not the hand-off
     embed_cost, head_cost = _embed_and_head(torch_runner, prefill, decode, repeats)
     layers = [_block_cost(torch_runner, i, prefill, decode, repeats) for i in progress(range(m.num_layers))]
     runtimes = {}

@@ -1,10 +1,12 @@
 """Shard backends: a tier runs its layer ranges with PyTorch or ONNX Runtime behind one interface.
 
 `Runner.run(state, layers, hidden=|input_ids=)` embeds when given token ids, runs blocks `layers` over the
-session's own KV cache and returns hidden states `(1, seq, hidden)`; `Runner.logits` runs the final norm and
-head on the last position. The ONNX Runtime runner loads the ranges exported by `splitcore.onnx_export` (once
-per range, cached on disk) into `InferenceSession`s and keeps each block's KV cache as numpy arrays that go in
-as `past_*` and come back as `present_*`.
+session's own KV cache and returns hidden states `(1, seq, hidden)`; `Runner.run_head` does the same and then
+runs the final norm and head on the last position. The torch runner sends every step through one `Batcher`
+(`splitcore.batching`), so steps of sessions running at once share a forward. The ONNX Runtime runner loads
+the ranges exported by `splitcore.onnx_export` (once per range, cached on disk) into `InferenceSession`s and
+keeps each block's KV cache as numpy arrays that go in as `past_*` and come back as `present_*`; its graphs take
+one session at a time, so ONNX Runtime steps run unbatched.
 """
 
 from __future__ import annotations
@@ -18,11 +20,13 @@ import numpy as np
 import onnxruntime
 import torch
 
+from splitcore.batched import Row, forward_rows
+from splitcore.batching import Batcher, BatchLimits, BatchObserver, Result
+from splitcore.kvcache import TorchState
 from splitcore.layered import LayeredModel
 from splitcore.onnx_export import ExportCache, kv_shape, range_names
 from splitcore.plan import BackendName
 from splitcore.ranges import LayerRange
-from splitcore.shard import ShardState, run_range
 
 BACKENDS: tuple[BackendName, ...] = get_args(BackendName)
 
@@ -41,7 +45,7 @@ class OrtState:
         return self.cache_bytes
 
 
-State = ShardState | OrtState
+State = TorchState | OrtState
 
 
 class Runner(Protocol):
@@ -55,26 +59,48 @@ class Runner(Protocol):
     def run(self, state: State, layers: LayerRange, hidden: torch.Tensor | None = None,
             input_ids: torch.Tensor | None = None) -> torch.Tensor: ...
 
+    def run_head(self, state: State, layers: LayerRange, hidden: torch.Tensor | None = None,
+                 input_ids: torch.Tensor | None = None) -> torch.Tensor: ...
+
     def logits(self, hidden: torch.Tensor) -> torch.Tensor: ...
 
     def prepare(self, layers: LayerRange, embed: bool) -> None: ...
 
 
 class TorchRunner:
-    """The `transformers` modules themselves, with a `DynamicCache` per session."""
+    """The `transformers` modules themselves, every step through one continuous batcher."""
 
     name: BackendName = "torch"
 
-    def __init__(self, model: LayeredModel) -> None:
+    def __init__(self, model: LayeredModel, limits: BatchLimits | None = None,
+                 observer: BatchObserver | None = None, batched: bool = True) -> None:
         self.model = model
+        # Unbatched, a step runs in the caller's thread: what the profiler times, free of the hand-off.
+        self.batcher = Batcher(model, limits, observer) if batched else None
 
-    def new_state(self) -> ShardState:
-        return ShardState(self.model.new_cache())
+    def _run(self, state: State, layers: LayerRange, hidden: torch.Tensor | None, input_ids: torch.Tensor | None,
+             head: bool) -> Result:
+        assert isinstance(state, TorchState), "a torch runner needs a torch session state"
+        if self.batcher is not None:
+            return self.batcher.run(state, layers, hidden=hidden, input_ids=input_ids, head=head)
+        x = input_ids.reshape(-1) if input_ids is not None else hidden.reshape(-1, self.model.hidden_size)  # type: ignore[union-attr]
+        row = Row(state, input_ids=x) if input_ids is not None else Row(state, hidden=x)
+        outs, logits = forward_rows(self.model, layers, [row], input_ids is not None, [head])
+        return outs[0], logits
+
+    def new_state(self) -> TorchState:
+        return TorchState()
 
     def run(self, state: State, layers: LayerRange, hidden: torch.Tensor | None = None,
             input_ids: torch.Tensor | None = None) -> torch.Tensor:
-        assert isinstance(state, ShardState), "a torch runner needs a torch session state"
-        return run_range(self.model, state, layers, hidden=hidden, input_ids=input_ids)
+        return self._run(state, layers, hidden, input_ids, head=False)[0]
+
+    def run_head(self, state: State, layers: LayerRange, hidden: torch.Tensor | None = None,
+                 input_ids: torch.Tensor | None = None) -> torch.Tensor:
+        """Run `layers`, then the final norm and head on the last position: logits (1, vocab)."""
+        logits = self._run(state, layers, hidden, input_ids, head=True)[1]
+        assert logits is not None
+        return logits
 
     @torch.inference_mode()
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
@@ -128,6 +154,10 @@ class OrtRunner:
         state.position += seq
         return torch.from_numpy(outputs[0])  # (1, seq, hidden)
 
+    def run_head(self, state: State, layers: LayerRange, hidden: torch.Tensor | None = None,
+                 input_ids: torch.Tensor | None = None) -> torch.Tensor:
+        return self.logits(self.run(state, layers, hidden=hidden, input_ids=input_ids))
+
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         last = np.ascontiguousarray(hidden[:, -1:, :].float().numpy())  # (1, 1, hidden)
         return torch.from_numpy(self._head_session().run(None, {"hidden": last})[0])  # (1, vocab)
@@ -169,8 +199,11 @@ class Runners:
     """One tier's runners by backend name, built on first use; `default` is the tier's `--backend`."""
 
     def __init__(self, model: LayeredModel, default: BackendName = "torch", onnx_dir: Path | None = None,
-                 quantize: bool = False) -> None:
+                 quantize: bool = False, batching: BatchLimits | None = None,
+                 observer: BatchObserver | None = None) -> None:
         self.model = model
+        self.batching = batching  # the torch runner's batch limits (None: the defaults)
+        self.observer = observer  # told of each batch the torch runner runs
         self.default: BackendName = default
         self.exports = ExportCache(onnx_dir or default_onnx_dir())
         self.quantize = quantize
@@ -182,7 +215,7 @@ class Runners:
         name = name or self.default
         with self._lock:
             if name not in self._built:
-                self._built[name] = (TorchRunner(self.model) if name == "torch"
+                self._built[name] = (TorchRunner(self.model, self.batching, self.observer) if name == "torch"
                                      else OrtRunner(self.model, self.exports, self.quantize))
             return self._built[name]
 

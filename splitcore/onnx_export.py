@@ -23,6 +23,7 @@ import tempfile
 import warnings
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import onnx
 import onnxruntime
@@ -46,8 +47,8 @@ class _PresentCache:
         self.past = past
         self.present: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
 
-    def update(self, keys: torch.Tensor, values: torch.Tensor, layer_idx: int,
-               cache_kwargs: dict | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def update(self, keys: torch.Tensor, values: torch.Tensor, layer_idx: int, *args: Any, **kwargs: Any
+               ) -> tuple[torch.Tensor, torch.Tensor]:  # transformers 5.24 passes `kwargs=`, earlier ones did not
         past_k, past_v = self.past[layer_idx]  # (1, kv_heads, past, head_dim)
         keys, values = torch.cat([past_k, keys], dim=-2), torch.cat([past_v, values], dim=-2)
         self.present[layer_idx] = (keys, values)

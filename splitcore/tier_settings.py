@@ -11,6 +11,7 @@ from pathlib import Path
 from pydantic import Field
 from pydantic_settings import BaseSettings
 
+from splitcore.batching import BatchLimits
 from splitcore.defaults import DEFAULT_MODEL_DIR
 from splitcore.plan import BackendName
 
@@ -34,3 +35,13 @@ class TierSettings(BaseSettings):
     body_idle_timeout_s: float = Field(default=10.0, gt=0,
         description="longest wait for the next piece of a request body; then 408")
     log_level: str = Field(default="info", description="logging level")
+    max_batch: int = Field(default=64, ge=1, description="sessions whose steps run in one batched forward, at most")
+    max_batch_tokens: int = Field(default=1024, ge=1,
+        description="positions in one batched forward, at most (a decode step counts one)")
+    prefill_chunk: int = Field(default=256, ge=1,
+        description="a prompt runs at most this many positions per batch, so running streams keep their pace")
+
+    def batch_limits(self) -> BatchLimits:
+        """The torch runner's batch limits from these settings."""
+        return BatchLimits(max_batch=self.max_batch, max_tokens=max(self.max_batch_tokens, self.max_batch),
+                           prefill_chunk=self.prefill_chunk)

@@ -9,7 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 import edge_service.orchestrator as orchestrator_module
-import splitcore.backends as backends_module  # where the torch runner calls run_range
+import splitcore.batching as batching_module  # where the batcher calls the model
 from edge_service.orchestrator import Finished, GenerationRequest, Orchestrator
 from edgesplit.tools.inprocess import in_process_cloud
 from splitcore.loading import LoadedModel
@@ -40,13 +40,27 @@ def test_concurrent_generations_never_use_the_emulated_device_at_once(
     assert overlap.most == 1
 
 
-def test_the_edge_computes_at_most_its_bound_of_steps_at_once(models: dict[str, LoadedModel],
-                                                             monkeypatch: pytest.MonkeyPatch) -> None:
-    """Without emulation, generations compute in parallel up to `max_concurrent_steps`, never beyond."""
+def test_generations_on_the_edge_share_forwards(models: dict[str, LoadedModel],
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without emulation, the steps of generations running at once are batched, and each generation's tokens are
+    the ones it gets alone."""
     loaded = models["gpt2"]
-    overlap = Overlap()
-    monkeypatch.setattr(backends_module, "run_range", overlap.wrap(backends_module.run_range, lambda: time.sleep(0.01)))
-    orch = Orchestrator(loaded, Plan(num_layers=4, cut_a=4, cut_b=4), None, max_concurrent_steps=2)
-    with ThreadPoolExecutor(6) as pool:
-        list(pool.map(lambda _: list(orch.generate(GenerationRequest(prompt_ids=[5, 6], max_tokens=6))), range(6)))
-    assert overlap.most == 2
+    rows: list[int] = []
+    real = batching_module.forward_rows
+
+    def recorded(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        rows.append(len(args[2]))
+        time.sleep(0.005)  # long enough for the other generations to queue
+        return real(*args, **kwargs)
+    monkeypatch.setattr(batching_module, "forward_rows", recorded)
+    orch = Orchestrator(loaded, Plan(num_layers=4, cut_a=4, cut_b=4), None)
+    prompts = [[5, 6], [7, 8, 9], [10], [11, 12, 13, 14], [15, 16], [17]]
+
+    def tokens(prompt: list[int]) -> list[int]:
+        done = list(orch.generate(GenerationRequest(prompt_ids=prompt, max_tokens=6)))[-1]
+        assert isinstance(done, Finished)
+        return done.token_ids
+    with ThreadPoolExecutor(len(prompts)) as pool:
+        together = list(pool.map(tokens, prompts))
+    assert max(rows) > 1
+    assert together == [tokens(p) for p in prompts]

@@ -1,0 +1,156 @@
+"""One forward of a block range over the next positions of several sessions, each with its own KV cache.
+
+Rows are sessions at different cache lengths, each bringing one position (decode) or a chunk of its prompt
+(prefill). Their caches are gathered left-padded into one tensor per block, `(rows, kv_heads, past + new,
+head_dim)`, and a boolean attention mask built from each row's absolute positions hides the padding, keeps
+the new positions causal (and, for sliding-window layers, inside the window). This is the padding-with-mask
+way `transformers` itself batches prompts of different lengths: the blocks are the `transformers` modules,
+their attention is its SDPA path, and nothing here computes attention by hand. A paged cache would avoid the
+gather copy, but `transformers`' paged attention runs only inside its own generation manager; the copy costs
+what a `DynamicCache` already costs per step (it concatenates the whole cache each time), and a lone session
+skips it (its own storage is passed as is).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from splitcore.kvcache import TorchState
+from splitcore.layered import LayeredModel, LlamaLayered, _first
+from splitcore.ranges import LayerRange
+
+
+@dataclass
+class Row:
+    """One session's part of a batch: its state and its new positions (hidden states or token ids)."""
+
+    state: TorchState
+    hidden: torch.Tensor | None = None  # (new, hidden)
+    input_ids: torch.Tensor | None = None  # (new,)
+
+    @property
+    def new(self) -> int:
+        x = self.input_ids if self.input_ids is not None else self.hidden
+        assert x is not None, "a row brings hidden states or token ids"
+        return int(x.shape[0])
+
+
+class _BatchCache:
+    """Stands in for a `transformers` Cache for one forward: `update` appends each row's new keys and values
+    to its session's own storage and returns the padded batch of keys and values the attention reads."""
+
+    def __init__(self, rows: list[Row], past: list[int], new: list[int]) -> None:
+        self.rows, self.past, self.new = rows, past, new
+        self.max_past = max(past)
+
+    def update(self, keys: torch.Tensor, values: torch.Tensor, layer_idx: int, *args: Any, **kwargs: Any
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+        # keys, values: (rows, kv_heads, new_max, head_dim)
+        if len(self.rows) == 1:  # alone: the session's own storage, no copy
+            return self.rows[0].state.kv.append(layer_idx, keys[:, :, :self.new[0]], values[:, :, :self.new[0]])
+        batch, heads, new_max, dim = keys.shape
+        total = self.max_past + new_max
+        out_k = keys.new_empty((batch, heads, total, dim))
+        out_v = values.new_empty((batch, heads, total, dim))
+        out_k[:, :, self.max_past:] = keys
+        out_v[:, :, self.max_past:] = values
+        for i, row in enumerate(self.rows):
+            pad = self.max_past - self.past[i]
+            out_k[i, :, :pad] = 0  # masked, but never NaN: 0 x NaN would poison the weighted sum
+            out_v[i, :, :pad] = 0
+            held = row.state.kv.view(layer_idx)
+            if held is not None:
+                out_k[i, :, pad:self.max_past] = held[0][0]
+                out_v[i, :, pad:self.max_past] = held[1][0]
+            row.state.kv.append(layer_idx, keys[i:i + 1, :, :self.new[i]], values[i:i + 1, :, :self.new[i]])
+        return out_k, out_v
+
+
+def _positions(past: list[int], new: list[int], limit: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Query positions `(rows, new_max)` and key positions `(rows, past_max + new_max)`; -1 marks padding."""
+    max_past, new_max = max(past), max(new)
+    steps = torch.arange(new_max)
+    query = torch.stack([p + steps for p in past])  # padded queries continue counting; their outputs are dropped
+    keys = torch.full((len(past), max_past + new_max), -1, dtype=torch.long)
+    for i, p in enumerate(past):
+        keys[i, max_past - p:max_past] = torch.arange(p)
+        keys[i, max_past:] = p + steps
+    return query.clamp(max=limit - 1), keys
+
+
+def _mask(query: torch.Tensor, keys: torch.Tensor, window: int | None) -> torch.Tensor:
+    """Boolean `(rows, 1, new_max, keys)`: True where a query may attend a key."""
+    q, k = query[:, :, None], keys[:, None, :]
+    allowed = (k >= 0) & (k <= q)
+    if window is not None:
+        allowed &= k > q - window
+    return allowed[:, None]
+
+
+@torch.inference_mode()
+def forward_rows(model: LayeredModel, layers: LayerRange, rows: list[Row], embed: bool,
+                 head: list[bool] | None = None) -> tuple[list[torch.Tensor], torch.Tensor | None]:
+    """Run `layers` over each row's new positions; advance each row's state.
+
+    Args:
+        model: the layered model.
+        layers: the blocks to run.
+        rows: the sessions and their new positions; all token ids when `embed`, else all hidden states.
+        embed: whether the rows bring token ids to embed first.
+        head: per row, whether to run the final norm and head on its last position.
+
+    Returns:
+        Each row's hidden states `(1, new, hidden)`, and the logits `(rows wanting the head, vocab)` or None.
+    """
+    past, new = [r.state.position for r in rows], [r.new for r in rows]
+    new_max = max(new)
+    query, key_pos = _positions(past, new, model.max_positions)
+    if embed:
+        ids = torch.zeros((len(rows), new_max), dtype=torch.long)
+        for i, r in enumerate(rows):
+            assert r.input_ids is not None, "an embedding batch takes token ids"
+            ids[i, :new[i]] = r.input_ids.reshape(-1)
+        hidden = model.embed(ids, query)  # (rows, new_max, hidden)
+    elif len(rows) == 1:
+        assert rows[0].hidden is not None
+        hidden = rows[0].hidden.reshape(1, new[0], model.hidden_size)
+    else:
+        hidden = torch.zeros((len(rows), new_max, model.hidden_size))
+        for i, r in enumerate(rows):
+            assert r.hidden is not None, "a batch past the embeddings takes hidden states"
+            hidden[i, :new[i]] = r.hidden.reshape(new[i], model.hidden_size)
+    if len(layers):
+        hidden = _run_blocks(model, layers, hidden, rows, past, new, query, key_pos)
+    for r, n in zip(rows, new, strict=True):
+        r.state.position += n
+    outs = [hidden[i:i + 1, :n] for i, n in enumerate(new)]
+    logits = None
+    if head is not None and any(head):
+        last = torch.stack([hidden[i, n - 1] for i, n in enumerate(new) if head[i]])  # (heads, hidden)
+        logits = model.lm_head(model.norm(last[:, None, :]))[:, -1, :]  # (heads, vocab)
+    return outs, logits
+
+
+def _run_blocks(model: LayeredModel, layers: LayerRange, hidden: torch.Tensor, rows: list[Row], past: list[int],
+                new: list[int], query: torch.Tensor, key_pos: torch.Tensor) -> torch.Tensor:
+    cache = _BatchCache(rows, past, new)
+    padded = len(set(past)) > 1 or len(set(new)) > 1
+    masks: dict[str, torch.Tensor | None] = {}
+    types = model.layer_types if isinstance(model, LlamaLayered) else ["full_attention"] * model.num_layers
+    for kind in {types[i] for i in layers}:
+        window = getattr(model.config, "sliding_window", None) if kind == "sliding_attention" else None
+        # One position over an unpadded cache attends everything: no mask, as the unbatched model runs it.
+        needs = padded or max(new) > 1 or window is not None
+        masks[kind] = _mask(query, key_pos, window) if needs else None
+    if isinstance(model, LlamaLayered):
+        rotary = model.inner.rotary_emb(hidden, query)  # (cos, sin), each (rows, new_max, head_dim)
+        for i in layers:
+            hidden = _first(model.blocks[i](hidden, attention_mask=masks[types[i]], position_embeddings=rotary,
+                                            position_ids=query, past_key_values=cache, use_cache=True))
+    else:
+        for i in layers:
+            hidden = _first(model.blocks[i](hidden, cache, masks[types[i]], use_cache=True, position_ids=query))
+    return hidden  # (rows, new_max, hidden)

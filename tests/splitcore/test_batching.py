@@ -1,0 +1,164 @@
+"""Continuous batching: sessions batched together get exactly what each gets alone; nothing leaks between them."""
+
+from __future__ import annotations
+
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+import torch
+
+import splitcore.batching as batching_module
+from splitcore.batching import Batcher, BatchLimits
+from splitcore.kvcache import TorchState
+from splitcore.loading import LoadedModel
+from splitcore.ranges import LayerRange
+from splitcore.testing import reference_tokens
+
+# (prompt length, new tokens, start delay in s): long prompts arrive while short ones decode, some end early
+SESSIONS = [(3, 12, 0.0), (37, 6, 0.0), (9, 12, 0.02), (50, 3, 0.05), (1, 12, 0.0), (20, 1, 0.03), (14, 10, 0.08)]
+
+
+class Rounds:
+    """Records each forward's rows, and whether a round held decode steps and prompt chunks at once."""
+
+    def __init__(self) -> None:
+        self.rows: list[int] = []
+        self.mixed = False
+        self._lock = threading.Lock()
+
+    def __call__(self, rows: int, positions: int, waits: list[float]) -> None:
+        with self._lock:
+            self.rows.append(rows)
+
+
+def _greedy(batcher: Batcher, layers: LayerRange, prompt: list[int], n: int, delay: float) -> list[int]:
+    time.sleep(delay)
+    state, tokens = TorchState(), []
+    ids = torch.tensor(prompt)
+    for _ in range(n):
+        _, logits = batcher.run(state, layers, input_ids=ids, head=True)
+        assert logits is not None
+        tokens.append(int(logits.argmax()))
+        ids = torch.tensor(tokens[-1:])
+    assert state.position == len(prompt) + n - 1
+    return tokens
+
+
+@pytest.mark.parametrize("family_name", ["gpt2", "llama"])
+def test_sessions_batched_together_get_the_tokens_each_gets_alone(models: dict[str, LoadedModel],
+                                                                  family_name: str) -> None:
+    loaded = models[family_name]
+    m = loaded.layered
+    rounds = Rounds()
+    batcher = Batcher(m, BatchLimits(max_batch=8, max_tokens=64, prefill_chunk=8), observer=rounds)
+    gen = torch.Generator().manual_seed(1)
+    prompts = [torch.randint(1, m.vocab_size, (n,), generator=gen).tolist() for n, _, _ in SESSIONS]
+    everything = LayerRange(start=0, end=m.num_layers)
+    with ThreadPoolExecutor(len(SESSIONS)) as pool:
+        got = list(pool.map(lambda i: _greedy(batcher, everything, prompts[i], SESSIONS[i][1], SESSIONS[i][2]),
+                            range(len(SESSIONS))))
+    eos = loaded.tokenizer.eos_token_id  # type: ignore[union-attr]
+    for prompt, tokens, (_, n, _) in zip(prompts, got, SESSIONS, strict=True):
+        until_eos = tokens[:tokens.index(eos) + 1] if eos in tokens else tokens  # where generate() stops
+        assert until_eos == reference_tokens(loaded, prompt, n)
+    assert max(rounds.rows) > 1, "the sessions never shared a forward"
+    assert batcher.waiting == 0
+
+
+def test_a_split_range_batches_hidden_states_exactly(models: dict[str, LoadedModel]) -> None:
+    """Mid-model rows (hidden states in, no head): each row's output equals its run alone, at different cache
+    lengths and different numbers of new positions."""
+    m = models["llama"].layered
+    layers = LayerRange(start=1, end=3)
+    alone, batched = Batcher(m), Batcher(m, BatchLimits(prefill_chunk=4))
+    gen = torch.Generator().manual_seed(2)
+    prompts = [torch.randn(n, m.hidden_size, generator=gen) for n in (2, 11, 5)]
+    states_alone = [TorchState() for _ in prompts]
+    states_batched = [TorchState() for _ in prompts]
+    expected = [alone.run(s, layers, hidden=p)[0] for s, p in zip(states_alone, prompts, strict=True)]
+    futures = [batched.submit(s, layers, hidden=p) for s, p in zip(states_batched, prompts, strict=True)]
+    got = [f.result()[0] for f in futures]
+    for e, g in zip(expected, got, strict=True):
+        assert g.shape == e.shape
+        torch.testing.assert_close(g, e, rtol=1e-4, atol=1e-4)
+    step = torch.randn(1, m.hidden_size, generator=gen)
+    expected = [alone.run(s, layers, hidden=step)[0] for s in states_alone]
+    got = [f.result()[0] for f in [batched.submit(s, layers, hidden=step) for s in states_batched]]
+    for e, g in zip(expected, got, strict=True):
+        torch.testing.assert_close(g, e, rtol=1e-4, atol=1e-4)
+    assert [s.position for s in states_batched] == [3, 12, 6]
+
+
+def test_a_long_prompt_runs_in_chunks_between_decode_steps(models: dict[str, LoadedModel],
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """A 40-position prompt with chunks of 8 runs in five forwards; a decode step queued meanwhile runs between
+    them instead of waiting for the whole prompt."""
+    m = models["gpt2"].layered
+    calls: list[list[int]] = []
+    real = batching_module.forward_rows
+
+    def recorded(model, layers, rows, embed, head=None):  # noqa: ANN001, ANN202
+        calls.append([r.new for r in rows])
+        time.sleep(0.02)
+        return real(model, layers, rows, embed, head)
+    monkeypatch.setattr(batching_module, "forward_rows", recorded)
+    batcher = Batcher(m, BatchLimits(prefill_chunk=8, max_tokens=64))
+    everything = LayerRange(start=0, end=m.num_layers)
+    running = TorchState()
+    batcher.run(running, everything, input_ids=torch.tensor([5, 6]))
+    calls.clear()
+    long = batcher.submit(TorchState(), everything, input_ids=torch.arange(1, 41))
+    time.sleep(0.005)
+    short = batcher.submit(running, everything, input_ids=torch.tensor([7]))
+    short.result(timeout=5)
+    assert long.result(timeout=5)[0].shape == (1, 40, m.hidden_size)
+    assert calls.index([1]) < len(calls) - 1, f"the decode step waited for the whole prompt: {calls}"
+    assert sum(n for c in calls for n in c if n > 1) == 40 and max(max(c) for c in calls) == 8
+
+
+def test_a_cancelled_or_failing_step_leaves_the_others_alone(models: dict[str, LoadedModel],
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    m = models["gpt2"].layered
+    everything = LayerRange(start=0, end=m.num_layers)
+    gate = threading.Event()
+    real = batching_module.forward_rows
+
+    def held(model, layers, rows, embed, head=None):  # noqa: ANN001, ANN202
+        gate.wait(5)
+        if any(r.input_ids is not None and int(r.input_ids[0]) == 99 for r in rows) and len(rows) == 1:
+            raise RuntimeError("injected failure")
+        return real(model, layers, rows, embed, head)
+    monkeypatch.setattr(batching_module, "forward_rows", held)
+    batcher = Batcher(m)
+    first = batcher.submit(TorchState(), everything, input_ids=torch.tensor([1, 2]))  # holds the worker
+    time.sleep(0.01)
+    cancelled = batcher.submit(TorchState(), everything, input_ids=torch.tensor([3]))
+    assert cancelled.cancel()
+    kept_state = TorchState()
+    kept = batcher.submit(kept_state, everything, input_ids=torch.tensor([4, 5, 6]))
+    gate.set()
+    first.result(timeout=5)
+    assert kept.result(timeout=5)[0].shape == (1, 3, m.hidden_size) and kept_state.position == 3
+    failing = batcher.submit(TorchState(), LayerRange(start=0, end=1), input_ids=torch.tensor([99]))
+    with pytest.raises(RuntimeError, match="injected"):
+        failing.result(timeout=5)
+    after = batcher.run(kept_state, everything, input_ids=torch.tensor([7]))  # the worker lives on
+    assert after[0].shape == (1, 1, m.hidden_size) and batcher.waiting == 0
+
+
+def test_a_decode_step_appends_in_place_without_copying_the_cache() -> None:
+    """A session's keys grow into spare capacity: the storage is reused until it is full, then doubled."""
+    state = TorchState()
+    kv = state.kv
+    kv.append(0, torch.ones(1, 2, 3, 4), torch.ones(1, 2, 3, 4))
+    storage = kv.keys[0].data_ptr()
+    for _ in range(61):
+        kv.append(0, torch.zeros(1, 2, 1, 4), torch.zeros(1, 2, 1, 4))
+    assert kv.keys[0].data_ptr() == storage and kv.lengths[0] == 64
+    kv.append(0, torch.full((1, 2, 1, 4), 2.0), torch.zeros(1, 2, 1, 4))
+    keys, _ = kv.view(0)  # type: ignore[misc]
+    assert keys.shape == (1, 2, 65, 4) and kv.keys[0].shape[2] == 128
+    assert float(keys[0, 0, :3].mean()) == 1.0 and float(keys[0, 0, 64].mean()) == 2.0
+    assert kv.valid_nbytes == 2 * 65 * 2 * 4 * 4

@@ -8,7 +8,7 @@ CLOUD_PORT ?= 8001
 EDGE_PORT ?= 8000
 CUT ?= 2:6
 
-.PHONY: demo test install serve-cloud serve-edge bench-overhead bench-accuracy bench-adaptive bench-links bench-backends loadtest fuzz soak model perplexity clean
+.PHONY: demo test install serve-cloud serve-edge bench-overhead bench-accuracy bench-adaptive bench-links bench-backends bench-batching loadtest fuzz soak model perplexity clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -46,6 +46,10 @@ bench-adaptive: $(STAMP)
 # ONNX Runtime (fp32 and int8 weights) against torch per block and per shard, prefill and decode (about 3 minutes).
 bench-backends: $(STAMP)
 	$(BIN)/python bench/backends.py
+
+# One cloud's output tokens/s with 1-64 emulated edges, cloud-only and a mid cut, against batched generate.
+bench-batching: $(STAMP)
+	$(BIN)/python bench/batching.py
 
 # Every plan against the planner's choice on four emulated links, two 124M models (about 40 minutes).
 bench-links: $(STAMP)

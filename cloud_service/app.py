@@ -8,7 +8,6 @@ import logging
 import uuid
 from collections.abc import AsyncIterator
 
-import anyio.to_thread
 import torch
 from fastapi import FastAPI, Request, Response
 from fastapi.concurrency import run_in_threadpool
@@ -50,7 +49,7 @@ def build_engine(settings: CloudSettings, loaded: LoadedModel | None = None,
     runners = Runners(loaded.layered, default=settings.backend, onnx_dir=settings.onnx_dir,
                       batching=settings.batch_limits(), observer=observer)
     return ShardEngine(loaded, store, held=held, max_concurrent_steps=settings.max_concurrent_steps or usable_cores(),
-                       runners=runners)
+                       runners=runners, batch_wait_s=settings.batch_wait_ms / 1000)
 
 
 def create_app(settings: CloudSettings, loaded: LoadedModel | None = None) -> FastAPI:
@@ -60,9 +59,6 @@ def create_app(settings: CloudSettings, loaded: LoadedModel | None = None) -> Fa
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         if settings.threads:
             torch.set_num_threads(settings.threads)
-        # Each waiting frame holds a worker thread while its step is queued for the batcher: enough of them for a
-        # full batch of every session the cloud may hold (anyio's default of 40 would cap the batch at 40).
-        anyio.to_thread.current_default_thread_limiter().total_tokens = max(40, settings.max_sessions + 8)
         app.state.engine = await run_in_threadpool(build_engine, settings, loaded, metrics.batches.observe)
         metrics.watch(app.state.engine.store)
         store = app.state.engine.store
@@ -94,7 +90,7 @@ def create_app(settings: CloudSettings, loaded: LoadedModel | None = None) -> Fa
             with metrics.step_latency.time():
                 data = await request.body()
                 metrics.link_bytes.labels("received").inc(len(data))
-                answer = await run_in_threadpool(request.app.state.engine.forward, data, request.state.edge)
+                answer = await request.app.state.engine.forward_async(data, request.state.edge)
         except EdgesplitError as exc:  # counted, then answered by the app's error handler
             metrics.errors.labels(type(exc).__name__).inc()
             raise

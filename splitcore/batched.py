@@ -43,8 +43,7 @@ class _BatchCache:
     to its session's own storage and returns the padded batch of keys and values the attention reads."""
 
     def __init__(self, rows: list[Row], past: list[int], new: list[int]) -> None:
-        self.rows, self.past, self.new = rows, past, new
-        self.max_past = max(past)
+        self.rows, self.new, self.max_past = rows, new, max(past)
 
     def update(self, keys: torch.Tensor, values: torch.Tensor, layer_idx: int, *args: Any, **kwargs: Any
                ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -52,32 +51,28 @@ class _BatchCache:
         if len(self.rows) == 1:  # alone: the session's own storage, no copy
             return self.rows[0].state.kv.append(layer_idx, keys[:, :, :self.new[0]], values[:, :, :self.new[0]])
         batch, heads, new_max, dim = keys.shape
-        total = self.max_past + new_max
-        out_k = keys.new_empty((batch, heads, total, dim))
-        out_v = values.new_empty((batch, heads, total, dim))
+        out_k = keys.new_zeros((batch, heads, self.max_past + new_max, dim))  # zeros in the padding: never NaN
+        out_v = values.new_zeros((batch, heads, self.max_past + new_max, dim))
         out_k[:, :, self.max_past:] = keys
         out_v[:, :, self.max_past:] = values
         for i, row in enumerate(self.rows):
-            pad = self.max_past - self.past[i]
-            out_k[i, :, :pad] = 0  # masked, but never NaN: 0 x NaN would poison the weighted sum
-            out_v[i, :, :pad] = 0
-            held = row.state.kv.view(layer_idx)
+            kv, n = row.state.kv, self.new[i]
+            held = kv.view(layer_idx)
             if held is not None:
-                out_k[i, :, pad:self.max_past] = held[0][0]
-                out_v[i, :, pad:self.max_past] = held[1][0]
-            row.state.kv.append(layer_idx, keys[i:i + 1, :, :self.new[i]], values[i:i + 1, :, :self.new[i]])
+                out_k[i, :, self.max_past - held[0].shape[2]:self.max_past] = held[0][0]
+                out_v[i, :, self.max_past - held[1].shape[2]:self.max_past] = held[1][0]
+            kv.append(layer_idx, keys[i:i + 1, :, :n], values[i:i + 1, :, :n])
         return out_k, out_v
 
 
 def _positions(past: list[int], new: list[int], limit: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Query positions `(rows, new_max)` and key positions `(rows, past_max + new_max)`; -1 marks padding."""
+    lengths = torch.tensor(past)[:, None]  # (rows, 1)
     max_past, new_max = max(past), max(new)
-    steps = torch.arange(new_max)
-    query = torch.stack([p + steps for p in past])  # padded queries continue counting; their outputs are dropped
-    keys = torch.full((len(past), max_past + new_max), -1, dtype=torch.long)
-    for i, p in enumerate(past):
-        keys[i, max_past - p:max_past] = torch.arange(p)
-        keys[i, max_past:] = p + steps
+    query = lengths + torch.arange(new_max)  # padded queries continue counting; their outputs are dropped
+    column = torch.arange(max_past + new_max)[None, :]
+    held = column - (max_past - lengths)  # the past, left-padded: negative in the padding
+    keys = torch.where(column < max_past, held.clamp(min=-1), lengths + column - max_past)
     return query.clamp(max=limit - 1), keys
 
 
@@ -123,34 +118,39 @@ def forward_rows(model: LayeredModel, layers: LayerRange, rows: list[Row], embed
             assert r.hidden is not None, "a batch past the embeddings takes hidden states"
             hidden[i, :new[i]] = r.hidden.reshape(new[i], model.hidden_size)
     if len(layers):
-        hidden = _run_blocks(model, layers, hidden, rows, past, new, query, key_pos)
+        padded = len(set(past)) > 1 or len(set(new)) > 1
+        hidden = run_blocks(model, layers, hidden, _BatchCache(rows, past, new), query, key_pos,
+                            masked=padded or new_max > 1)
     for r, n in zip(rows, new, strict=True):
         r.state.position += n
     outs = [hidden[i:i + 1, :n] for i, n in enumerate(new)]
     logits = None
     if head is not None and any(head):
-        last = torch.stack([hidden[i, n - 1] for i, n in enumerate(new) if head[i]])  # (heads, hidden)
-        logits = model.lm_head(model.norm(last[:, None, :]))[:, -1, :]  # (heads, vocab)
+        logits = head_logits(model, torch.stack([hidden[i, n - 1] for i, n in enumerate(new) if head[i]]))
     return outs, logits
 
 
-def _run_blocks(model: LayeredModel, layers: LayerRange, hidden: torch.Tensor, rows: list[Row], past: list[int],
-                new: list[int], query: torch.Tensor, key_pos: torch.Tensor) -> torch.Tensor:
-    cache = _BatchCache(rows, past, new)
-    padded = len(set(past)) > 1 or len(set(new)) > 1
+def head_logits(model: LayeredModel, last: torch.Tensor) -> torch.Tensor:
+    """Final norm and head on last positions `(rows, hidden)`: logits `(rows, vocab)`."""
+    return model.lm_head(model.norm(last[:, None, :]))[:, -1, :]
+
+
+def run_blocks(model: LayeredModel, layers: LayerRange, hidden: torch.Tensor, cache: Any, query: torch.Tensor,
+               key_pos: torch.Tensor, masked: bool) -> torch.Tensor:
+    """The blocks over `hidden` `(rows, new, hidden)` with a cache stand-in; query positions `(rows, new)`, key
+    positions `(rows, keys)` (-1: none). Without `masked` (one position each, every key valid) no mask is built,
+    as the unbatched model runs a decode step; sliding-window layers always get theirs."""
     masks: dict[str, torch.Tensor | None] = {}
     types = model.layer_types if isinstance(model, LlamaLayered) else ["full_attention"] * model.num_layers
     for kind in {types[i] for i in layers}:
         window = getattr(model.config, "sliding_window", None) if kind == "sliding_attention" else None
-        # One position over an unpadded cache attends everything: no mask, as the unbatched model runs it.
-        needs = padded or max(new) > 1 or window is not None
-        masks[kind] = _mask(query, key_pos, window) if needs else None
+        masks[kind] = _mask(query, key_pos, window) if masked or window is not None else None
     if isinstance(model, LlamaLayered):
-        rotary = model.inner.rotary_emb(hidden, query)  # (cos, sin), each (rows, new_max, head_dim)
+        rotary = model.inner.rotary_emb(hidden, query)  # (cos, sin), each (rows, new, head_dim)
         for i in layers:
             hidden = _first(model.blocks[i](hidden, attention_mask=masks[types[i]], position_embeddings=rotary,
                                             position_ids=query, past_key_values=cache, use_cache=True))
     else:
         for i in layers:
             hidden = _first(model.blocks[i](hidden, cache, masks[types[i]], use_cache=True, position_ids=query))
-    return hidden  # (rows, new_max, hidden)
+    return hidden  # (rows, new, hidden)

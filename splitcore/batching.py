@@ -1,15 +1,18 @@
 """Continuous batching of shard steps, as vLLM and TGI schedule decode steps of different requests.
 
 Callers (the cloud's request handlers, the edge's generations) submit a step: a session's state, a block range
-and its new positions. One worker thread runs rounds: while a round runs, new steps queue; the next round takes
+and its new positions. Rounds run one at a time: while a round runs, new steps queue; the next round takes
 every waiting step of the oldest step's block range (up to `max_batch` rows and `max_tokens` positions). A
 round's decode steps (one position each) run as one forward; its prompts run as a second forward, cut into
 chunks of at most `prefill_chunk` positions, so a long prompt holds the running streams up for one chunk at a
 time, never for the whole prompt. Decode steps and prompt chunks are not padded into one forward: rows are
 padded to the longest, and padding 32 one-position rows to a 256-position chunk would cost 256x their work.
 
-A step alone in its round runs at once on its session's own cache (`splitcore.batched`), so batching costs
-a lone stream nothing but the hand-off to the worker thread.
+There is no worker thread. A thread that waits for its step leads: when no round is running it runs one
+itself (with its own step and every other waiting one), else it sleeps until its step is done or the rounds are
+free again. So a lone step runs in its caller's thread on its session's own cache (`splitcore.batched`): batching
+costs it nothing. An asyncio server drives rounds from its event loop instead (`run_round`), so its requests
+never cross threads: on a small model a forward is mostly Python, and threads would fight over the GIL.
 """
 
 from __future__ import annotations
@@ -23,10 +26,11 @@ from dataclasses import dataclass, field
 
 import torch
 
-from splitcore.batched import Row, forward_rows
+from splitcore.batched import Row, forward_rows, head_logits
 from splitcore.kvcache import TorchState
 from splitcore.layered import LayeredModel
 from splitcore.ranges import LayerRange
+from splitcore.slots import SlotBatch
 
 log = logging.getLogger(__name__)
 
@@ -76,13 +80,15 @@ class Batcher:
         self.last_batch_rows = 0  # rows of the latest forward, for health and dashboards
         self._queue: list[_Step] = []
         self._cv = threading.Condition()
-        self._worker: threading.Thread | None = None
+        self._rounds = threading.Lock()  # held by whoever runs a round
+        self._running: dict[tuple[LayerRange, bool], SlotBatch] = {}  # each range's decoding sessions' caches
 
     def submit(self, state: TorchState, layers: LayerRange, *, hidden: torch.Tensor | None = None,
                input_ids: torch.Tensor | None = None, head: bool = False) -> Future[Result]:
         """Queue a step; its future gives the hidden states of its new positions (and the logits of the last).
 
-        Cancelling the future before its step starts takes it out of the queue.
+        Someone must run rounds for it: `wait` (or `run`) in a thread, `run_round` from an event loop. Cancelling
+        the future before its step starts takes it out of the queue.
         """
         assert (hidden is None) != (input_ids is None), "pass exactly one of hidden states or token ids"
         embed = input_ids is not None
@@ -91,16 +97,39 @@ class Batcher:
         step = _Step(state, layers, embed, x, head, Future(), time.perf_counter())
         with self._cv:
             self._queue.append(step)
-            if self._worker is None:
-                self._worker = threading.Thread(target=self._work, name="batcher", daemon=True)
-                self._worker.start()
-            self._cv.notify()
         return step.future
 
     def run(self, state: TorchState, layers: LayerRange, *, hidden: torch.Tensor | None = None,
             input_ids: torch.Tensor | None = None, head: bool = False) -> Result:
-        """Submit a step and wait for it."""
-        return self.submit(state, layers, hidden=hidden, input_ids=input_ids, head=head).result()
+        """Submit a step and wait for it, running rounds meanwhile whenever no other thread does."""
+        return self.wait(self.submit(state, layers, hidden=hidden, input_ids=input_ids, head=head))
+
+    def wait(self, future: Future[Result]) -> Result:
+        """A submitted step's result, running rounds meanwhile whenever no other thread (or event loop) does.
+
+        Raises:
+            concurrent.futures.CancelledError: it was cancelled before it started.
+        """
+        while not future.done():
+            if self._rounds.acquire(blocking=False):
+                try:
+                    self._round_locked()
+                finally:
+                    self._rounds.release()
+                with self._cv:
+                    self._cv.notify_all()  # the steps of this round are done; a waiter may lead the next
+            else:
+                with self._cv:  # the timeout only guards against a missed wake-up
+                    self._cv.wait_for(lambda: future.done() or not self._rounds.locked(), timeout=0.05)
+        return future.result()
+
+    def run_round(self) -> int:
+        """Run one round of the waiting steps now, in this thread (an event loop's driver); how many steps ran."""
+        with self._rounds:
+            ran = self._round_locked()
+        with self._cv:
+            self._cv.notify_all()
+        return ran
 
     @property
     def waiting(self) -> int:
@@ -108,15 +137,34 @@ class Batcher:
         with self._cv:
             return len(self._queue)
 
-    def _work(self) -> None:
-        while True:
-            with self._cv:
-                while not self._queue:
-                    self._cv.wait()
-                decode, prefill = self._take_locked()
-            for group in (decode, prefill):
-                if group:
-                    self._forward(group)
+    def _round_locked(self) -> int:
+        with self._cv:
+            decode, prefill = self._take_locked()
+        if decode:
+            self._forward(decode, running=True)
+        if prefill:
+            self._forward(prefill, running=False)
+        return len(decode) + len(prefill)
+
+    def _compute(self, group: list[tuple[_Step, int]], heads: list[bool], running: bool
+                 ) -> tuple[list[torch.Tensor], torch.Tensor | None]:
+        """Decode steps on the range's running batch; prompt chunks on the sessions' own caches."""
+        first = group[0][0]
+        key = (first.layers, first.embed)
+        if running:
+            batch = self._running.setdefault(key, SlotBatch(self.model, first.layers))
+            x = torch.cat([s.x[s.done:s.done + 1] for s, _ in group])
+            hidden = batch.decode([s.state for s, _ in group], x, first.embed)  # (rows, hidden)
+            wanted = [i for i, h in enumerate(heads) if h]
+            logits = head_logits(self.model, hidden[wanted]) if wanted else None
+            return [hidden[i:i + 1, None] for i in range(len(group))], logits
+        rows = []
+        for s, n in group:
+            if s.state.slot is not None:  # several positions at once: back to its own cache for them
+                s.state.slot[0].leave(s.state)
+            chunk = s.x[s.done:s.done + n]
+            rows.append(Row(s.state, input_ids=chunk) if s.embed else Row(s.state, hidden=chunk))
+        return forward_rows(self.model, first.layers, rows, first.embed, heads)
 
     def _take_locked(self) -> tuple[list[tuple[_Step, int]], list[tuple[_Step, int]]]:
         """This round's decode steps and prompt chunks: (step, positions to run now) each."""
@@ -133,38 +181,35 @@ class Batcher:
                 s.started = s.future.set_running_or_notify_cancel()  # False: cancelled just now, dropped next round
             if s.started:
                 same.append(s)
-        decode = [(s, 1) for s in same if s.remaining == 1][:limits.max_batch]
+        # one position of a session that holds keys: a decode step of the running batch (`splitcore.slots`)
+        decode = [(s, 1) for s in same if s.remaining == 1 and s.state.position > 0][:limits.max_batch]
+        taken = {id(s) for s, _ in decode}
         budget, prefill = limits.max_tokens - len(decode), list[tuple[_Step, int]]()
         for s in same:
-            if s.remaining == 1 or len(prefill) + len(decode) >= limits.max_batch or budget <= 0:
+            if id(s) in taken or len(prefill) + len(decode) >= limits.max_batch or budget <= 0:
                 continue
             n = min(s.remaining, limits.prefill_chunk, budget)
             prefill.append((s, n))
             budget -= n
         return decode, prefill
 
-    def _forward(self, group: list[tuple[_Step, int]]) -> None:
+    def _forward(self, group: list[tuple[_Step, int]], running: bool) -> None:
         steps = [s for s, _ in group]
-        first = steps[0]
         now = time.perf_counter()
         waits = [now - s.enqueued for s in steps if s.done == 0]
-        rows = []
-        for s, n in group:
-            chunk = s.x[s.done:s.done + n]
-            rows.append(Row(s.state, input_ids=chunk) if s.embed else Row(s.state, hidden=chunk))
         heads = [s.head and s.done + n == s.x.shape[0] for s, n in group]
-        self.last_batch_rows = len(rows)
+        self.last_batch_rows = len(group)
         try:
-            outs, logits = forward_rows(self.model, first.layers, rows, first.embed, heads)
+            outs, logits = self._compute(group, heads, running)
         except Exception as exc:  # noqa: BLE001 (a failed forward fails its own steps, never the worker)
-            log.exception("a batch of %d rows failed", len(rows))
+            log.exception("a batch of %d rows failed", len(group))
             with self._cv:
                 self._queue = [s for s in self._queue if s not in steps]
             for s in steps:
                 s.future.set_exception(exc)
             return
         if self.observer is not None:
-            self.observer(len(rows), sum(n for _, n in group), waits)
+            self.observer(len(group), sum(n for _, n in group), waits)
         finished, k = [], 0
         for (s, n), out, wants in zip(group, outs, heads, strict=True):
             s.done += n

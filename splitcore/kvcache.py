@@ -8,6 +8,7 @@ into it. A batch of sessions reads each session's valid prefix (`view`) into its
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
@@ -73,11 +74,16 @@ class SessionKV:
 class TorchState:
     """One session's state on one tier with PyTorch: its keys and values and how many positions it holds."""
 
-    kv: SessionKV = field(default_factory=SessionKV)
+    kv: SessionKV = field(default_factory=SessionKV)  # its own cache: empty while it holds a slot
     position: int = 0
     cache_bytes: int = 0
+    slot: tuple[Any, int] | None = None  # (the running batch `splitcore.slots.SlotBatch`, its row) while decoding
 
     def measure(self) -> int:
-        """Recount the bytes reserved by the cache."""
-        self.cache_bytes = self.kv.nbytes
+        """Recount the bytes reserved by the cache (its share of a running batch's storage included)."""
+        shared = 0
+        if self.slot is not None:
+            batch = self.slot[0]
+            shared = batch.nbytes // max(1, batch.occupied())
+        self.cache_bytes = self.kv.nbytes + shared
         return self.cache_bytes

@@ -116,7 +116,10 @@ def main(argv: list[str] | None = None) -> None:
             logs = Path(tempfile.mkdtemp(prefix="edgesplit-loadtest-"))
             cloud_port, edge_port = free_port(), free_port()
             cloud = f"http://127.0.0.1:{cloud_port}"
-            proc = stack.enter_context(serve("cloud", ["--model", str(args.model)], cloud_port, logs / "cloud.log"))
+            # one edge holds a cloud session per client, and a finished one is ended just after the next opens
+            sessions = str(2 * max([*args.concurrency, args.max_concurrency, 1]))
+            cloud_args = ["--model", str(args.model), "--max-sessions-per-caller", sessions]
+            proc = stack.enter_context(serve("cloud", cloud_args, cloud_port, logs / "cloud.log"))
             wait_healthy(f"{cloud}/health", proc)
             edge = f"http://127.0.0.1:{edge_port}"
             tokens_leave = args.cut.startswith(("cloud", "0")) or args.head == "cloud"

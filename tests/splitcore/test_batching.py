@@ -79,13 +79,13 @@ def test_a_split_range_batches_hidden_states_exactly(models: dict[str, LoadedMod
     states_batched = [TorchState() for _ in prompts]
     expected = [alone.run(s, layers, hidden=p)[0] for s, p in zip(states_alone, prompts, strict=True)]
     futures = [batched.submit(s, layers, hidden=p) for s, p in zip(states_batched, prompts, strict=True)]
-    got = [f.result()[0] for f in futures]
+    got = [batched.wait(f)[0] for f in futures]
     for e, g in zip(expected, got, strict=True):
         assert g.shape == e.shape
         torch.testing.assert_close(g, e, rtol=1e-4, atol=1e-4)
     step = torch.randn(1, m.hidden_size, generator=gen)
     expected = [alone.run(s, layers, hidden=step)[0] for s in states_alone]
-    got = [f.result()[0] for f in [batched.submit(s, layers, hidden=step) for s in states_batched]]
+    got = [batched.wait(f)[0] for f in [batched.submit(s, layers, hidden=step) for s in states_batched]]
     for e, g in zip(expected, got, strict=True):
         torch.testing.assert_close(g, e, rtol=1e-4, atol=1e-4)
     assert [s.position for s in states_batched] == [3, 12, 6]
@@ -96,26 +96,26 @@ def test_a_long_prompt_runs_in_chunks_between_decode_steps(models: dict[str, Loa
     """A 40-position prompt with chunks of 8 runs in five forwards; a decode step queued meanwhile runs between
     them instead of waiting for the whole prompt."""
     m = models["gpt2"].layered
-    calls: list[list[int]] = []
+    calls: list[int] = []  # positions per forward
     real = batching_module.forward_rows
 
-    def recorded(model, layers, rows, embed, head=None):  # noqa: ANN001, ANN202
-        calls.append([r.new for r in rows])
+    def slow(model, layers, rows, embed, head=None):  # noqa: ANN001, ANN202
         time.sleep(0.02)
         return real(model, layers, rows, embed, head)
-    monkeypatch.setattr(batching_module, "forward_rows", recorded)
-    batcher = Batcher(m, BatchLimits(prefill_chunk=8, max_tokens=64))
+    monkeypatch.setattr(batching_module, "forward_rows", slow)
+    batcher = Batcher(m, BatchLimits(prefill_chunk=8, max_tokens=64),
+                      observer=lambda rows, positions, waits: calls.append(positions))
     everything = LayerRange(start=0, end=m.num_layers)
     running = TorchState()
     batcher.run(running, everything, input_ids=torch.tensor([5, 6]))
     calls.clear()
-    long = batcher.submit(TorchState(), everything, input_ids=torch.arange(1, 41))
-    time.sleep(0.005)
-    short = batcher.submit(running, everything, input_ids=torch.tensor([7]))
-    short.result(timeout=5)
-    assert long.result(timeout=5)[0].shape == (1, 40, m.hidden_size)
-    assert calls.index([1]) < len(calls) - 1, f"the decode step waited for the whole prompt: {calls}"
-    assert sum(n for c in calls for n in c if n > 1) == 40 and max(max(c) for c in calls) == 8
+    with ThreadPoolExecutor(1) as pool:
+        long = pool.submit(batcher.run, TorchState(), everything, input_ids=torch.arange(1, 41))
+        time.sleep(0.005)  # the prompt's first chunk is running
+        batcher.run(running, everything, input_ids=torch.tensor([7]))
+        assert long.result(timeout=5)[0].shape == (1, 40, m.hidden_size)
+    assert calls.index(1) < len(calls) - 1, f"the decode step waited for the whole prompt: {calls}"
+    assert sum(n for n in calls if n > 1) == 40 and max(calls) == 8
 
 
 def test_a_cancelled_or_failing_step_leaves_the_others_alone(models: dict[str, LoadedModel],
@@ -127,24 +127,25 @@ def test_a_cancelled_or_failing_step_leaves_the_others_alone(models: dict[str, L
 
     def held(model, layers, rows, embed, head=None):  # noqa: ANN001, ANN202
         gate.wait(5)
-        if any(r.input_ids is not None and int(r.input_ids[0]) == 99 for r in rows) and len(rows) == 1:
+        if any(r.input_ids is not None and int(r.input_ids[0]) == 99 for r in rows):
             raise RuntimeError("injected failure")
         return real(model, layers, rows, embed, head)
     monkeypatch.setattr(batching_module, "forward_rows", held)
     batcher = Batcher(m)
-    first = batcher.submit(TorchState(), everything, input_ids=torch.tensor([1, 2]))  # holds the worker
-    time.sleep(0.01)
-    cancelled = batcher.submit(TorchState(), everything, input_ids=torch.tensor([3]))
-    assert cancelled.cancel()
-    kept_state = TorchState()
-    kept = batcher.submit(kept_state, everything, input_ids=torch.tensor([4, 5, 6]))
-    gate.set()
-    first.result(timeout=5)
-    assert kept.result(timeout=5)[0].shape == (1, 3, m.hidden_size) and kept_state.position == 3
+    with ThreadPoolExecutor(1) as pool:
+        first = pool.submit(batcher.run, TorchState(), everything, input_ids=torch.tensor([1, 2]))  # runs, held
+        time.sleep(0.05)
+        cancelled = batcher.submit(TorchState(), everything, input_ids=torch.tensor([3]))
+        assert cancelled.cancel()
+        kept_state = TorchState()
+        kept = batcher.submit(kept_state, everything, input_ids=torch.tensor([4, 5, 6]))
+        gate.set()
+        first.result(timeout=5)
+    assert batcher.wait(kept)[0].shape == (1, 3, m.hidden_size) and kept_state.position == 3
     failing = batcher.submit(TorchState(), LayerRange(start=0, end=1), input_ids=torch.tensor([99]))
     with pytest.raises(RuntimeError, match="injected"):
-        failing.result(timeout=5)
-    after = batcher.run(kept_state, everything, input_ids=torch.tensor([7]))  # the worker lives on
+        batcher.wait(failing)
+    after = batcher.run(kept_state, everything, input_ids=torch.tensor([7]))  # the batcher lives on
     assert after[0].shape == (1, 1, m.hidden_size) and batcher.waiting == 0
 
 

@@ -1,0 +1,220 @@
+"""How one cloud's throughput grows with the number of edges it serves, against batched monolithic generation.
+
+    python bench/batching.py                      # the shipped model and a GPT-2-small-shaped 124M model
+    python bench/batching.py --models default --streams 1 4 16 --duration-s 10
+
+A cloud process is started on loopback; N emulated edges (asyncio tasks of this process, each its own
+session, as N devices would be) run closed-loop generations through it: a prompt frame, then one frame per
+output token. Two plans: cloud-only (token ids in, the cloud samples and answers a token) and a mid cut with
+int8 activations (hidden states in and out; the emulated edge does not compute its own blocks, its device is
+not this machine, so the frames carry random activations of the model's width: the cloud's work does not depend
+on their values). Reported per level: output tokens/s, TTFT and TPOT percentiles, and the ratio to one stream
+and to `transformers` `generate` at the same batch size, measured in the same run (the limit: no serving
+overhead, one batch of equal prompts). End-to-end numbers through a real edge are `edgesplit loadtest`'s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import statistics
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import torch
+
+from edgesplit.procs import free_port, serve, wait_healthy
+from edgesplit.tools.checkpoints import build, model_configs
+from splitcore.codec import Dtype
+from splitcore.defaults import DEFAULT_MODEL_DIR
+from splitcore.loading import LoadedModel, load_checkpoint
+from splitcore.ranges import LayerRange
+from splitcore.schema import SessionMeta
+from splitcore.wire import MEDIA_TYPE, Flags, FrameCodec
+
+STREAMS = (1, 4, 16, 32, 64)
+
+
+@dataclass
+class Plan:
+    name: str
+    layers: LayerRange
+    tokens: bool  # token ids in, a sampled token out (the cloud holds embeddings and head)
+    codec: Dtype
+
+
+class _Connection:
+    """One keep-alive HTTP/1.1 connection, as cheap as a client can be: the driver must not be what saturates
+    first (httpx spends about 1 ms of CPU per request, so 32 emulated edges in one process would measure httpx)."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader, self.writer = reader, writer
+
+    @classmethod
+    async def open(cls, url: str) -> _Connection:
+        host, port = httpx.URL(url).host, httpx.URL(url).port
+        return cls(*await asyncio.open_connection(host, port))
+
+    async def request(self, method: str, path: str, body: bytes = b"") -> tuple[int, bytes]:
+        head = (f"{method} {path} HTTP/1.1\r\nhost: bench\r\ncontent-type: {MEDIA_TYPE}\r\n"
+                f"content-length: {len(body)}\r\n\r\n")
+        self.writer.write(head.encode() + body)
+        lines = (await self.reader.readuntil(b"\r\n\r\n")).decode("latin-1").split("\r\n")
+        status = int(lines[0].split()[1])
+        length = next((int(h.split(":", 1)[1]) for h in lines[1:] if h.lower().startswith("content-length:")), 0)
+        return status, await self.reader.readexactly(length) if length else b""
+
+    async def close(self) -> None:
+        self.writer.close()
+        await self.writer.wait_closed()
+
+
+@dataclass
+class Level:
+    ttft_s: list[float] = field(default_factory=list)
+    tpot_s: list[float] = field(default_factory=list)
+    tokens: int = 0
+    failed: int = 0
+
+
+async def _generation(conn: _Connection, plan: Plan, loaded: LoadedModel, prompt: torch.Tensor,
+                      output_tokens: int, level: Level) -> None:
+    sid, codec = uuid.uuid4(), FrameCodec(plan.codec)
+    meta = SessionMeta(codec="int8" if plan.codec == Dtype.INT8 else "fp32",
+                       weights_digest=loaded.digests.part(plan.layers, embed=plan.tokens, head=plan.tokens))
+    flags = Flags.HEAD if plan.tokens else Flags.NONE
+    width = loaded.layered.hidden_size
+    payload = prompt if plan.tokens else torch.randn(len(prompt), width)
+    position, started, gaps = 0, time.perf_counter(), list[float]()
+    try:
+        for i in range(output_tokens):
+            frame = codec.encode(sid, position, plan.layers, payload, flags,
+                                 meta=meta.model_dump_json().encode() if i == 0 else b"")
+            t = time.perf_counter()
+            status, body = await conn.request("POST", "/v1/shard/forward", frame)
+            if status != 200:
+                raise RuntimeError(f"the cloud answered {status}: {body[:200]!r}")
+            out = codec.decode(body)
+            (level.ttft_s if i == 0 else gaps).append(time.perf_counter() - (started if i == 0 else t))
+            position += len(payload)
+            payload = out.tensor.reshape(-1)[-1:].long() if plan.tokens else torch.randn(1, width)
+        level.tokens += output_tokens
+        level.tpot_s.append(statistics.mean(gaps) if gaps else 0.0)
+    except (RuntimeError, OSError, asyncio.IncompleteReadError) as exc:
+        level.failed += 1
+        print(f"  a generation failed: {exc!r}", flush=True)
+    finally:
+        await conn.request("DELETE", f"/v1/sessions/{sid}")
+
+
+async def _level(url: str, plan: Plan, loaded: LoadedModel, streams: int, prompt_tokens: int, output_tokens: int,
+                 duration_s: float) -> dict:
+    level = Level()
+    gen = torch.Generator().manual_seed(streams)
+    started = time.perf_counter()
+    deadline = started + duration_s
+
+    async def edge() -> None:  # a connection of its own, as each device has
+        conn = await _Connection.open(url)
+        try:
+            while time.perf_counter() < deadline:
+                prompt = torch.randint(0, loaded.layered.vocab_size, (prompt_tokens,), generator=gen)
+                await _generation(conn, plan, loaded, prompt, output_tokens, level)
+        finally:
+            await conn.close()
+    await asyncio.gather(*(edge() for _ in range(streams)))
+    wall = time.perf_counter() - started
+
+    def pct(xs: list[float], q: int) -> float | None:
+        return round(statistics.quantiles(xs, n=100)[q - 1] * 1000, 2) if len(xs) > 1 else (
+            round(xs[0] * 1000, 2) if xs else None)
+    return {"streams": streams, "output_tokens_per_s": level.tokens / wall, "failed": level.failed,
+            "generations": len(level.tpot_s),
+            "ttft_ms": {f"p{q}": pct(level.ttft_s, q) for q in (50, 90, 99)},
+            "tpot_ms": {f"p{q}": pct(level.tpot_s, q) for q in (50, 90, 99)}}
+
+
+@torch.inference_mode()
+def monolithic(loaded: LoadedModel, batch: int, prompt_tokens: int, output_tokens: int, repeats: int = 2) -> float:
+    """Output tokens/s of `transformers` `generate` on a batch of equal-length prompts (the best of `repeats`)."""
+    model = loaded.layered.model
+    gen = torch.Generator().manual_seed(0)
+    ids = torch.randint(0, loaded.layered.vocab_size, (batch, prompt_tokens), generator=gen)
+    best = 0.0
+    for _ in range(repeats):
+        started = time.perf_counter()
+        model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=output_tokens,
+                       min_new_tokens=output_tokens, do_sample=False, pad_token_id=0)
+        best = max(best, batch * output_tokens / (time.perf_counter() - started))
+    return best
+
+
+def plans(loaded: LoadedModel) -> list[Plan]:
+    n = loaded.layered.num_layers
+    return [Plan("cloud-only", LayerRange(start=0, end=n), True, Dtype.INT32),
+            Plan(f"mid cut {n // 4}:{n - n // 4} int8", LayerRange(start=n // 4, end=n - n // 4), False, Dtype.INT8)]
+
+
+def bench_model(path: Path, name: str, args: argparse.Namespace, work: Path) -> dict:
+    loaded = load_checkpoint(path)
+    torch.set_num_threads(args.threads)
+    limit = {b: monolithic(loaded, b, args.prompt_tokens, args.output_tokens) for b in args.streams}
+    print(f"{name}: monolithic generate tok/s by batch: "
+          + ", ".join(f"{b}: {v:.0f}" for b, v in limit.items()), flush=True)
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    cloud_args = ["--model", str(path), "--max-sessions-per-caller", "1024", "--threads", str(args.threads),
+                  "--max-batch", str(args.max_batch)]
+    result: dict = {"model": name, "params": sum(p.numel() for p in loaded.layered.model.parameters()),
+                    "monolithic_tokens_per_s": limit, "plans": {}}
+    with serve("cloud", cloud_args, port, work / f"{name}-cloud.log") as proc:
+        wait_healthy(f"{url}/health", proc)
+        for plan in plans(loaded):
+            rows: list[dict] = []
+            for streams in args.streams:
+                row = asyncio.run(_level(url, plan, loaded, streams, args.prompt_tokens, args.output_tokens,
+                                         args.duration_s))
+                single = rows[0]["output_tokens_per_s"] if rows else row["output_tokens_per_s"]
+                row["x_one_stream"] = row["output_tokens_per_s"] / single
+                row["x_monolithic"] = row["output_tokens_per_s"] / limit[streams]
+                print(f"  {plan.name}, {streams} streams: {row['output_tokens_per_s']:.0f} tok/s "
+                      f"({row['x_one_stream']:.1f}x one stream, {row['x_monolithic']:.2f}x monolithic), "
+                      f"ttft p50 {row['ttft_ms']['p50']} ms, tpot p50/p99 {row['tpot_ms']['p50']}/"
+                      f"{row['tpot_ms']['p99']} ms, failed {row['failed']}", flush=True)
+                rows.append(row)
+            result["plans"][plan.name] = rows
+    return result
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--models", nargs="+", default=["default", "gpt2-small-shaped"],
+                    help="'default' (the shipped model) and/or shapes of edgesplit.tools.checkpoints")
+    ap.add_argument("--streams", type=int, nargs="+", default=list(STREAMS))
+    ap.add_argument("--prompt-tokens", type=int, default=64)
+    ap.add_argument("--output-tokens", type=int, default=32)
+    ap.add_argument("--duration-s", type=float, default=15.0, help="each level runs generations this long")
+    ap.add_argument("--threads", type=int, default=2, help="torch threads of the cloud and of the monolithic run")
+    ap.add_argument("--max-batch", type=int, default=64, help="the cloud's --max-batch")
+    ap.add_argument("--out", type=Path, default=Path("bench/results/batching.json"))
+    args = ap.parse_args(argv)
+    work = Path(tempfile.mkdtemp(prefix="edgesplit-batching-"))
+    results = []
+    for name in args.models:
+        path = DEFAULT_MODEL_DIR if name == "default" else build(name, model_configs()[name], work)[0]
+        results.append(bench_model(path, name, args, work))
+    report = {"args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}, "models": results}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=1))
+    from edgesplit.tools.batchplot import plot  # matplotlib only when writing the report
+
+    print(f"report: {args.out}; plot: {plot(report, args.out.with_suffix('.png'))}")
+
+
+if __name__ == "__main__":
+    main()

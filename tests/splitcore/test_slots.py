@@ -1,0 +1,61 @@
+"""The running batch: sessions that join late, skip rounds, leave, end or outgrow its columns each get exactly
+what they get alone."""
+
+from __future__ import annotations
+
+import gc
+
+import pytest
+import torch
+
+from splitcore.batched import Row, forward_rows
+from splitcore.kvcache import TorchState
+from splitcore.loading import LoadedModel
+from splitcore.ranges import LayerRange
+from splitcore.slots import SlotBatch
+
+
+class Pair:
+    """A session run in the running batch, and the same session run alone on its own cache."""
+
+    def __init__(self, m, layers: LayerRange, prompt: torch.Tensor) -> None:  # noqa: ANN001
+        self.m, self.layers = m, layers
+        self.batched, self.alone = TorchState(), TorchState()
+        for state in (self.batched, self.alone):
+            forward_rows(m, layers, [Row(state, hidden=prompt)], embed=False)
+
+    def expected(self, x: torch.Tensor) -> torch.Tensor:
+        return forward_rows(self.m, self.layers, [Row(self.alone, hidden=x)], embed=False)[0][0][0]  # (n, hidden)
+
+
+@pytest.mark.parametrize("family_name", ["gpt2", "mistral"])  # mistral: a sliding window shorter than the run
+def test_sessions_joining_skipping_leaving_and_ending_get_their_own_results(models: dict[str, LoadedModel],
+                                                                             family_name: str) -> None:
+    m = models[family_name].layered
+    layers = LayerRange(start=1, end=3)
+    gen = torch.Generator().manual_seed(0)
+    batch = SlotBatch(m, layers)
+    pairs = [Pair(m, layers, torch.randn(n, m.hidden_size, generator=gen)) for n in (3, 9)]
+    for round_ in range(90):  # past the first 64 columns: the batch must compact and grow
+        if round_ == 10:  # joins with a prompt longer than the batch's columns so far
+            pairs.append(Pair(m, layers, torch.randn(30, m.hidden_size, generator=gen)))
+        if round_ == 20:  # ends: its row is freed once its state is gone
+            pairs.pop(0)
+            gc.collect()
+        active = [p for i, p in enumerate(pairs) if (round_ + i) % 3 != 0]  # each skips every third round
+        if not active:
+            continue
+        x = torch.randn(len(active), m.hidden_size, generator=gen)
+        got = batch.decode([p.batched for p in active], x, embed=False)
+        for i, p in enumerate(active):
+            torch.testing.assert_close(got[i], p.expected(x[i:i + 1])[0], rtol=1e-4, atol=1e-4)
+        if round_ == 40:  # several positions at once: back to its own cache, then rejoins
+            p = pairs[0]
+            batch.leave(p.batched)
+            x = torch.randn(4, m.hidden_size, generator=gen)
+            got_many = forward_rows(m, layers, [Row(p.batched, hidden=x)], embed=False)[0][0][0]
+            torch.testing.assert_close(got_many, p.expected(x), rtol=1e-4, atol=1e-4)
+    assert batch.occupied() == len(pairs) == 2
+    for p in pairs:
+        assert p.batched.position == p.alone.position
+        assert p.batched.slot is not None and p.batched.measure() > 0

@@ -23,7 +23,13 @@ from edge_service.admin_auth import COOKIE, AdminGuard
 from edge_service.runtime import EdgeRuntime
 from partitioner.costmodel import Workload
 from profiling.link_estimator import Link
-from splitcore.errors import AuthenticationError, CloudUnavailableError, PermissionDeniedError, UserError
+from splitcore.errors import (
+    AuthenticationError,
+    CloudUnavailableError,
+    EdgesplitError,
+    PermissionDeniedError,
+    UserError,
+)
 from splitcore.plan import BackendName, CodecName, parse_cut
 from splitcore.schema import StrictModel
 
@@ -125,6 +131,18 @@ async def get_bandwidth(request: Request) -> dict:
     rt = _runtime(request)
     return {"estimate": rt.link.estimate().__dict__, "bytes_observed": rt.link.bytes_observed,
             "history": [p.__dict__ for p in rt.replanner.history]}
+
+
+@guarded.get("/batching")
+async def get_batching(request: Request) -> dict:
+    """Both tiers' latest batch sizes; the cloud's part (its health) is null while it is unreachable."""
+    rt = _runtime(request)
+    cloud = None
+    if rt.cloud is not None:
+        with contextlib.suppress(EdgesplitError):  # down or refusing: the dashboard shows it as unreachable
+            cloud = await run_in_threadpool(rt.cloud.health)
+    batcher = getattr(rt.orchestrator.runners.get("torch"), "batcher", None)
+    return {"edge": {"batch_size": batcher.last_batch_rows if batcher is not None else 0}, "cloud": cloud}
 
 
 @guarded.get("/requests")

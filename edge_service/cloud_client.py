@@ -92,6 +92,10 @@ class CloudClient:
         """The cloud's measured profile (JSON)."""
         return self._request("GET", "/profile").json()
 
+    def health(self) -> dict:
+        """The cloud's health: live sessions, cache memory, the size of its latest batch."""
+        return self._request("GET", "/health").json()
+
     def info(self) -> dict:
         """The cloud's model identity and held blocks."""
         return self._request("GET", "/v1/info").json()

@@ -130,8 +130,14 @@ def test_bandwidth_history_and_metrics_are_served(urls: tuple[str, str], models:
         assert name in text, name
     cloud_text = httpx.get(cloud + "/metrics").text
     for name in ["edgesplit_cloud_step_duration_seconds_bucket", "edgesplit_cloud_active_sessions",
-                 'edgesplit_cloud_link_bytes_total{direction="received"}', "edgesplit_cloud_cache_bytes"]:
+                 'edgesplit_cloud_link_bytes_total{direction="received"}', "edgesplit_cloud_cache_bytes",
+                 "edgesplit_cloud_batch_size_bucket", "edgesplit_cloud_batch_queue_wait_seconds_bucket",
+                 "edgesplit_cloud_batch_current_size"]:
         assert name in cloud_text, name
+    assert "edgesplit_edge_batch_size_bucket" in text
+    batching = httpx.get(edge + "/admin/batching", headers=AUTH).json()
+    assert batching["edge"]["batch_size"] >= 1  # this edge runs every block ("edge" cut)
+    assert batching["cloud"]["batch_size"] >= 0 and "sessions" in batching["cloud"]
 
 
 def test_the_cookie_is_a_signed_expiring_session_never_the_token_and_sign_out_drops_it(urls: tuple[str, str]) -> None:

@@ -46,6 +46,7 @@ def test_the_dashboard_draws_the_plan_and_repartitions_from_its_form(models: dic
                 expect(drawing.locator("line[data-cut]")).to_have_count(2)
                 expect(page.locator("#cost-bars rect").first).to_be_visible(timeout=30_000)
                 expect(page.locator("#summary")).to_contain_text("edge [0, 1) -> cloud [1, 3)")
+                expect(page.locator("#summary")).to_contain_text("batch: cloud 0 (of 0 sessions), edge 0")
                 page.screenshot(path=str(ARTIFACTS / "dashboard.png"), full_page=True)
 
                 page.fill("#cut", "2:4")

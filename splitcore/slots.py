@@ -123,16 +123,43 @@ class SlotBatch:
         """Room for one more column; rows and columns compacted when mostly unused."""
         used = self._used()
         live = [r for r in range(used) if self.owners[r] is not None]
+        held = self.positions[live, :self.end] >= 0  # (live, columns written)
+        first = int(held.any(dim=0).nonzero()[0]) if bool(held.any()) else self.end
+        if len(live) * (self.end - first) > 2 * int(held.sum()) + _MIN_COLUMNS:
+            self._repack(live)  # rows of different ages: over half of what the attention reads is padding
+            return
         sparse = used >= 8 and len(live) < used // 2
         full = self.end >= self.positions.shape[1]
         if not full and not sparse:
             return
-        held = self.positions[live] >= 0  # (live, columns)
-        first = int(held.any(dim=0).nonzero()[0]) if bool(held.any()) else self.end
         span = self.end - first
         keep = live if sparse else list(range(len(self.owners)))
         self._relayout(keep, rows=len(keep), shift=-first,
                        columns=max(_MIN_COLUMNS, 2 * (span + 1)) if full else self.positions.shape[1])
+
+    def _repack(self, live: list[int]) -> None:
+        """Copy each live row's keys to the right of fresh storage, with no gaps: what a padded batch gathers
+        every step, done once when the rows' ages have spread (a row's keys start where the oldest row's do)."""
+        held = self.positions[live] >= 0  # (live, columns)
+        lengths = held.sum(dim=1).tolist()
+        longest = max(lengths, default=0)
+        columns = max(_MIN_COLUMNS, 2 * longest + 1)
+        for store in (self.keys, self.values):
+            for b, old in store.items():
+                new = old.new_zeros((len(live), old.shape[1], columns, old.shape[3]))
+                for j, r in enumerate(live):
+                    new[j, :, longest - lengths[j]:longest] = old[r][:, held[j]]
+                store[b] = new
+        positions = torch.full((len(live), columns), -1, dtype=torch.long)
+        for j, r in enumerate(live):
+            positions[j, longest - lengths[j]:longest] = self.positions[r][held[j]]
+        self.positions = positions
+        self.owners = [self.owners[r] for r in live]
+        for j, ref in enumerate(self.owners):
+            state = ref() if ref is not None else None
+            if state is not None:
+                state.slot = (self, j)
+        self.end = longest
 
     def _relayout(self, keep: list[int], rows: int, shift: int, columns: int) -> None:
         """New storage of `rows` x `columns`: rows `keep` in order, their columns moved by `shift`."""

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import statistics
 import tempfile
@@ -167,13 +168,15 @@ def bench_model(path: Path, name: str, args: argparse.Namespace, work: Path) -> 
     print(f"{name}: monolithic generate tok/s by batch: "
           + ", ".join(f"{b}: {v:.0f}" for b, v in limit.items()), flush=True)
     port = free_port()
-    url = f"http://127.0.0.1:{port}"
+    url = args.url or f"http://127.0.0.1:{port}"
     cloud_args = ["--model", str(path), "--max-sessions-per-caller", "1024", "--threads", str(args.threads),
                   "--max-batch", str(args.max_batch)]
     result: dict = {"model": name, "params": sum(p.numel() for p in loaded.layered.model.parameters()),
                     "monolithic_tokens_per_s": limit, "plans": {}}
-    with serve("cloud", cloud_args, port, work / f"{name}-cloud.log") as proc:
-        wait_healthy(f"{url}/health", proc)
+    with contextlib.ExitStack() as stack:
+        if not args.url:
+            proc = stack.enter_context(serve("cloud", cloud_args, port, work / f"{name}-cloud.log"))
+            wait_healthy(f"{url}/health", proc)
         for plan in plans(loaded):
             rows: list[dict] = []
             for streams in args.streams:
@@ -201,6 +204,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--duration-s", type=float, default=15.0, help="each level runs generations this long")
     ap.add_argument("--threads", type=int, default=2, help="torch threads of the cloud and of the monolithic run")
     ap.add_argument("--max-batch", type=int, default=64, help="the cloud's --max-batch")
+    ap.add_argument("--url", help="drive this running cloud instead of starting one (one model; e.g. an older "
+                                  "version, to compare); it must allow many sessions per caller")
     ap.add_argument("--out", type=Path, default=Path("bench/results/batching.json"))
     args = ap.parse_args(argv)
     work = Path(tempfile.mkdtemp(prefix="edgesplit-batching-"))

@@ -62,7 +62,7 @@ def create_app(settings: CloudSettings, loaded: LoadedModel | None = None) -> Fa
         app.state.engine = await run_in_threadpool(build_engine, settings, loaded, metrics.batches.observe)
         metrics.watch(app.state.engine.store)
         store = app.state.engine.store
-        tasks = [asyncio.create_task(_sweep_forever(store)),
+        tasks = [asyncio.create_task(_sweep_forever(store, app.state.engine)),
                  asyncio.create_task(release_forever(lambda: store.freed, store.stepping))]
         yield
         for task in tasks:
@@ -167,8 +167,11 @@ def _load_or_measure_profile(settings: CloudSettings, engine: ShardEngine) -> st
     return profile.model_dump_json()
 
 
-async def _sweep_forever(store: SessionStore) -> None:
+async def _sweep_forever(store: SessionStore, engine: ShardEngine) -> None:
     while True:
         await asyncio.sleep(max(1.0, store.ttl_s / 4))
+        batcher = getattr(engine.runners.get("torch"), "batcher", None)
+        if batcher is not None and batcher.waiting == 0:  # on the loop that runs the rounds: none is running
+            batcher.drop_idle()
         if dropped := store.sweep():
             log.info("dropped %d expired sessions", dropped)

@@ -131,6 +131,15 @@ class Batcher:
             self._cv.notify_all()
         return ran
 
+    def drop_idle(self) -> int:
+        """Free the storage of running batches whose sessions have all ended (a burst's rows and columns would
+        otherwise stay reserved until the next decode round of that range); how many were dropped."""
+        with self._rounds:
+            idle = [key for key, batch in self._running.items() if batch.occupied() == 0]
+            for key in idle:
+                del self._running[key]
+        return len(idle)
+
     @property
     def waiting(self) -> int:
         """Steps queued or partly run."""

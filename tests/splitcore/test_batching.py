@@ -65,6 +65,7 @@ def test_sessions_batched_together_get_the_tokens_each_gets_alone(models: dict[s
         assert until_eos == reference_tokens(loaded, prompt, n)
     assert max(rounds.rows) > 1, "the sessions never shared a forward"
     assert batcher.waiting == 0
+    assert batcher.drop_idle() == 1  # every session ended: the running batch's storage is freed
 
 
 def test_a_split_range_batches_hidden_states_exactly(models: dict[str, LoadedModel]) -> None:

@@ -10,7 +10,8 @@ skipped a round and free rows are masked per row; the attention is `transformers
 A session joins after its prompt (its own cache, `splitcore.kvcache`, is copied into a free row once) and
 leaves when it ends (its row is freed when its state is dropped) or sends several positions at once (its keys
 are copied back out). Rows of sessions that skipped a round compute a throw-away position; the rows are compacted
-when fewer than half are used, and columns when the oldest live column is far behind.
+when fewer than half are used, columns when the oldest live column is far behind, and rows are repacked without
+their holes when those make the span over twice the longest row.
 """
 
 from __future__ import annotations
@@ -125,8 +126,9 @@ class SlotBatch:
         live = [r for r in range(used) if self.owners[r] is not None]
         held = self.positions[live, :self.end] >= 0  # (live, columns written)
         first = int(held.any(dim=0).nonzero()[0]) if bool(held.any()) else self.end
-        if len(live) * (self.end - first) > 2 * int(held.sum()) + _MIN_COLUMNS:
-            self._repack(live)  # rows of different ages: over half of what the attention reads is padding
+        longest = int(held.sum(dim=1).max()) if live else 0
+        if self.end - first > 2 * longest + 16:  # rows that skipped rounds: over half their span is holes
+            self._repack(live)
             return
         sparse = used >= 8 and len(live) < used // 2
         full = self.end >= self.positions.shape[1]
@@ -139,7 +141,7 @@ class SlotBatch:
 
     def _repack(self, live: list[int]) -> None:
         """Copy each live row's keys to the right of fresh storage, with no gaps: what a padded batch gathers
-        every step, done once when the rows' ages have spread (a row's keys start where the oldest row's do)."""
+        every step, done once the rows' holes (rounds they skipped) make the span over twice the longest row."""
         held = self.positions[live] >= 0  # (live, columns)
         lengths = held.sum(dim=1).tolist()
         longest = max(lengths, default=0)

@@ -61,10 +61,10 @@ def test_sessions_joining_skipping_leaving_and_ending_get_their_own_results(mode
         assert p.batched.slot is not None and p.batched.measure() > 0
 
 
-def test_rows_of_spread_ages_are_repacked_and_stay_exact(models: dict[str, LoadedModel],
+def test_rows_full_of_holes_are_repacked_and_stay_exact(models: dict[str, LoadedModel],
                                                          monkeypatch: pytest.MonkeyPatch) -> None:
-    """One long session and short ones that come and go: the short rows would attend over the long row's
-    columns; once padding is over half of what the attention reads, the rows are repacked without gaps."""
+    """A session that sends a step only every third round leaves holes in its row, and short sessions come and
+    go: once the span is over twice the longest row, the rows are repacked without holes, and not every round."""
     m = models["llama"].layered
     layers = LayerRange(start=0, end=2)
     gen = torch.Generator().manual_seed(3)
@@ -72,17 +72,17 @@ def test_rows_of_spread_ages_are_repacked_and_stay_exact(models: dict[str, Loade
     repacks: list[int] = []
     real = SlotBatch._repack
     monkeypatch.setattr(SlotBatch, "_repack", lambda self, live: (repacks.append(self.end), real(self, live))[1])
-    long = Pair(m, layers, torch.randn(5, m.hidden_size, generator=gen))
+    slow = Pair(m, layers, torch.randn(5, m.hidden_size, generator=gen))
     short: list[Pair] = []
     for round_ in range(150):
         if round_ % 10 == 0:  # the short sessions end and new ones start
             short = [Pair(m, layers, torch.randn(2, m.hidden_size, generator=gen)) for _ in range(3)]
             gc.collect()
-        pairs = [long, *short]
+        pairs = [slow, *short] if round_ % 3 == 0 else short
         x = torch.randn(len(pairs), m.hidden_size, generator=gen)
         got = batch.decode([p.batched for p in pairs], x, embed=False)
         for i, p in enumerate(pairs):
-            # 150 positions of a model with large weights: batched and lone sums part in the last bits
+            # 150 rounds of a model with large weights: batched and lone sums part in the last bits
             torch.testing.assert_close(got[i], p.expected(x[i:i + 1])[0], rtol=1e-3, atol=1e-3)
-    assert repacks, "the rows were never repacked"
-    assert batch.end == long.batched.position  # no column left of the oldest row's first key
+    assert 1 <= len(repacks) <= 10, repacks
+    assert batch.end <= 2 * slow.batched.position + 17  # the holes did not accumulate

@@ -170,7 +170,7 @@ def _load_or_measure_profile(settings: CloudSettings, engine: ShardEngine) -> st
 async def _sweep_forever(store: SessionStore, engine: ShardEngine) -> None:
     while True:
         await asyncio.sleep(max(1.0, store.ttl_s / 4))
-        batcher = getattr(engine.runners.get("torch"), "batcher", None)
+        batcher = engine.runners.batcher
         if batcher is not None and batcher.waiting == 0:  # on the loop that runs the rounds: none is running
             batcher.drop_idle()
         if dropped := store.sweep():

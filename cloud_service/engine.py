@@ -77,8 +77,7 @@ class ShardEngine:
     @property
     def batch_size(self) -> int:
         """Sessions in the torch batcher's latest forward (0 before any)."""
-        runner = self.runners.get("torch")
-        batcher = getattr(runner, "batcher", None)
+        batcher = self.runners.batcher
         return batcher.last_batch_rows if batcher is not None else 0
 
     def hold(self, wanted: LayerRange, load: Callable[[], LoadedModel] | None,

@@ -141,7 +141,7 @@ async def get_batching(request: Request) -> dict:
     if rt.cloud is not None:
         with contextlib.suppress(EdgesplitError):  # down or refusing: the dashboard shows it as unreachable
             cloud = await run_in_threadpool(rt.cloud.health)
-    batcher = getattr(rt.orchestrator.runners.get("torch"), "batcher", None)
+    batcher = rt.orchestrator.runners.batcher
     return {"edge": {"batch_size": batcher.last_batch_rows if batcher is not None else 0}, "cloud": cloud}
 
 

@@ -20,7 +20,7 @@ import numpy as np
 import onnxruntime
 import torch
 
-from splitcore.batched import Row, forward_rows
+from splitcore.batched import Row, forward_rows, step_input
 from splitcore.batching import Batcher, BatchLimits, BatchObserver, Result
 from splitcore.kvcache import TorchState
 from splitcore.layered import LayeredModel
@@ -83,9 +83,8 @@ class TorchRunner:
         assert isinstance(state, TorchState), "a torch runner needs a torch session state"
         if self.batcher is not None:
             return self.batcher.run(state, layers, hidden=hidden, input_ids=input_ids, head=head)
-        x = input_ids.reshape(-1) if input_ids is not None else hidden.reshape(-1, self.model.hidden_size)  # type: ignore[union-attr]
-        row = Row(state, input_ids=x) if input_ids is not None else Row(state, hidden=x)
-        outs, logits = forward_rows(self.model, layers, [row], input_ids is not None, [head])
+        x, embed = step_input(self.model, hidden, input_ids)
+        outs, logits = forward_rows(self.model, layers, [Row.of(state, x, embed)], embed, [head])
         return outs[0], logits
 
     def new_state(self) -> TorchState:
@@ -209,6 +208,13 @@ class Runners:
         self.quantize = quantize
         self._built: dict[BackendName, Runner] = {}
         self._lock = threading.Lock()
+
+    @property
+    def batcher(self) -> Batcher | None:
+        """The torch runner's batcher (None when it runs unbatched)."""
+        runner = self.get("torch")
+        assert isinstance(runner, TorchRunner)
+        return runner.batcher
 
     def get(self, name: BackendName | None = None) -> Runner:
         """The runner for `name` (None: the tier's default)."""

@@ -31,11 +31,27 @@ class Row:
     hidden: torch.Tensor | None = None  # (new, hidden)
     input_ids: torch.Tensor | None = None  # (new,)
 
+    @classmethod
+    def of(cls, state: TorchState, x: torch.Tensor, embed: bool) -> Row:
+        """A row of token ids `(new,)` when `embed`, else of hidden states `(new, hidden)`."""
+        return cls(state, input_ids=x) if embed else cls(state, hidden=x)
+
     @property
     def new(self) -> int:
         x = self.input_ids if self.input_ids is not None else self.hidden
         assert x is not None, "a row brings hidden states or token ids"
         return int(x.shape[0])
+
+
+def step_input(model: LayeredModel, hidden: torch.Tensor | None, input_ids: torch.Tensor | None
+               ) -> tuple[torch.Tensor, bool]:
+    """A step's new positions, flat: token ids `(new,)` or hidden states `(new, hidden)`; and whether they are
+    token ids (to embed first)."""
+    assert (hidden is None) != (input_ids is None), "pass exactly one of hidden states or token ids"
+    if input_ids is not None:
+        return input_ids.reshape(-1), True
+    assert hidden is not None
+    return hidden.reshape(-1, model.hidden_size), False
 
 
 class _BatchCache:

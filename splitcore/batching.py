@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from splitcore.batched import Row, forward_rows, head_logits
+from splitcore.batched import Row, forward_rows, head_logits, step_input
 from splitcore.kvcache import TorchState
 from splitcore.layered import LayeredModel
 from splitcore.ranges import LayerRange
@@ -70,7 +70,7 @@ class _Step:
 
 
 class Batcher:
-    """Runs submitted steps of one model in continuous batches on one worker thread."""
+    """Runs submitted steps of one model in continuous batches, one round at a time, in its callers' threads."""
 
     def __init__(self, model: LayeredModel, limits: BatchLimits | None = None,
                  observer: BatchObserver | None = None) -> None:
@@ -90,9 +90,7 @@ class Batcher:
         Someone must run rounds for it: `wait` (or `run`) in a thread, `run_round` from an event loop. Cancelling
         the future before its step starts takes it out of the queue.
         """
-        assert (hidden is None) != (input_ids is None), "pass exactly one of hidden states or token ids"
-        embed = input_ids is not None
-        x = input_ids.reshape(-1) if input_ids is not None else hidden.reshape(-1, self.model.hidden_size)  # type: ignore[union-attr]
+        x, embed = step_input(self.model, hidden, input_ids)
         assert x.shape[0] >= 1, "a step brings at least one position"
         step = _Step(state, layers, embed, x, head, Future(), time.perf_counter())
         with self._cv:
@@ -135,7 +133,9 @@ class Batcher:
         """Free the storage of running batches whose sessions have all ended (a burst's rows and columns would
         otherwise stay reserved until the next decode round of that range); how many were dropped."""
         with self._rounds:
-            idle = [key for key, batch in self._running.items() if batch.occupied() == 0]
+            for batch in self._running.values():
+                batch.free_dead()
+            idle = [key for key, batch in self._running.items() if batch.held == 0]
             for key in idle:
                 del self._running[key]
         return len(idle)
@@ -171,8 +171,7 @@ class Batcher:
         for s, n in group:
             if s.state.slot is not None:  # several positions at once: back to its own cache for them
                 s.state.slot[0].leave(s.state)
-            chunk = s.x[s.done:s.done + n]
-            rows.append(Row(s.state, input_ids=chunk) if s.embed else Row(s.state, hidden=chunk))
+            rows.append(Row.of(s.state, s.x[s.done:s.done + n], s.embed))
         return forward_rows(self.model, first.layers, rows, first.embed, heads)
 
     def _take_locked(self) -> tuple[list[tuple[_Step, int]], list[tuple[_Step, int]]]:
@@ -210,7 +209,7 @@ class Batcher:
         self.last_batch_rows = len(group)
         try:
             outs, logits = self._compute(group, heads, running)
-        except Exception as exc:  # noqa: BLE001 (a failed forward fails its own steps, never the worker)
+        except Exception as exc:  # noqa: BLE001 (a failed forward fails its own steps, never the batcher)
             log.exception("a batch of %d rows failed", len(group))
             with self._cv:
                 self._queue = [s for s in self._queue if s not in steps]

@@ -84,6 +84,6 @@ class TorchState:
         shared = 0
         if self.slot is not None:
             batch = self.slot[0]
-            shared = batch.nbytes // max(1, batch.occupied())
+            shared = batch.nbytes // max(1, batch.held)
         self.cache_bytes = self.kv.nbytes + shared
         return self.cache_bytes

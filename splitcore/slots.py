@@ -39,15 +39,8 @@ class SlotBatch:
         self.positions = torch.full((0, 0), -1, dtype=torch.long)  # (slots, columns): a key's position, or -1
         self.owners: list[weakref.ref[TorchState] | None] = []
         self.end = 0  # columns written so far; the next round writes column `end`
-
-    @property
-    def nbytes(self) -> int:
-        """Bytes reserved for every row's keys and values."""
-        return sum(t.numel() * t.element_size() for store in (self.keys, self.values) for t in store.values())
-
-    def occupied(self) -> int:
-        """Rows held by a live session."""
-        return sum(1 for ref in self.owners if ref is not None and ref() is not None)
+        self.held = 0  # rows held by a session (its state may have been dropped since: see `free_dead`)
+        self.nbytes = 0  # bytes reserved for every row's keys and values (recounted when the storage changes)
 
     def holds(self, state: TorchState) -> bool:
         return state.slot is not None and state.slot[0] is self
@@ -57,7 +50,7 @@ class SlotBatch:
 
         Returns the hidden states `(n, hidden)`; each state's position advances by one.
         """
-        self._free_dead()
+        self.free_dead()
         for state in states:
             if not self.holds(state):
                 self._join(state)
@@ -118,6 +111,7 @@ class SlotBatch:
         self.positions[row] = -1
         self.positions[row, start:self.end] = torch.arange(length)
         self.owners[row] = weakref.ref(state)
+        self.held += 1
         state.slot, state.kv = (self, row), SessionKV()
 
     def _fit(self) -> None:
@@ -156,6 +150,7 @@ class SlotBatch:
         for j, r in enumerate(live):
             positions[j, longest - lengths[j]:longest] = self.positions[r][held[j]]
         self.positions = positions
+        self._recount()
         self.owners = [self.owners[r] for r in live]
         for j, ref in enumerate(self.owners):
             state = ref() if ref is not None else None
@@ -178,6 +173,7 @@ class SlotBatch:
         if keep and width > 0:
             positions[:len(keep), lo + shift:lo + shift + width] = self.positions.index_select(0, index)[:, lo:self.end]
         self.positions = positions
+        self._recount()
         owners: list[weakref.ref[TorchState] | None] = [self.owners[r] for r in keep]
         self.owners = owners + [None] * (rows - len(keep))
         for r, ref in enumerate(self.owners):
@@ -186,16 +182,21 @@ class SlotBatch:
                 state.slot = (self, r)
         self.end = lo + shift + width
 
+    def _recount(self) -> None:
+        self.nbytes = sum(t.numel() * t.element_size() for store in (self.keys, self.values) for t in store.values())
+
     def _used(self) -> int:
         """Rows a forward runs over: up to the last occupied one."""
         return max((r + 1 for r, ref in enumerate(self.owners) if ref is not None), default=0)
 
-    def _free_dead(self) -> None:
+    def free_dead(self) -> None:
+        """Free the rows of sessions that have ended (their states are gone)."""
         for r, ref in enumerate(self.owners):
             if ref is not None and ref() is None:  # the session ended: its state is gone
                 self._release(r)
 
     def _release(self, row: int) -> None:
+        self.held -= self.owners[row] is not None
         self.owners[row] = None
         self.positions[row] = -1
 

@@ -55,7 +55,7 @@ def test_sessions_joining_skipping_leaving_and_ending_get_their_own_results(mode
             x = torch.randn(4, m.hidden_size, generator=gen)
             got_many = forward_rows(m, layers, [Row(p.batched, hidden=x)], embed=False)[0][0][0]
             torch.testing.assert_close(got_many, p.expected(x), rtol=1e-4, atol=1e-4)
-    assert batch.occupied() == len(pairs) == 2
+    assert batch.held == len(pairs) == 2
     for p in pairs:
         assert p.batched.position == p.alone.position
         assert p.batched.slot is not None and p.batched.measure() > 0

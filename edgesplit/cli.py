@@ -75,6 +75,7 @@ def _profile(args: argparse.Namespace) -> None:
     import torch
     from tqdm import tqdm
 
+    from profiling.profile import BATCH_CONTEXT
     from profiling.profiler import measure_profile
     from splitcore.loading import load_checkpoint
 
@@ -85,11 +86,20 @@ def _profile(args: argparse.Namespace) -> None:
     profile = measure_profile(loaded, args.device_name, repeats=args.repeats, emulation=emulation,
                               progress=lambda it: tqdm(list(it), desc=f"profiling {loaded.name} blocks"),
                               backends=args.backends.split(","), onnx_dir=args.onnx_dir, quantize=args.onnx_quantize)
+    if loaded.layered.num_layers and loaded.layered.max_positions > BATCH_CONTEXT + 70:
+        from cloud_service.selfcost import measure_request_ms
+
+        alone, busy = measure_request_ms(loaded)
+        profile = profile.model_copy(update={"request_ms": alone, "request_busy_ms": busy})
     out = args.out or Path("profiles") / f"{args.device_name}-{loaded.name}.json"
     profile.save(out)
     total = sum(p.decode_at(128) for p in profile.layers)
     print(f"wrote {out}: {profile.num_layers} blocks, {total:.2f} ms per decode step at context 128 "
-          f"with {profile.machine.threads} threads (torch)")
+          f"with {profile.machine.threads} threads (torch); a shard request's own cost "
+          f"{profile.request_ms:.2f} ms alone, {profile.request_busy_ms:.2f} ms in a batch")
+    batched = sum(p.decode_batch_ms.get(64, 0.0) for p in profile.layers)
+    if batched:
+        print(f"  batched: {batched:.2f} ms per decode round of 64 sessions ({batched / 64:.3f} ms each)")
     for name, cost in profile.runtimes.items():
         print(f"  {name}: {sum(p.decode_at(128) for p in cost.layers):.2f} ms per decode step at context 128")
 

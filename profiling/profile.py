@@ -16,6 +16,8 @@ from splitcore.errors import PlanError
 from splitcore.schema import StrictModel
 
 ZSTD_LEVELS = (1, 3, 9)  # the zstd levels profiled and searched
+BATCH_SIZES = (1, 4, 16, 64)  # sessions per decode round, profiled for the batching runtime (torch)
+BATCH_CONTEXT = 128  # each batched session's context while its round is timed
 
 
 class PartCost(StrictModel):
@@ -23,12 +25,26 @@ class PartCost(StrictModel):
 
     prefill_ms: dict[int, float] = Field(description="prompt length -> ms for the whole prompt")
     decode_ms: dict[int, float] = Field(description="context length -> ms for one new position")
+    decode_batch_ms: dict[int, float] = Field(
+        default_factory=dict,
+        description=f"sessions -> ms of one batched decode round of that many sessions, each at {BATCH_CONTEXT} "
+                    "positions of context; empty: the part runs each session's step on its own (no batching)")
 
     def prefill_at(self, tokens: int) -> float:
         return _interpolate(self.prefill_ms, tokens)
 
     def decode_at(self, context: int) -> float:
         return _interpolate(self.decode_ms, context)
+
+    def batch_share(self, sessions: float) -> float:
+        """The share of one session's decode step that each of `sessions` pays when they run as one batch:
+        1.0 alone, or for a part that does not batch; round(n) / (n x round(1)) otherwise. Past the largest
+        measured batch, the share stays there (a batcher's `max_batch` splits bigger loads into rounds)."""
+        if sessions <= 1 or len(self.decode_batch_ms) < 2 or 1 not in self.decode_batch_ms:
+            return 1.0
+        n = min(sessions, max(self.decode_batch_ms))
+        one = self.decode_batch_ms[1]
+        return min(1.0, _interpolate_float(self.decode_batch_ms, n) / (n * one)) if one > 0 else 1.0
 
 
 class CodecCost(StrictModel):
@@ -85,6 +101,13 @@ class Profile(StrictModel):
         default=0, description="largest live intermediate of one block per position, computed from the config")
     runtimes: dict[str, RuntimeCost] = Field(
         default_factory=dict, description="other runtimes measured on this device (e.g. onnxruntime)")
+    request_ms: float = Field(
+        default=0.0, ge=0, description="what a lone shard request costs this machine's service besides the parts "
+                                       "(middleware, frame codec, session, sampling, waking the threads for a "
+                                       "round); 0: not measured (`cloud_service.selfcost`)")
+    request_busy_ms: float = Field(
+        default=0.0, ge=0, description="what each request adds to a busy service's batched round besides the "
+                                       "parts; it queues (0: not measured)")
 
     def backends(self) -> list[str]:
         """Every runtime this profile has figures for, its own first."""
@@ -127,7 +150,8 @@ class Profile(StrictModel):
 
         def scale(part: PartCost) -> PartCost:
             return PartCost(prefill_ms={k: v * factor for k, v in part.prefill_ms.items()},
-                            decode_ms={k: v * factor for k, v in part.decode_ms.items()})
+                            decode_ms={k: v * factor for k, v in part.decode_ms.items()},
+                            decode_batch_ms={k: v * factor for k, v in part.decode_batch_ms.items()})
         how = f"compute stretched {factor:g}x by sleeping after each step"
         machine = self.machine.model_copy(update={"emulation": "; ".join(filter(None, [self.machine.emulation, how]))})
         runtimes = {name: cost.model_copy(update={"embed": scale(cost.embed), "layers": [scale(p) for p in cost.layers],
@@ -151,6 +175,10 @@ class Profile(StrictModel):
 
 def _interpolate(points: dict[int, float], x: int) -> float:
     """Piecewise-linear in token count, extrapolated linearly past the last two points (never below 0)."""
+    return _interpolate_float(points, x)
+
+
+def _interpolate_float(points: dict[int, float], x: float) -> float:
     xs = sorted(points)
     if len(xs) == 1:
         return points[xs[0]]

@@ -20,8 +20,19 @@ import onnxruntime
 import torch
 import transformers
 
-from profiling.profile import ZSTD_LEVELS, CodecCost, Machine, PartCost, Profile, RuntimeCost
+from profiling.profile import (
+    BATCH_CONTEXT,
+    BATCH_SIZES,
+    ZSTD_LEVELS,
+    CodecCost,
+    Machine,
+    PartCost,
+    Profile,
+    RuntimeCost,
+)
 from splitcore.backends import BACKENDS, OrtRunner, Runner, Runners, State, TorchRunner
+from splitcore.batched import head_logits
+from splitcore.batching import Batcher, BatchLimits
 from splitcore.codec import DTYPE_BY_NAME, Compressor, Decompressor, quantise
 from splitcore.defaults import MIB
 from splitcore.kvcache import TorchState
@@ -68,6 +79,49 @@ def _block_cost(runner: Runner, i: int, prefill: Iterable[int], decode: Iterable
 
     return PartCost(prefill_ms={n: _median_ms(prefill_run(n), repeats) for n in prefill},
                     decode_ms={c: _median_ms(decode_run(c), repeats) for c in decode})
+
+
+@torch.inference_mode()
+def decode_batch_ms(m: LayeredModel, layers: LayerRange, sizes: Iterable[int], repeats: int,
+                    context: int = BATCH_CONTEXT) -> dict[int, float]:
+    """ms of one decode round of n sessions on `layers` through the batcher the tiers run (`splitcore.batching`),
+    each session at `context` positions, for each n of `sizes`: what a batched tier pays per round."""
+    return {n: _median_ms(_decode_round(m, layers, n, context), max(repeats, 9)) for n in sizes}
+
+
+def _decode_round(m: LayeredModel, layers: LayerRange, n: int, context: int) -> Callable[[], None]:
+    """A decode round of `n` sessions that have read `context` positions; each call runs the next one (the first
+    copies each session's cache into its row of the running batch: `_median_ms` warms up with it)."""
+    batcher = Batcher(m, BatchLimits(max_batch=n, max_tokens=max(n, 1024), prefill_chunk=1024))
+    states = [TorchState() for _ in range(n)]
+    for state in states:
+        batcher.submit(state, layers, hidden=torch.randn(context, m.hidden_size))
+    while batcher.waiting:  # the prompts, a few sessions per round
+        batcher.run_round()
+    x = torch.randn(n, m.hidden_size)
+
+    def round_() -> None:
+        futures = [batcher.submit(state, layers, hidden=x[i]) for i, state in enumerate(states)]
+        batcher.run_round()
+        assert all(f.done() for f in futures), "one round runs every session's decode step"
+    return round_
+
+
+@torch.inference_mode()
+def _head_batch_ms(m: LayeredModel, sizes: Iterable[int], repeats: int) -> dict[int, float]:
+    def head(n: int) -> Callable[[], object]:
+        rows = torch.randn(n, m.hidden_size)
+        return lambda: head_logits(m, rows)
+    return {n: _median_ms(head(n), repeats) for n in sizes}
+
+
+@torch.inference_mode()
+def _embed_batch_ms(m: LayeredModel, sizes: Iterable[int], repeats: int) -> dict[int, float]:
+    def embed(n: int) -> Callable[[], object]:
+        ids = torch.randint(0, m.vocab_size, (n, 1))
+        positions = torch.full((n, 1), BATCH_CONTEXT)
+        return lambda: m.embed(ids, positions)
+    return {n: _median_ms(embed(n), repeats) for n in sizes}
 
 
 @torch.inference_mode()
@@ -144,18 +198,27 @@ def _onnx_runtime(runner: OrtRunner, prefill: list[int], decode: list[int], repe
 
 def measure_profile(loaded: LoadedModel, device_name: str, repeats: int = 5,
                     prefill: Iterable[int] = PREFILL_LENGTHS, decode: Iterable[int] = DECODE_CONTEXTS,
+                    batch_sizes: Iterable[int] = BATCH_SIZES,
                     emulation: str = "", progress: Callable[[Iterable[int]], Iterable[int]] = lambda it: it,
                     backends: Iterable[BackendName] = BACKENDS, onnx_dir: Path | None = None,
                     quantize: bool = False) -> Profile:
     """Measure every part of `loaded` on this machine with the current torch thread count, on PyTorch and (unless
-    `backends` leaves it out) on ONNX Runtime, with int8 weights when `quantize`."""
+    `backends` leaves it out) on ONNX Runtime, with int8 weights when `quantize`.
+
+    PyTorch parts are also timed in batched decode rounds of `batch_sizes` sessions (the tiers batch torch steps;
+    ONNX Runtime steps run one at a time, so its parts have no batched figures)."""
     m = loaded.layered
     prefill = [n for n in prefill if n <= m.max_positions]
     decode = [c for c in decode if c < m.max_positions]
+    sizes = sorted(set(batch_sizes) | {1}) if BATCH_CONTEXT + repeats + 2 < m.max_positions else []
     runners = Runners(m, onnx_dir=onnx_dir, quantize=quantize)
     torch_runner = TorchRunner(m, batched=False)  # timed in this thread: a step's compute, not the hand-off
     embed_cost, head_cost = _embed_and_head(torch_runner, prefill, decode, repeats)
-    layers = [_block_cost(torch_runner, i, prefill, decode, repeats) for i in progress(range(m.num_layers))]
+    embed_cost = embed_cost.model_copy(update={"decode_batch_ms": _embed_batch_ms(m, sizes, repeats)})
+    head_cost = head_cost.model_copy(update={"decode_batch_ms": _head_batch_ms(m, sizes, repeats)})
+    layers = [_block_cost(torch_runner, i, prefill, decode, repeats).model_copy(update={
+        "decode_batch_ms": decode_batch_ms(m, LayerRange(start=i, end=i + 1), sizes, repeats)})
+        for i in progress(range(m.num_layers))]
     runtimes = {}
     if "onnxruntime" in backends:
         ort = runners.get("onnxruntime")

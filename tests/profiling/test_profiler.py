@@ -24,6 +24,10 @@ def test_a_measured_profile_covers_every_part_and_says_where_it_came_from(models
     assert profile.head_weights_bytes > 0  # llama's head is not tied
     assert profile.peak_activation_bytes_per_token == 4 * (2 * 128 + 2 * 64)  # gate and up (128 wide), in and out
     assert profile.versions["torch"] and profile.machine.threads >= 1 and profile.created_at
+    for part in [profile.embed, *profile.layers, profile.head]:  # torch batches: rounds of 1, 4, 16, 64 sessions
+        assert set(part.decode_batch_ms) == {1, 4, 16, 64} and all(ms > 0 for ms in part.decode_batch_ms.values())
+    # a round of 64 sessions costs each far less than its own step (the tiny model's step is mostly overhead)
+    assert all(part.batch_share(64) < 0.5 for part in profile.layers)
     saved = profile.save(tmp_path / "p.json")
     assert Profile.load(saved) == profile
 
@@ -52,6 +56,21 @@ def test_the_profiler_measures_onnxruntime_too_and_the_size_of_its_weights(model
     weights = profile.layer_weights_bytes[0]
     assert weights < ort.layer_weights_bytes[0] < weights * 1.2  # fp32 weights plus the graph
     assert profile.on("onnxruntime").layers == ort.layers
+    assert all(not part.decode_batch_ms for part in [ort.embed, ort.head, *ort.layers])  # ORT steps run one by one
+    assert ort.layers[0].batch_share(32) == 1.0
     quantized = measure_profile(loaded, "test-device", repeats=1, prefill=(8,), decode=(8,), onnx_dir=onnx_dir,
                                 quantize=True)
     assert quantized.runtimes["onnxruntime"].layer_weights_bytes[0] < weights * 0.6  # int8 weights (biases fp32)
+
+
+def test_a_profile_written_before_batching_still_loads_and_means_no_batching(tmp_path: Path) -> None:
+    from profiling.synthetic import synthetic_profile
+
+    old = synthetic_profile("old", [1.0, 2.0]).model_dump(mode="json")
+    for part in [old["embed"], old["head"], *old["layers"]]:
+        del part["decode_batch_ms"]
+    del old["request_ms"], old["request_busy_ms"]
+    path = tmp_path / "old.json"
+    path.write_text(__import__("json").dumps(old))
+    profile = Profile.load(path)
+    assert profile.layers[0].batch_share(16) == 1.0 and profile.request_ms == 0.0

@@ -6,13 +6,25 @@ the link's round trip and per-request overhead, plus its bytes over the bandwidt
 
 With several generations at once (`Workload.streams`), the edge's core, the cloud's and each direction of the
 link are queues that the streams share, and the round trip is a pure delay; a step's time then comes from exact
-mean value analysis of that closed network (Reiser and Lavenberg), with every stream in the same phase (all
-prefill, then all decode, as a burst of equal requests runs). This is what makes a cut in the middle pay: the
-edge and the cloud work on different streams at the same time, so the best plan balances the two. With one
-stream it reduces to the sum of the parts.
+mean value analysis of that closed network (Reiser and Lavenberg). The streams are a served load: each
+generation starts again when it ends, so prompts interleave with other streams' decode steps. The network is
+solved for the mean step (a prompt, then `output - 1` decode steps); a prompt or a decode step then takes its own
+demand plus the mean demand of every stream it finds queued (the arrival theorem). This is what makes a cut in
+the middle pay: the edge and the cloud work on different streams at the same time, so the best plan balances
+the two. With one stream it reduces to the sum of the parts.
+
+Both tiers batch their PyTorch decode steps (`splitcore.batching`): n sessions in one round cost what the
+profile measured for a round of n (`PartCost.decode_batch_ms`), so each pays `batch_share(n)` of its lone step.
+How many share a round depends on how many wait at that tier, which the network's solution gives: the batch
+size is found as a fixed point (start from every stream in one round, solve, take each tier's mean queue as its
+batch size, repeat). The cloud's own per-request cost (`Profile.request_ms`: middleware, codec, sampling, the
+batcher's hand-off) is charged to the cloud's queue, `request_busy_ms` of it once the cloud batches. Prefill is
+not shared: a prompt's positions cost the same in a batch.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 from pydantic import Field
 
@@ -53,10 +65,6 @@ class Estimate(StrictModel):
     bytes_per_token: float = Field(description="bytes crossing the link per decode step, both ways")
 
 
-def _sum(parts: list[PartCost], start: int, end: int, tokens: int, decode: bool) -> float:
-    return sum(p.decode_at(tokens) if decode else p.prefill_at(tokens) for p in parts[start:end])
-
-
 def _frame(plan: Plan, sender: Profile, receiver: Profile, rows: int, tokens: bool) -> tuple[int, float]:
     """Bytes on the wire of one frame, and the sender's and receiver's codec time in ms."""
     if tokens:
@@ -80,42 +88,99 @@ class _Demands(StrictModel):
     delay_ms: float = 0.0  # round trip and per-request software overhead: no queue
     bytes: int = 0
 
+    def resources(self) -> list[float]:
+        """Demands at the queues: the edge, the cloud, the uplink and the downlink."""
+        return [self.edge_ms, self.cloud_ms, self.up_ms, self.down_ms]
+
     def time_ms(self, streams: int) -> float:
         """One step's time when `streams` run it at once (exact MVA; the plain sum for one stream)."""
-        demands = [self.edge_ms, self.cloud_ms, self.up_ms, self.down_ms]
-        queued = [0.0] * len(demands)
+        return self.solve(streams)[0]
+
+    def solve(self, streams: int) -> tuple[float, list[float], list[float]]:
+        """Exact MVA with `streams` running this step over and over: its time, the mean number of streams at each
+        queue (`resources`), and the number an arriving stream finds there (the same with one stream fewer)."""
+        demands = self.resources()
+        queued = arriving = [0.0] * len(demands)
         total = self.delay_ms + sum(demands)
         for n in range(1, streams + 1):
+            arriving = queued
             residence = [d * (1 + q) for d, q in zip(demands, queued, strict=True)]
             total = self.delay_ms + sum(residence)
-            queued = [n / total * r for r in residence]
-        return total
+            queued = [n / total * r for r in residence] if total > 0 else [0.0] * len(demands)
+        return total, queued, arriving
+
+    @staticmethod
+    def mix(first: _Demands, then: _Demands, steps: int) -> _Demands:
+        """The mean step of a generation that runs `first` once, then `then` for the rest of its `steps`."""
+        def mean(a: float, b: float) -> float:
+            return (a + (steps - 1) * b) / steps
+        return _Demands(edge_ms=mean(first.edge_ms, then.edge_ms), cloud_ms=mean(first.cloud_ms, then.cloud_ms),
+                        up_ms=mean(first.up_ms, then.up_ms), down_ms=mean(first.down_ms, then.down_ms),
+                        delay_ms=mean(first.delay_ms, then.delay_ms), bytes=then.bytes)
+
+    def time_among_ms(self, arriving: list[float], mean: _Demands) -> float:
+        """This step's time when it finds `arriving` streams at each queue, each needing `mean`'s demand there."""
+        return self.delay_ms + sum(d + q * m for d, q, m in zip(self.resources(), arriving, mean.resources(),
+                                                                  strict=True))
 
 
-def _step_demands(plan: Plan, edge: Profile, cloud: Profile, link: Link, rows: int, context: int, decode: bool
-                  ) -> _Demands:
-    """What one step (the prompt, or one token) of one stream costs each resource."""
+def _step_demands(plan: Plan, edge: Profile, cloud: Profile, link: Link, rows: int, context: int, decode: bool,
+                  edge_batch: float = 1.0, cloud_batch: float = 1.0) -> _Demands:
+    """What one step (the prompt, or one token) of one stream costs each resource, when a decode step shares its
+    round with `edge_batch` sessions on the edge and `cloud_batch` on the cloud (itself included)."""
     n_layers = edge.num_layers
     at = context if decode else rows
 
-    def cost(part: PartCost) -> float:
-        return part.decode_at(at) if decode else part.prefill_at(at)
+    def on(batch: float) -> Callable[[PartCost], float]:
+        def cost(part: PartCost) -> float:
+            return part.decode_at(at) * part.batch_share(batch) if decode else part.prefill_at(at)
+        return cost
 
+    def parts(cost: Callable[[PartCost], float], layers: list[PartCost], start: int, end: int) -> float:
+        return sum(cost(p) for p in layers[start:end])
+
+    cost, cloud_cost = on(edge_batch), on(cloud_batch)
     if not plan.uses_cloud:
-        return _Demands(edge_ms=cost(edge.embed) + _sum(edge.layers, 0, n_layers, at, decode) + cost(edge.head))
-    edge_ms = 0.0 if plan.cut_a == 0 else cost(edge.embed) + _sum(edge.layers, 0, plan.cut_a, at, decode)
-    cloud_ms = (cost(cloud.embed) if plan.cut_a == 0 else 0.0) + _sum(cloud.layers, plan.cut_a, plan.cut_b, at, decode)
+        return _Demands(edge_ms=cost(edge.embed) + parts(cost, edge.layers, 0, n_layers) + cost(edge.head))
+    edge_ms = 0.0 if plan.cut_a == 0 else cost(edge.embed) + parts(cost, edge.layers, 0, plan.cut_a)
+    cloud_ms = (cloud_cost(cloud.embed) if plan.cut_a == 0 else 0.0) + parts(cloud_cost, cloud.layers, plan.cut_a,
+                                                                                plan.cut_b)
+    alone = cloud_batch <= 1.0
+    served = cloud.request_ms if alone else min(cloud.request_ms, cloud.request_busy_ms or cloud.request_ms)
+    cloud_ms += served  # the service's own cost per request: it queues with the compute
     up, up_cpu = _frame(plan, edge, cloud, rows, tokens=plan.cut_a == 0)
     if plan.head == "cloud":
-        cloud_ms += cost(cloud.head)
+        cloud_ms += cloud_cost(cloud.head)
         down, down_cpu = _frame(plan, cloud, edge, 1, tokens=True)
     else:
         back_rows = rows if plan.cut_b < n_layers else 1  # no edge blocks after the cloud: only the last row
         down, down_cpu = _frame(plan, cloud, edge, back_rows, tokens=False)
-        edge_ms += _sum(edge.layers, plan.cut_b, n_layers, at, decode) + cost(edge.head)
+        edge_ms += parts(cost, edge.layers, plan.cut_b, n_layers) + cost(edge.head)
     ms_per_byte = 8 / link.bandwidth_bps * 1000
     return _Demands(edge_ms=edge_ms + up_cpu + down_cpu, cloud_ms=cloud_ms, up_ms=up * ms_per_byte,
                     down_ms=down * ms_per_byte, delay_ms=link.rtt_ms + link.overhead_ms, bytes=up + down)
+
+
+def _steady(plan: Plan, edge: Profile, cloud: Profile, link: Link, workload: Workload
+            ) -> tuple[float, float, _Demands]:
+    """Time to first token, time per output token and the decode step's demands, with `workload.streams`
+    generations that each start again when they end (a served load: prompts interleave with other streams'
+    decode steps). Each tier's batch size is the mean number of streams at it, found as a damped fixed point."""
+    prompt, output, streams = workload.prompt_tokens, workload.output_tokens, workload.streams
+    context = prompt + output // 2
+    edge_batch = cloud_batch = float(streams)
+    for _ in range(60):
+        first = _step_demands(plan, edge, cloud, link, prompt, prompt, False, edge_batch, cloud_batch)
+        decode = _step_demands(plan, edge, cloud, link, 1, context, True, edge_batch, cloud_batch)
+        mean = _Demands.mix(first, decode, output)
+        _, queued, arriving = mean.solve(streams)
+        if streams == 1:
+            break
+        new_edge, new_cloud = (min(float(streams), max(1.0, q)) for q in queued[:2])
+        if abs(new_edge - edge_batch) < 0.01 and abs(new_cloud - cloud_batch) < 0.01:
+            break
+        edge_batch, cloud_batch = (edge_batch + new_edge) / 2, (cloud_batch + new_cloud) / 2
+    return first.time_among_ms(arriving, mean), decode.time_among_ms(arriving, mean), decode
 
 
 def edge_memory_bytes(plan: Plan, edge: Profile, context: int, streams: int = 1) -> int:
@@ -142,9 +207,7 @@ def predict(plan: Plan, edge: Profile, cloud: Profile, link: Link, workload: Wor
     assert edge.num_layers == cloud.num_layers == plan.num_layers, "profiles and plan disagree on the model"
     edge_parts, cloud_parts = edge.on(plan.edge_backend), cloud.on(plan.cloud_backend)
     prompt, output, streams = workload.prompt_tokens, workload.output_tokens, workload.streams
-    ttft = _step_demands(plan, edge_parts, cloud_parts, link, prompt, prompt, decode=False).time_ms(streams)
-    decode = _step_demands(plan, edge_parts, cloud_parts, link, 1, prompt + output // 2, decode=True)
-    tpot = decode.time_ms(streams)
+    ttft, tpot, decode = _steady(plan, edge_parts, cloud_parts, link, workload)
     return Estimate(time_to_first_token_ms=ttft, time_per_output_token_ms=tpot, total_ms=ttft + (output - 1) * tpot,
                     edge_memory_bytes=edge_memory_bytes(plan, edge, prompt + output, streams),
                     bytes_per_token=float(decode.bytes))

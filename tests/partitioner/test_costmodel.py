@@ -83,20 +83,67 @@ def test_a_workload_parses_from_prompt_and_output_tokens() -> None:
         Workload.parse("64:32:0")
 
 
+LONG = Workload(prompt_tokens=16, output_tokens=1000)  # the prompt is a tenth of a percent of a stream's work
+
+
 def test_streams_queue_at_a_tier_they_all_need() -> None:
-    """Edge-only: every stream needs the edge's one core, so N streams make each step N times as long."""
+    """Edge-only, nothing batches: every stream needs the edge's one core, so N streams make each step N times as
+    long (a prompt now and then adds its share: well under 1% here)."""
     plan = Plan(num_layers=4, cut_a=4, cut_b=4)
-    one = predict(plan, EDGE, CLOUD, LINK, ONE_TOKEN).time_per_output_token_ms
-    four = predict(plan, EDGE, CLOUD, LINK, ONE_TOKEN.model_copy(update={"streams": 4})).time_per_output_token_ms
-    assert four == pytest.approx(4 * one)
+    one = predict(plan, EDGE, CLOUD, LINK, LONG).time_per_output_token_ms
+    four = predict(plan, EDGE, CLOUD, LINK, LONG.model_copy(update={"streams": 4})).time_per_output_token_ms
+    assert four == pytest.approx(4 * one, rel=0.01)
+
+
+def test_a_prompt_waits_behind_the_other_streams_decode_steps_and_they_behind_it() -> None:
+    """A served load: prompts interleave with decode steps, so short generations of long prompts slow every
+    stream's decode steps, and a prompt waits behind decode steps, not behind other prompts."""
+    plan = Plan(num_layers=4, cut_a=4, cut_b=4)
+    short = Workload(prompt_tokens=256, output_tokens=4, streams=4)
+    long = short.model_copy(update={"output_tokens": 400})
+    assert predict(plan, EDGE, CLOUD, LINK, short).time_per_output_token_ms > (
+        1.5 * predict(plan, EDGE, CLOUD, LINK, long).time_per_output_token_ms)
+    alone = predict(plan, EDGE, CLOUD, LINK, long.model_copy(update={"streams": 1}))
+    crowded = predict(plan, EDGE, CLOUD, LINK, long)
+    assert crowded.time_to_first_token_ms == pytest.approx(
+        alone.time_to_first_token_ms + 3 * alone.time_per_output_token_ms, rel=0.05)
+
+
+def test_batched_decode_rounds_make_streams_cheaper_than_their_sum() -> None:
+    """Cloud-only on a cloud whose round of n sessions costs what the profile says: 16 streams on a round that
+    costs 2x one session's step give each stream far less than 16x its lone time per token."""
+    rounds = {1: 1.0, 4: 1.2, 16: 2.0, 64: 6.0}
+    cloud = synthetic_profile("cloud", [1.0] * 4, hidden_size=100, head_ms=0.5, batch_rounds=rounds)
+    plan, link = Plan(num_layers=4, cut_a=0, cut_b=4, head="cloud", codec="fp32"), Link(bandwidth_bps=1e9, rtt_ms=0)
+    work = Workload(prompt_tokens=16, output_tokens=1000)
+    one = predict(plan, EDGE, cloud, link, work).time_per_output_token_ms
+    many = predict(plan, EDGE, cloud, link, work.model_copy(update={"streams": 16})).time_per_output_token_ms
+    unbatched = predict(plan, EDGE, CLOUD, link, work.model_copy(update={"streams": 16})).time_per_output_token_ms
+    assert one == pytest.approx(predict(plan, EDGE, CLOUD, link, work).time_per_output_token_ms)  # alone: the same
+    assert many == pytest.approx(2.0 * one, rel=0.1)  # every stream in each round: one round of 16 per token
+    assert unbatched == pytest.approx(16 * one, rel=0.02)
+    assert cloud.layers[0].batch_share(16) == pytest.approx(2.0 / 16)
+    assert cloud.layers[0].batch_share(1000) == pytest.approx(6.0 / 64)  # past the largest round measured
+
+
+def test_the_cloud_services_own_cost_per_request_queues_and_shrinks_in_a_batch() -> None:
+    plan, link = Plan(num_layers=4, cut_a=0, cut_b=4, head="cloud", codec="fp32"), Link(bandwidth_bps=1e9, rtt_ms=0)
+    work = Workload(prompt_tokens=16, output_tokens=1000)
+    rounds = {1: 1.0, 64: 1.0}  # a free batch: only the requests' own cost grows with the streams
+    cloud = synthetic_profile("cloud", [1.0] * 4, hidden_size=100, head_ms=0.5, batch_rounds=rounds)
+    served = cloud.model_copy(update={"request_ms": 3.0, "request_busy_ms": 1.0})
+    one, base = (predict(plan, EDGE, c, link, work).time_per_output_token_ms for c in (served, cloud))
+    assert one == pytest.approx(base + 3.0)
+    eight = predict(plan, EDGE, served, link, work.model_copy(update={"streams": 8})).time_per_output_token_ms
+    assert eight == pytest.approx(base + 8 * 1.0, rel=0.05)
 
 
 def test_the_round_trip_overlaps_with_other_streams_compute() -> None:
     """Cloud-only with a long round trip: four streams fit in the time one spends on the wire (MVA by hand)."""
     plan = Plan(num_layers=4, cut_a=0, cut_b=4, head="cloud", codec="fp32")
     slow = LINK.model_copy(update={"rtt_ms": 200.0})
-    one = predict(plan, EDGE, CLOUD, slow, ONE_TOKEN).time_per_output_token_ms
-    four = predict(plan, EDGE, CLOUD, slow, ONE_TOKEN.model_copy(update={"streams": 4})).time_per_output_token_ms
+    one = predict(plan, EDGE, CLOUD, slow, LONG).time_per_output_token_ms
+    four = predict(plan, EDGE, CLOUD, slow, LONG.model_copy(update={"streams": 4})).time_per_output_token_ms
     assert 4 * 4.5 < one < four < one * 1.1  # the cloud (4.5 ms a step) is far from busy: little queueing
 
 

@@ -51,6 +51,9 @@ class ShardEngine:
         self._steps = step_bound(max_concurrent_steps)
         self._round: asyncio.Handle | None = None  # the torch batcher's next round, scheduled on the event loop
         self._submitted = 0  # steps submitted since start, to see whether any arrived in a loop iteration
+        self._awaited: dict[uuid.UUID, None] = {}  # sessions answered by the last round, whose next step is due
+        self._last_round_s = 0.0
+        self._round_deadline = 0.0  # when a round that waits for due sessions runs at the latest
         self.batch_wait_s = batch_wait_s  # longest wait for them
 
     def _decoder(self) -> FrameCodec:
@@ -113,7 +116,10 @@ class ShardEngine:
 
     def end(self, sid: uuid.UUID, caller: str = "") -> bool:
         """Free a session's cache; False when it was not live or is another edge's."""
-        return self.store.remove(sid, owner=caller)
+        removed = self.store.remove(sid, owner=caller)
+        if removed:
+            self._awaited.pop(sid, None)  # the next round need not wait for it
+        return removed
 
     def _check_frame(self, frame: Frame) -> None:
         rows = frame.tensor.shape[0]
@@ -192,40 +198,65 @@ class ShardEngine:
             session.lock.release()
             raise
         future.add_done_callback(lambda _: session.lock.release())  # not before: the step may outlive its caller
+        self._awaited.pop(session.id, None)
         self._drive(runner.batcher)
         hidden, logits = await asyncio.wrap_future(future)
+        self._awaited[session.id] = None  # its next step is due: the next round waits a little for it
         return self._answer(session, frame, hidden, logits, started)
+
+    def _deadline(self) -> float:
+        """When the next round runs at the latest: `batch_wait_s` after now, or half the last round's time if less
+        (a session that misses a round waits a whole one; the others wait at most half of one for it)."""
+        return time.perf_counter() + min(self.batch_wait_s, self._last_round_s / 2)
 
     def _drive(self, batcher: Batcher) -> None:
         """Run the batcher's rounds from this event loop while steps wait (one scheduled driver at a time)."""
         self._submitted += 1
+        loop = asyncio.get_running_loop()
         if self._round is None:
-            deadline = time.perf_counter() + self.batch_wait_s
-            self._round = asyncio.get_running_loop().call_soon(self._settle, batcher, deadline, -1, 0)
+            self._round = loop.call_soon(self._settle, batcher, self._deadline(), -1, 0)
+        elif isinstance(self._round, asyncio.TimerHandle) and not self._due():
+            self._round.cancel()  # the last session the round waited for is in: settle now
+            self._round = loop.call_soon(self._settle, batcher, self._round_deadline, -1, 0)
+
+    def _due(self) -> int:
+        """Sessions of the last round that are live and have not sent their next step yet."""
+        gone = [sid for sid in self._awaited if sid not in self.store]
+        for sid in gone:
+            del self._awaited[sid]
+        return len(self._awaited)
 
     def _settle(self, batcher: Batcher, deadline: float, seen: int, quiet: int) -> None:
-        """Run the next round once no step has arrived for two loop iterations (the frames already on the wire
-        are read and queued by then), or `batch_wait_s` (after a round: at most that round's time) has passed.
-        A round of 1 row costs 7 ms on the shipped model and one of 32 rows 20 ms, so a round that leaves out
-        the steps the loop is about to read costs nearly a round for each; the two iterations cost a lone
-        session about 30 us."""
+        """Run the next round once every session of the last round has sent its next step (or ended) and no step
+        has arrived for two loop iterations (the frames already on the wire are read and queued by then), or at
+        `deadline`. Waiting for the sessions of the last round is the batch: on 2 cores, with 32 streams, starting
+        as soon as the loop was quiet ran rounds of about 20 of the 32 (the edges had not sent theirs yet), and
+        each session left out waited a whole round. Until then the loop sleeps (a timer, no spinning: the edges
+        may be on the same cores); a lone session waits for nobody, and the two iterations cost it about 30 us."""
+        loop = asyncio.get_running_loop()
+        now = time.perf_counter()
+        if now >= deadline:
+            self._run_round(batcher)
+            return
         quiet = quiet + 1 if self._submitted == seen else 0
-        if quiet >= 2 or time.perf_counter() >= deadline:
+        if self._due():
+            self._round_deadline = deadline
+            self._round = loop.call_later(deadline - now, self._settle, batcher, deadline, self._submitted, 0)
+        elif quiet >= 2:
             self._run_round(batcher)
         else:
-            self._round = asyncio.get_running_loop().call_soon(self._settle, batcher, deadline, self._submitted,
-                                                               quiet)
+            self._round = loop.call_soon(self._settle, batcher, deadline, self._submitted, quiet)
 
     def _run_round(self, batcher: Batcher) -> None:
         started = time.perf_counter()
+        self._awaited.clear()  # from now on, wait for the sessions this round answers
         try:
             batcher.run_round()
         finally:
             self._round = None
+            self._last_round_s = time.perf_counter() - started
             if batcher.waiting:
-                now = time.perf_counter()
-                deadline = now + min(self.batch_wait_s, now - started)
-                self._round = asyncio.get_running_loop().call_soon(self._settle, batcher, deadline,
+                self._round = asyncio.get_running_loop().call_soon(self._settle, batcher, self._deadline(),
                                                                    self._submitted, 0)
 
     def forward_frame(self, session: CloudSession, frame: Frame) -> bytes:

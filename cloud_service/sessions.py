@@ -60,6 +60,9 @@ class SessionStore:
     def __len__(self) -> int:
         return len(self._live)
 
+    def __contains__(self, sid: object) -> bool:
+        return sid in self._live
+
     @property
     def cache_bytes(self) -> int:
         with self._lock:

@@ -64,3 +64,54 @@ def test_steps_of_one_session_take_turns(tmp_path: Path, monkeypatch: pytest.Mon
         statuses = sorted(pool.map(lambda _: step(url, sid, 3, layers, torch.randn(1, 64)).status_code, range(2)))
     assert overlap.most == 1
     assert statuses == [200, 409]  # the second finds the session at position 4, not 3
+
+
+def test_a_round_waits_a_little_for_the_sessions_of_the_last_one_and_not_for_ended_ones(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two sessions decode together. When one sends its next step a few ms after the other, the next round still
+    holds both (a session left out would wait a whole round); once a session has ended, or when it does not come
+    within half a round, the round runs without it."""
+    import asyncio
+
+    from cloud_service.app import build_engine
+    from splitcore.schema import SessionMeta
+    from splitcore.slots import SlotBatch
+
+    path = save_checkpoint(seed3(), tmp_path / "ckpt")
+    engine = build_engine(CloudSettings(model_dir=path, batch_wait_ms=1000))
+    real = SlotBatch.decode
+
+    def slow(self, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202 (a decode round of 60 ms)
+        time.sleep(0.06)
+        return real(self, *args, **kwargs)
+    monkeypatch.setattr(SlotBatch, "decode", slow)
+    layers, codec = LayerRange(start=1, end=3), FrameCodec()
+    meta = SessionMeta(codec="fp32", weights_digest=seed3().digests.part(layers)).model_dump_json().encode()
+    a, b = uuid.uuid4(), uuid.uuid4()
+
+    async def send(sid: uuid.UUID, position: int, rows: int, after_s: float = 0.0) -> float:
+        await asyncio.sleep(after_s)
+        started = time.perf_counter()
+        await engine.forward_async(codec.encode(sid, position, layers, torch.randn(rows, 64),
+                                                meta=meta if position == 0 else b""))
+        return time.perf_counter() - started
+
+    async def scenario() -> tuple[list[int], float, float]:
+        await asyncio.gather(send(a, 0, 3), send(b, 0, 3))  # prompts
+        await asyncio.gather(send(a, 3, 1), send(b, 3, 1))  # both decode in one round: both are due next
+        sizes = []
+        await asyncio.gather(send(a, 4, 1), send(b, 4, 1, after_s=0.01))  # b comes 10 ms later: still one round
+        sizes.append(engine.batch_size)
+        assert engine.end(b)
+        alone = await send(a, 5, 1)  # b has ended: nobody to wait for
+        sizes.append(engine.batch_size)
+        c = uuid.uuid4()
+        await asyncio.gather(send(a, 6, 1), send(c, 0, 3))  # c joins (its prompt), then goes quiet
+        await asyncio.gather(send(a, 7, 1), send(c, 3, 1))
+        stale = await send(a, 8, 1)  # c is due but never sends: a waits at most half a round (30 ms)
+        return sizes, alone, stale
+
+    sizes, alone, stale = asyncio.run(scenario())
+    assert sizes == [2, 1]
+    assert alone < 0.06 + 0.02  # its own round, no wait
+    assert 0.06 + 0.02 < stale < 0.06 + 0.03 + 0.05  # its round plus about half a round for the absent session

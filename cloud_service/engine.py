@@ -35,7 +35,7 @@ class ShardEngine:
 
     def __init__(self, loaded: LoadedModel, store: SessionStore, held: LayerRange | None = None,
                  limits: Limits | None = None, max_concurrent_steps: int | None = None,
-                 runners: Runners | None = None, batch_wait_s: float = 0.02) -> None:
+                 runners: Runners | None = None, batch_wait_s: float = 0.25) -> None:
         self.model = loaded.layered
         self.runners = runners or Runners(self.model)  # torch or onnxruntime, as each session's opening frame asks
         self.loaded = loaded

@@ -24,9 +24,9 @@ class CloudSettings(TierSettings):
         description="budget for block weights when an edge asks for more blocks; None: no limit")
     max_concurrent_steps: int | None = Field(default=None, ge=1,
         description="unbatched (ONNX Runtime) steps computed at once; default: one per core (torch steps batch)")
-    batch_wait_ms: float = Field(default=20.0, ge=0,
+    batch_wait_ms: float = Field(default=250.0, ge=0,
         description="longest wait for the sessions of the last batch to send their next step before the next "
-                    "batch runs without them (never longer than that batch took)")
+                    "batch runs without them (never longer than half that batch took)")
     session_ttl_s: float = Field(default=300.0, description="a session idle this long is dropped with its KV cache")
     max_sessions: int = Field(default=256,
         description="sessions held at once; least recently used idle ones are evicted beyond it")

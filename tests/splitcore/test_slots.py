@@ -86,3 +86,30 @@ def test_rows_full_of_holes_are_repacked_and_stay_exact(models: dict[str, Loaded
             torch.testing.assert_close(got[i], p.expected(x[i:i + 1])[0], rtol=1e-3, atol=1e-3)
     assert 1 <= len(repacks) <= 10, repacks
     assert batch.end <= 2 * slow.batched.position + 17  # the holes did not accumulate
+
+
+@pytest.mark.parametrize("family_name", ["gpt2", "llama"])
+def test_cohorts_that_take_turns_run_only_their_own_rows_and_stay_exact(models: dict[str, LoadedModel],
+                                                                         family_name: str,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """Six sessions in three cohorts of two that decode in turn (as streams fall into step with a slow round):
+    each round runs the two stepping rows only, over their gathered keys, not six rows of which four are idle."""
+    m = models[family_name].layered
+    layers = LayerRange(start=0, end=2)
+    gen = torch.Generator().manual_seed(1)
+    pairs = [Pair(m, layers, torch.randn(n, m.hidden_size, generator=gen)) for n in (2, 5, 3, 8, 4, 6)]
+    batch = SlotBatch(m, layers)
+    seen: list[int] = []
+    real = SlotBatch._decode_rows
+
+    def spy(self, states, *args):  # noqa: ANN001, ANN002, ANN202
+        seen.append(len(states))
+        return real(self, states, *args)
+    monkeypatch.setattr(SlotBatch, "_decode_rows", spy)
+    for round_ in range(12):
+        cohort = pairs if round_ == 0 else pairs[2 * (round_ % 3):2 * (round_ % 3) + 2]
+        x = torch.randn(len(cohort), m.hidden_size, generator=gen)
+        got = batch.decode([p.batched for p in cohort], x, embed=False)
+        for i, p in enumerate(cohort):
+            torch.testing.assert_close(got[i], p.expected(x[i:i + 1])[0], rtol=1e-4, atol=1e-4)
+    assert seen == [2] * 11  # every round after the first ran two rows, not six

@@ -11,6 +11,12 @@ not this machine, so the frames carry random activations of the model's width: t
 on their values). Reported per level: output tokens/s, TTFT and TPOT percentiles, and the ratio to one stream
 and to `transformers` `generate` at the same batch size, measured in the same run (the limit: no serving
 overhead, one batch of equal prompts). End-to-end numbers through a real edge are `edgesplit loadtest`'s.
+
+The cost model's prediction is checked at each level: the cloud's profile is measured in this process before the
+cloud starts (the same machine and threads, batched rounds and the service's own per-request cost included), the
+link is the median round trip of an empty `POST /v1/probe` over the same kind of connection, and the emulated
+edges cost nothing (their profile is the cloud's, scaled to zero compute). Reported: predicted tokens/s and TPOT,
+and their errors against the measurement.
 """
 
 from __future__ import annotations
@@ -20,6 +26,8 @@ import asyncio
 import contextlib
 import json
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 import uuid
@@ -31,14 +39,19 @@ import torch
 
 from edgesplit.procs import free_port, serve, wait_healthy
 from edgesplit.tools.checkpoints import build, model_configs
+from partitioner.costmodel import Estimate, Workload, predict
+from profiling.link_estimator import Link
+from profiling.profile import Profile
 from splitcore.codec import Dtype
 from splitcore.defaults import DEFAULT_MODEL_DIR
 from splitcore.loading import LoadedModel, load_checkpoint
+from splitcore.plan import Plan as SplitPlan
 from splitcore.ranges import LayerRange
 from splitcore.schema import SessionMeta
 from splitcore.wire import MEDIA_TYPE, Flags, FrameCodec
 
-STREAMS = (1, 4, 16, 32, 64)
+STREAMS = (1, 4, 8, 16, 32, 64)
+CHECKED = (1, 8, 32)  # the levels whose median error the cost model must keep within 15%
 
 
 @dataclass
@@ -161,12 +174,58 @@ def plans(loaded: LoadedModel) -> list[Plan]:
             Plan(f"mid cut {n // 4}:{n - n // 4} int8", LayerRange(start=n // 4, end=n - n // 4), False, Dtype.INT8)]
 
 
+def _as_plan(plan: Plan, n: int) -> SplitPlan:
+    if plan.tokens:
+        return SplitPlan(num_layers=n, cut_a=0, cut_b=n, head="cloud", codec="fp32")
+    return SplitPlan(num_layers=n, cut_a=plan.layers.start, cut_b=plan.layers.end, head="edge", codec="int8")
+
+
+def cloud_profile(path: Path, threads: int, work: Path) -> Profile:
+    """The cloud's profile as an operator makes it (`edgesplit profile`, torch only), before the cloud starts: in a
+    process of its own, with the OpenMP wait policy `edgesplit serve` runs with."""
+    out = work / f"cloud-profile-{path.name}.json"
+    subprocess.run([sys.executable, "-m", "edgesplit.cli", "profile", "--model", str(path), "--device-name", "cloud",
+                    "--threads", str(threads), "--backends", "torch", "--out", str(out)], check=True,
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return Profile.load(out)
+
+
+async def _probe_rtt_ms(url: str, rounds: int = 60) -> float:
+    conn = await _Connection.open(url)
+    try:
+        times = []
+        for _ in range(rounds):
+            t = time.perf_counter()
+            await conn.request("POST", "/v1/probe", b"\0" * 64)
+            times.append((time.perf_counter() - t) * 1000)
+        return statistics.median(times[5:])
+    finally:
+        await conn.close()
+
+
+def predicted(plan: Plan, loaded: LoadedModel, cloud: Profile, link: Link, streams: int, prompt_tokens: int,
+              output_tokens: int) -> Estimate:
+    """The cost model's figures for a level; the emulated edges compute nothing (their profile: zero compute)."""
+    workload = Workload(prompt_tokens=prompt_tokens, output_tokens=output_tokens, streams=streams)
+    return predict(_as_plan(plan, loaded.layered.num_layers), cloud.slowed(0.0), cloud, link, workload)
+
+
+def model_error(rows: list[dict]) -> float | None:
+    """Median relative error of the predicted tokens/s over the checked levels present."""
+    errors = [r["predicted"]["tokens_per_s_error"] for r in rows if r["streams"] in CHECKED and "predicted" in r]
+    return statistics.median(errors) if errors else None
+
+
 def bench_model(path: Path, name: str, args: argparse.Namespace, work: Path) -> dict:
     loaded = load_checkpoint(path)
     torch.set_num_threads(args.threads)
     limit = {b: monolithic(loaded, b, args.prompt_tokens, args.output_tokens) for b in args.streams}
     print(f"{name}: monolithic generate tok/s by batch: "
           + ", ".join(f"{b}: {v:.0f}" for b, v in limit.items()), flush=True)
+    profile = None if args.url else cloud_profile(path, args.threads, work)
+    if profile is not None:
+        print(f"  profile: a lone request's own cost {profile.request_ms:.2f} ms, in a batch "
+              f"{profile.request_busy_ms:.2f} ms", flush=True)
     port = free_port()
     url = args.url or f"http://127.0.0.1:{port}"
     cloud_args = ["--model", str(path), "--max-sessions-per-caller", "1024", "--threads", str(args.threads),
@@ -177,6 +236,8 @@ def bench_model(path: Path, name: str, args: argparse.Namespace, work: Path) -> 
         if not args.url:
             proc = stack.enter_context(serve("cloud", cloud_args, port, work / f"{name}-cloud.log"))
             wait_healthy(f"{url}/health", proc)
+        link = Link(bandwidth_bps=10e9, rtt_ms=asyncio.run(_probe_rtt_ms(url)))
+        result["link_rtt_ms"] = link.rtt_ms
         for plan in plans(loaded):
             rows: list[dict] = []
             for streams in args.streams:
@@ -185,12 +246,27 @@ def bench_model(path: Path, name: str, args: argparse.Namespace, work: Path) -> 
                 single = rows[0]["output_tokens_per_s"] if rows else row["output_tokens_per_s"]
                 row["x_one_stream"] = row["output_tokens_per_s"] / single
                 row["x_monolithic"] = row["output_tokens_per_s"] / limit[streams]
+                if profile is not None:
+                    est = predicted(plan, loaded, profile, link, streams, args.prompt_tokens, args.output_tokens)
+                    tok_s = streams * args.output_tokens / est.total_ms * 1000
+                    row["predicted"] = {
+                        "tokens_per_s": tok_s, "tpot_ms": est.time_per_output_token_ms,
+                        "ttft_ms": est.time_to_first_token_ms,
+                        "tokens_per_s_error": abs(tok_s - row["output_tokens_per_s"]) / row["output_tokens_per_s"],
+                        "tpot_error": (abs(est.time_per_output_token_ms - row["tpot_ms"]["p50"]) / row["tpot_ms"]["p50"]
+                                       if row["tpot_ms"]["p50"] else None)}
+                    print(f"    predicted {tok_s:.0f} tok/s (error {row['predicted']['tokens_per_s_error']:.0%}), "
+                          f"tpot {est.time_per_output_token_ms:.1f} ms", flush=True)
                 print(f"  {plan.name}, {streams} streams: {row['output_tokens_per_s']:.0f} tok/s "
                       f"({row['x_one_stream']:.1f}x one stream, {row['x_monolithic']:.2f}x monolithic), "
                       f"ttft p50 {row['ttft_ms']['p50']} ms, tpot p50/p99 {row['tpot_ms']['p50']}/"
                       f"{row['tpot_ms']['p99']} ms, failed {row['failed']}", flush=True)
                 rows.append(row)
             result["plans"][plan.name] = rows
+            error = model_error(rows)
+            if error is not None:
+                result.setdefault("cost_model_median_error", {})[plan.name] = error
+                print(f"  {plan.name}: cost model median error over {CHECKED} streams: {error:.0%}", flush=True)
     return result
 
 

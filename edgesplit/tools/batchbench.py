@@ -12,11 +12,15 @@ on their values). Reported per level: output tokens/s, TTFT and TPOT percentiles
 and to `transformers` `generate` at the same batch size, measured in the same run (the limit: no serving
 overhead, one batch of equal prompts). End-to-end numbers through a real edge are `edgesplit loadtest`'s.
 
-The cost model's prediction is checked at each level: the cloud's profile is measured in this process before the
-cloud starts (the same machine and threads, batched rounds and the service's own per-request cost included), the
-link is the median round trip of an empty `POST /v1/probe` over the same kind of connection, and the emulated
+The cost model's prediction is checked at each level: the cloud's profile is measured by `edgesplit profile` before
+the cloud starts (the same machine and threads, batched rounds and the service's own per-request cost included),
+the link is the median round trip of an empty `POST /v1/probe` over the same kind of connection, and the emulated
 edges cost nothing (their profile is the cloud's, scaled to zero compute). Reported: predicted tokens/s and TPOT,
-and their errors against the measurement.
+and their errors against the measurement, and the emulated edges' own CPU per exchange, which the prediction
+leaves out (they are one process on the cloud's two cores, where real devices would be elsewhere).
+
+The edges do not start in step: edge i's first generation is cut to 1 + i x OUTPUT / N tokens, so the prompts of
+the N streams fall evenly over a generation instead of arriving in one burst each time.
 """
 
 from __future__ import annotations
@@ -93,6 +97,7 @@ class Level:
     ttft_s: list[float] = field(default_factory=list)
     tpot_s: list[float] = field(default_factory=list)
     tokens: int = 0
+    generations: int = 0
     failed: int = 0
 
 
@@ -118,7 +123,9 @@ async def _generation(conn: _Connection, plan: Plan, loaded: LoadedModel, prompt
             position += len(payload)
             payload = out.tensor.reshape(-1)[-1:].long() if plan.tokens else torch.randn(1, width)
         level.tokens += output_tokens
-        level.tpot_s.append(statistics.mean(gaps) if gaps else 0.0)
+        level.generations += 1
+        if gaps:
+            level.tpot_s.append(statistics.mean(gaps))
     except (RuntimeError, OSError, asyncio.IncompleteReadError) as exc:
         level.failed += 1
         print(f"  a generation failed: {exc!r}", flush=True)
@@ -133,22 +140,30 @@ async def _level(url: str, plan: Plan, loaded: LoadedModel, streams: int, prompt
     started = time.perf_counter()
     deadline = started + duration_s
 
-    async def edge() -> None:  # a connection of its own, as each device has
+    async def edge(i: int) -> None:  # a connection of its own, as each device has
         conn = await _Connection.open(url)
+        # Devices do not start in step: the first generation of edge i is cut short so the streams' prompts
+        # fall evenly over a generation's tokens (in step, equal generations keep every prompt arriving in
+        # one burst, whose prefill stalls every stream at once).
+        tokens = 1 + (i * output_tokens) // streams
         try:
             while time.perf_counter() < deadline:
                 prompt = torch.randint(0, loaded.layered.vocab_size, (prompt_tokens,), generator=gen)
-                await _generation(conn, plan, loaded, prompt, output_tokens, level)
+                await _generation(conn, plan, loaded, prompt, tokens, level)
+                tokens = output_tokens
         finally:
             await conn.close()
-    await asyncio.gather(*(edge() for _ in range(streams)))
-    wall = time.perf_counter() - started
+    cpu = time.process_time()
+    await asyncio.gather(*(edge(i) for i in range(streams)))
+    wall, cpu = time.perf_counter() - started, time.process_time() - cpu
 
     def pct(xs: list[float], q: int) -> float | None:
         return round(statistics.quantiles(xs, n=100)[q - 1] * 1000, 2) if len(xs) > 1 else (
             round(xs[0] * 1000, 2) if xs else None)
     return {"streams": streams, "output_tokens_per_s": level.tokens / wall, "failed": level.failed,
-            "generations": len(level.tpot_s),
+            "generations": level.generations,
+            # the emulated edges' own CPU per exchange (one process, on the cloud's cores): not in the prediction
+            "edges_cpu_ms_per_request": cpu * 1000 / max(1, level.tokens + 2 * level.generations),
             "ttft_ms": {f"p{q}": pct(level.ttft_s, q) for q in (50, 90, 99)},
             "tpot_ms": {f"p{q}": pct(level.tpot_s, q) for q in (50, 90, 99)}}
 

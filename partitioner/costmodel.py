@@ -18,8 +18,9 @@ profile measured for a round of n (`PartCost.decode_batch_ms`), so each pays `ba
 How many share a round depends on how many wait at that tier, which the network's solution gives: the batch
 size is found as a fixed point (start from every stream in one round, solve, take each tier's mean queue as its
 batch size, repeat). The cloud's own per-request cost (`Profile.request_ms`: middleware, codec, sampling, the
-batcher's hand-off) is charged to the cloud's queue, `request_busy_ms` of it once the cloud batches. Prefill is
-not shared: a prompt's positions cost the same in a batch.
+batcher's hand-off) is charged to the cloud's queue, `request_busy_ms` of it once the cloud batches; the edge
+profile's `request_ms` to the edge's queue for every exchange (its software per exchange, measured the same way
+on that machine). Prefill is not shared: a prompt's positions cost the same in a batch.
 """
 
 from __future__ import annotations
@@ -148,6 +149,7 @@ def _step_demands(plan: Plan, edge: Profile, cloud: Profile, link: Link, rows: i
     alone = cloud_batch <= 1.0
     served = cloud.request_ms if alone else min(cloud.request_ms, cloud.request_busy_ms or cloud.request_ms)
     cloud_ms += served  # the service's own cost per request: it queues with the compute
+    edge_ms += edge.request_ms  # the edge's own software per exchange (HTTP client, framing), on its cores
     up, up_cpu = _frame(plan, edge, cloud, rows, tokens=plan.cut_a == 0)
     if plan.head == "cloud":
         cloud_ms += cloud_cost(cloud.head)

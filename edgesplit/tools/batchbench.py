@@ -16,8 +16,9 @@ The cost model's prediction is checked at each level: the cloud's profile is mea
 the cloud starts (the same machine and threads, batched rounds and the service's own per-request cost included),
 the link is the median round trip of an empty `POST /v1/probe` over the same kind of connection, and the emulated
 edges cost nothing (their profile is the cloud's, scaled to zero compute). Reported: predicted tokens/s and TPOT,
-and their errors against the measurement, and the emulated edges' own CPU per exchange, which the prediction
-leaves out (they are one process on the cloud's two cores, where real devices would be elsewhere).
+and their errors against the measurement. The emulated edges' own CPU per exchange (HTTP, framing, random
+activations) is measured in each level (process time over exchanges) and is the edge profile's `request_ms`;
+they are one process on the cloud's two cores, where real devices would be elsewhere.
 
 The edges do not start in step: edge i's first generation is cut to 1 + i x OUTPUT / N tokens, so the prompts of
 the N streams fall evenly over a generation instead of arriving in one burst each time.
@@ -162,7 +163,7 @@ async def _level(url: str, plan: Plan, loaded: LoadedModel, streams: int, prompt
             round(xs[0] * 1000, 2) if xs else None)
     return {"streams": streams, "output_tokens_per_s": level.tokens / wall, "failed": level.failed,
             "generations": level.generations,
-            # the emulated edges' own CPU per exchange (one process, on the cloud's cores): not in the prediction
+            # the emulated edges' own CPU per exchange (one process, on the cloud's cores)
             "edges_cpu_ms_per_request": cpu * 1000 / max(1, level.tokens + 2 * level.generations),
             "ttft_ms": {f"p{q}": pct(level.ttft_s, q) for q in (50, 90, 99)},
             "tpot_ms": {f"p{q}": pct(level.tpot_s, q) for q in (50, 90, 99)}}
@@ -219,10 +220,12 @@ async def _probe_rtt_ms(url: str, rounds: int = 60) -> float:
 
 
 def predicted(plan: Plan, loaded: LoadedModel, cloud: Profile, link: Link, streams: int, prompt_tokens: int,
-              output_tokens: int) -> Estimate:
-    """The cost model's figures for a level; the emulated edges compute nothing (their profile: zero compute)."""
+              output_tokens: int, edge_ms_per_request: float) -> Estimate:
+    """The cost model's figures for a level. The emulated edges compute no blocks (their profile: the cloud's at
+    zero compute) and spend `edge_ms_per_request` of CPU on each exchange (measured in the level)."""
     workload = Workload(prompt_tokens=prompt_tokens, output_tokens=output_tokens, streams=streams)
-    return predict(_as_plan(plan, loaded.layered.num_layers), cloud.slowed(0.0), cloud, link, workload)
+    edge = cloud.slowed(0.0).model_copy(update={"request_ms": edge_ms_per_request, "request_busy_ms": 0.0})
+    return predict(_as_plan(plan, loaded.layered.num_layers), edge, cloud, link, workload)
 
 
 def model_error(rows: list[dict]) -> float | None:
@@ -262,7 +265,8 @@ def bench_model(path: Path, name: str, args: argparse.Namespace, work: Path) -> 
                 row["x_one_stream"] = row["output_tokens_per_s"] / single
                 row["x_monolithic"] = row["output_tokens_per_s"] / limit[streams]
                 if profile is not None:
-                    est = predicted(plan, loaded, profile, link, streams, args.prompt_tokens, args.output_tokens)
+                    est = predicted(plan, loaded, profile, link, streams, args.prompt_tokens, args.output_tokens,
+                                    row["edges_cpu_ms_per_request"])
                     tok_s = streams * args.output_tokens / est.total_ms * 1000
                     row["predicted"] = {
                         "tokens_per_s": tok_s, "tpot_ms": est.time_per_output_token_ms,

@@ -180,3 +180,13 @@ def test_a_plan_is_costed_on_the_runtime_it_names_and_pays_for_that_runtimes_wei
     assert on_ort.edge_memory_bytes == on_torch.edge_memory_bytes + 4 * 1000 + 1000  # blocks and embeddings
     with pytest.raises(PlanError, match="no figures for 'onnxruntime'"):
         predict(Plan(num_layers=4, cut_a=2, cut_b=4, cloud_backend="onnxruntime"), edge, cloud, link, workload)
+
+
+def test_the_edges_own_software_per_exchange_is_paid_by_split_steps_only() -> None:
+    work = Workload(prompt_tokens=16, output_tokens=1000)
+    busy_edge = EDGE.model_copy(update={"request_ms": 2.0})
+    split = Plan(num_layers=4, cut_a=1, cut_b=3, codec="int8")
+    alone = Plan(num_layers=4, cut_a=4, cut_b=4)
+    for plan, extra in ((split, 2.0), (alone, 0.0)):
+        assert predict(plan, busy_edge, CLOUD, LINK, work).time_per_output_token_ms == pytest.approx(
+            predict(plan, EDGE, CLOUD, LINK, work).time_per_output_token_ms + extra)

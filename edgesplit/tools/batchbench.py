@@ -21,7 +21,9 @@ activations) is measured in each level (process time over exchanges) and is the 
 they are one process on the cloud's two cores, where real devices would be elsewhere.
 
 The edges do not start in step: edge i's first generation is cut to 1 + i x OUTPUT / N tokens, so the prompts of
-the N streams fall evenly over a generation instead of arriving in one burst each time.
+the N streams fall evenly over a generation instead of arriving in one burst each time. That first generation is a
+warm-up: tokens/s counts the tokens that arrive between the end of the last edge's warm-up and the level's end
+(a warm-up generation pays a whole prompt for fewer tokens), and TTFT and TPOT leave it out.
 """
 
 from __future__ import annotations
@@ -100,10 +102,12 @@ class Level:
     tokens: int = 0
     generations: int = 0
     failed: int = 0
+    token_times: list[float] = field(default_factory=list)  # when each output token arrived
 
 
 async def _generation(conn: _Connection, plan: Plan, loaded: LoadedModel, prompt: torch.Tensor,
-                      output_tokens: int, level: Level) -> None:
+                      output_tokens: int, level: Level, warm_up: bool = False) -> None:
+    """One closed-loop generation; a warm-up one counts in the token times only (not in TTFT, TPOT, totals)."""
     sid, codec = uuid.uuid4(), FrameCodec(plan.codec)
     meta = SessionMeta(codec="int8" if plan.codec == Dtype.INT8 else "fp32",
                        weights_digest=loaded.digests.part(plan.layers, embed=plan.tokens, head=plan.tokens))
@@ -120,9 +124,13 @@ async def _generation(conn: _Connection, plan: Plan, loaded: LoadedModel, prompt
             if status != 200:
                 raise RuntimeError(f"the cloud answered {status}: {body[:200]!r}")
             out = codec.decode(body)
-            (level.ttft_s if i == 0 else gaps).append(time.perf_counter() - (started if i == 0 else t))
+            now = time.perf_counter()
+            level.token_times.append(now)
+            (level.ttft_s if i == 0 and not warm_up else gaps).append(now - (started if i == 0 else t))
             position += len(payload)
             payload = out.tensor.reshape(-1)[-1:].long() if plan.tokens else torch.randn(1, width)
+        if warm_up:
+            return
         level.tokens += output_tokens
         level.generations += 1
         if gaps:
@@ -146,25 +154,36 @@ async def _level(url: str, plan: Plan, loaded: LoadedModel, streams: int, prompt
         # Devices do not start in step: the first generation of edge i is cut short so the streams' prompts
         # fall evenly over a generation's tokens (in step, equal generations keep every prompt arriving in
         # one burst, whose prefill stalls every stream at once).
-        tokens = 1 + (i * output_tokens) // streams
+        # That first generation is a warm-up: tokens/s counts only what arrives once every edge is past it.
+        tokens, warm_up = 1 + (i * output_tokens) // streams, True
         try:
             while time.perf_counter() < deadline:
                 prompt = torch.randint(0, loaded.layered.vocab_size, (prompt_tokens,), generator=gen)
-                await _generation(conn, plan, loaded, prompt, tokens, level)
-                tokens = output_tokens
+                await _generation(conn, plan, loaded, prompt, tokens, level, warm_up)
+                if warm_up:
+                    warmed.append(time.perf_counter())
+                tokens, warm_up = output_tokens, False
         finally:
             await conn.close()
+    warmed: list[float] = []
     cpu = time.process_time()
     await asyncio.gather(*(edge(i) for i in range(streams)))
-    wall, cpu = time.perf_counter() - started, time.process_time() - cpu
+    cpu = time.process_time() - cpu
+    # the window: from the last edge's end of warm-up to the deadline (the whole run if that leaves too little)
+    begin = max(warmed, default=started)
+    if deadline - begin < duration_s / 4:
+        begin, end = started, max(level.token_times, default=deadline)
+    else:
+        end = deadline
+    in_window = sum(1 for t in level.token_times if begin <= t <= end)
 
     def pct(xs: list[float], q: int) -> float | None:
         return round(statistics.quantiles(xs, n=100)[q - 1] * 1000, 2) if len(xs) > 1 else (
             round(xs[0] * 1000, 2) if xs else None)
-    return {"streams": streams, "output_tokens_per_s": level.tokens / wall, "failed": level.failed,
-            "generations": level.generations,
+    return {"streams": streams, "output_tokens_per_s": in_window / max(end - begin, 1e-9), "failed": level.failed,
+            "generations": level.generations, "window_s": end - begin,
             # the emulated edges' own CPU per exchange (one process, on the cloud's cores)
-            "edges_cpu_ms_per_request": cpu * 1000 / max(1, level.tokens + 2 * level.generations),
+            "edges_cpu_ms_per_request": cpu * 1000 / max(1, len(level.token_times) + level.generations + streams),
             "ttft_ms": {f"p{q}": pct(level.ttft_s, q) for q in (50, 90, 99)},
             "tpot_ms": {f"p{q}": pct(level.tpot_s, q) for q in (50, 90, 99)}}
 

@@ -229,10 +229,11 @@ class ShardEngine:
     def _settle(self, batcher: Batcher, deadline: float, seen: int, quiet: int) -> None:
         """Run the next round once every session of the last round has sent its next step (or ended) and no step
         has arrived for two loop iterations (the frames already on the wire are read and queued by then), or at
-        `deadline`. Waiting for the sessions of the last round is the batch: on 2 cores, with 32 streams, starting
-        as soon as the loop was quiet ran rounds of about 20 of the 32 (the edges had not sent theirs yet), and
-        each session left out waited a whole round. Until then the loop sleeps (a timer, no spinning: the edges
-        may be on the same cores); a lone session waits for nobody, and the two iterations cost it about 30 us."""
+        `deadline`. A session left out of a round waits a whole one: on the 124M model at 64 streams, rounds
+        that started as soon as the loop was quiet split the streams into four cohorts of 16 taking turns (the
+        others' frames were still on their way), at about half the tokens/s of full rounds. Until then the loop
+        sleeps (a timer, no spinning: the edges may be on the same cores); a lone session waits for nobody, and
+        the two iterations cost it about 30 us."""
         loop = asyncio.get_running_loop()
         now = time.perf_counter()
         if now >= deadline:

@@ -1,7 +1,7 @@
 """Live repartitioning across real processes: the link degrades mid-run and recovers; the edge follows on its own,
 every request in flight completes, and greedy outputs stay those of the unsplit model.
 
-The shipped model with the edge emulated 4x slower than the cloud (sleeping after its compute, and its profile
+The shipped model with the edge emulated 6x slower than the cloud (sleeping after its compute, and its profile
 scaled to match): on a fast link the planner sends most blocks to the cloud, on a slow one it keeps them home.
 Activations cross in fp32 (`--max-codec-loss 0`), so every plan is exact.
 """
@@ -34,7 +34,7 @@ def reference_texts() -> dict[str, str]:
 def test_the_edge_repartitions_on_its_own_when_the_link_changes(tmp_path: Path) -> None:
     expected = reference_texts()
     edge_args = ["--plan", "auto", "--edge-profile", str(ROOT / "profiles/edge-1thread-default.json"),
-                 "--emulate-slowdown", "4", "--max-codec-loss", "0", "--workload", "32:16", "--threads", "1",
+                 "--emulate-slowdown", "6", "--max-codec-loss", "0", "--workload", "32:16", "--threads", "1",
                  "--probe-interval-s", "1"]
     cloud_args = ["--threads", "1", "--profile", str(ROOT / "profiles/cloud-default.json")]
     with deployment(ROOT / DEFAULT_MODEL_DIR, edge_args, tmp_path, *FAST, cloud_args=cloud_args) as dep:

@@ -163,11 +163,10 @@ def _load_or_measure_profile(settings: CloudSettings, engine: ShardEngine) -> st
         raise PlanError(f"this cloud holds only blocks {engine.held}; start it with --profile FILE measured with "
                         "every block (edgesplit profile)")
     else:
-        from cloud_service.selfcost import measure_request_ms
+        from cloud_service.selfcost import with_request_cost
 
         profile = measure_profile(engine.loaded, device_name="cloud", repeats=3, onnx_dir=settings.onnx_dir)
-        alone, busy = measure_request_ms(engine.loaded, settings=settings)
-        profile = profile.model_copy(update={"request_ms": alone, "request_busy_ms": busy})
+        profile = with_request_cost(profile, engine.loaded, settings)
     return profile.model_dump_json()
 
 

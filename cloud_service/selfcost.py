@@ -26,12 +26,15 @@ from starlette.testclient import TestClient
 
 from cloud_service.app import create_app
 from cloud_service.settings import CloudSettings
-from profiling.profile import BATCH_CONTEXT
+from profiling.profile import BATCH_CONTEXT, Profile
 from splitcore.codec import Dtype
 from splitcore.loading import LoadedModel
 from splitcore.ranges import LayerRange
 from splitcore.schema import SessionMeta
 from splitcore.wire import MEDIA_TYPE, Flags, FrameCodec
+
+REQUESTS = 40  # timed decode requests of the lone session (the crowd's sessions send half as many each)
+WARM_UP = 3  # a session's prompt and two decode steps before the timing starts
 
 Scope = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Any]]
@@ -87,7 +90,16 @@ class _Session:
         self.next = self.codec.decode(body).tensor.reshape(-1)[-1:].long()
 
 
-def measure_request_ms(loaded: LoadedModel, requests: int = 40, sessions: int = 16,
+def with_request_cost(profile: Profile, loaded: LoadedModel, settings: CloudSettings | None = None) -> Profile:
+    """`profile` with the service's own cost per request measured (`measure_request_ms`); unchanged (0: not
+    measured) when the model's context cannot hold a session's prompt and its timed steps."""
+    if loaded.layered.max_positions < BATCH_CONTEXT + WARM_UP + REQUESTS:
+        return profile
+    alone, busy = measure_request_ms(loaded, settings=settings)
+    return profile.model_copy(update={"request_ms": alone, "request_busy_ms": busy})
+
+
+def measure_request_ms(loaded: LoadedModel, requests: int = REQUESTS, sessions: int = 16,
                        settings: CloudSettings | None = None) -> tuple[float, float]:
     """(alone, busy): a decode request's own cost in ms besides its batcher round, alone and among `sessions`
     sessions whose steps arrive at once. `loaded` must hold every block."""
@@ -117,13 +129,13 @@ def measure_request_ms(loaded: LoadedModel, requests: int = 40, sessions: int = 
                 rounds.append((time.perf_counter() - started) * 1000)
         batcher.run_round = timed_round  # this app is the measurement's own
         alone = _Session(loaded, 0)
-        await steps(alone, 3)  # its prompt; two warm-up steps
+        await steps(alone, WARM_UP)  # its prompt; two warm-up steps
         rounds.clear()
         started = time.perf_counter()
         await steps(alone, requests)
         lone = ((time.perf_counter() - started) * 1000 - sum(rounds)) / requests
         group = [_Session(loaded, seed) for seed in range(1, sessions + 1)]
-        await asyncio.gather(*(steps(s, 3) for s in group))  # prompts; then every session joins the running batch
+        await asyncio.gather(*(steps(s, WARM_UP) for s in group))  # prompts; then every session joins the running batch
         rounds.clear()
         started = time.perf_counter()
         await asyncio.gather(*(steps(s, requests // 2) for s in group))

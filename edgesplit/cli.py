@@ -75,7 +75,7 @@ def _profile(args: argparse.Namespace) -> None:
     import torch
     from tqdm import tqdm
 
-    from profiling.profile import BATCH_CONTEXT
+    from cloud_service.selfcost import with_request_cost
     from profiling.profiler import measure_profile
     from splitcore.loading import load_checkpoint
 
@@ -86,11 +86,7 @@ def _profile(args: argparse.Namespace) -> None:
     profile = measure_profile(loaded, args.device_name, repeats=args.repeats, emulation=emulation,
                               progress=lambda it: tqdm(list(it), desc=f"profiling {loaded.name} blocks"),
                               backends=args.backends.split(","), onnx_dir=args.onnx_dir, quantize=args.onnx_quantize)
-    if loaded.layered.num_layers and loaded.layered.max_positions > BATCH_CONTEXT + 70:
-        from cloud_service.selfcost import measure_request_ms
-
-        alone, busy = measure_request_ms(loaded)
-        profile = profile.model_copy(update={"request_ms": alone, "request_busy_ms": busy})
+    profile = with_request_cost(profile, loaded)
     out = args.out or Path("profiles") / f"{args.device_name}-{loaded.name}.json"
     profile.save(out)
     total = sum(p.decode_at(128) for p in profile.layers)

@@ -146,9 +146,8 @@ def _step_demands(plan: Plan, edge: Profile, cloud: Profile, link: Link, rows: i
     edge_ms = 0.0 if plan.cut_a == 0 else cost(edge.embed) + parts(cost, edge.layers, 0, plan.cut_a)
     cloud_ms = (cloud_cost(cloud.embed) if plan.cut_a == 0 else 0.0) + parts(cloud_cost, cloud.layers, plan.cut_a,
                                                                                 plan.cut_b)
-    alone = cloud_batch <= 1.0
-    served = cloud.request_ms if alone else min(cloud.request_ms, cloud.request_busy_ms or cloud.request_ms)
-    cloud_ms += served  # the service's own cost per request: it queues with the compute
+    busy = cloud.request_busy_ms or cloud.request_ms  # 0: not measured in a crowd; the lone figure then
+    cloud_ms += cloud.request_ms if cloud_batch <= 1.0 else min(cloud.request_ms, busy)  # queues with the compute
     edge_ms += edge.request_ms  # the edge's own software per exchange (HTTP client, framing), on its cores
     up, up_cpu = _frame(plan, edge, cloud, rows, tokens=plan.cut_a == 0)
     if plan.head == "cloud":

@@ -86,7 +86,12 @@ def decode_batch_ms(m: LayeredModel, layers: LayerRange, sizes: Iterable[int], r
                     context: int = BATCH_CONTEXT) -> dict[int, float]:
     """ms of one decode round of n sessions on `layers` through the batcher the tiers run (`splitcore.batching`),
     each session at `context` positions, for each n of `sizes`: what a batched tier pays per round."""
-    return {n: _median_ms(_decode_round(m, layers, n, context), max(repeats, 9)) for n in sizes}
+    return {n: _median_ms(_decode_round(m, layers, n, context), _batch_rounds(repeats)) for n in sizes}
+
+
+def _batch_rounds(repeats: int) -> int:
+    """Timed rounds per batch size: rounds are short and noisy, so at least 9."""
+    return max(repeats, 9)
 
 
 def _decode_round(m: LayeredModel, layers: LayerRange, n: int, context: int) -> Callable[[], None]:
@@ -210,7 +215,9 @@ def measure_profile(loaded: LoadedModel, device_name: str, repeats: int = 5,
     m = loaded.layered
     prefill = [n for n in prefill if n <= m.max_positions]
     decode = [c for c in decode if c < m.max_positions]
-    sizes = sorted(set(batch_sizes) | {1}) if BATCH_CONTEXT + repeats + 2 < m.max_positions else []
+    # each session reads BATCH_CONTEXT positions, then one per round (and one warm-up round)
+    fits = BATCH_CONTEXT + _batch_rounds(repeats) + 1 <= m.max_positions
+    sizes = sorted(set(batch_sizes) | {1}) if fits else []
     runners = Runners(m, onnx_dir=onnx_dir, quantize=quantize)
     torch_runner = TorchRunner(m, batched=False)  # timed in this thread: a step's compute, not the hand-off
     embed_cost, head_cost = _embed_and_head(torch_runner, prefill, decode, repeats)

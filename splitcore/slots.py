@@ -71,7 +71,7 @@ class SlotBatch:
             hidden = torch.zeros((used, 1, self.model.hidden_size))
             hidden[rows, 0] = x.reshape(len(states), -1)
         if len(self.layers):
-            hidden = _run(self.model, self.layers, hidden, _SlotCache(self, used, end), query, keys)
+            hidden = _run(self.model, self.layers, hidden, _SlotCache(self, slice(0, used), end), query, keys)
         self._advance(states, rows, query[rows, 0], end)
         return hidden[rows, 0]  # (n, hidden)
 
@@ -225,19 +225,14 @@ class SlotBatch:
 
 class _SlotCache:
     """Stands in for a `transformers` Cache: writes the rows' new keys into column `end` and returns the rows'
-    keys and values up to it: rows `[:used]` as views (no copy), or the rows `rows` names, gathered."""
+    keys and values up to it: a slice of rows as views (no copy), or a tensor of row indices, gathered."""
 
-    def __init__(self, batch: SlotBatch, rows: int | torch.Tensor, end: int) -> None:
+    def __init__(self, batch: SlotBatch, rows: slice | torch.Tensor, end: int) -> None:
         self.batch, self.rows, self.end = batch, rows, end
 
     def update(self, keys: torch.Tensor, values: torch.Tensor, layer_idx: int, *args: Any, **kwargs: Any
                ) -> tuple[torch.Tensor, torch.Tensor]:
         k, v = self.batch.keys[layer_idx], self.batch.values[layer_idx]
-        if isinstance(self.rows, int):
-            used = self.rows
-            k[:used, :, self.end] = keys[:, :, 0]
-            v[:used, :, self.end] = values[:, :, 0]
-            return k[:used, :, :self.end + 1], v[:used, :, :self.end + 1]
         k[self.rows, :, self.end] = keys[:, :, 0]
         v[self.rows, :, self.end] = values[:, :, 0]
         return k[self.rows, :, :self.end + 1], v[self.rows, :, :self.end + 1]

@@ -99,7 +99,6 @@ class _Connection:
 class Level:
     ttft_s: list[float] = field(default_factory=list)
     tpot_s: list[float] = field(default_factory=list)
-    tokens: int = 0
     generations: int = 0
     failed: int = 0
     token_times: list[float] = field(default_factory=list)  # when each output token arrived
@@ -131,7 +130,6 @@ async def _generation(conn: _Connection, plan: Plan, loaded: LoadedModel, prompt
             payload = out.tensor.reshape(-1)[-1:].long() if plan.tokens else torch.randn(1, width)
         if warm_up:
             return
-        level.tokens += output_tokens
         level.generations += 1
         if gaps:
             level.tpot_s.append(statistics.mean(gaps))
@@ -293,12 +291,14 @@ def bench_model(path: Path, name: str, args: argparse.Namespace, work: Path) -> 
                         "tokens_per_s_error": abs(tok_s - row["output_tokens_per_s"]) / row["output_tokens_per_s"],
                         "tpot_error": (abs(est.time_per_output_token_ms - row["tpot_ms"]["p50"]) / row["tpot_ms"]["p50"]
                                        if row["tpot_ms"]["p50"] else None)}
-                    print(f"    predicted {tok_s:.0f} tok/s (error {row['predicted']['tokens_per_s_error']:.0%}), "
-                          f"tpot {est.time_per_output_token_ms:.1f} ms", flush=True)
                 print(f"  {plan.name}, {streams} streams: {row['output_tokens_per_s']:.0f} tok/s "
                       f"({row['x_one_stream']:.1f}x one stream, {row['x_monolithic']:.2f}x monolithic), "
                       f"ttft p50 {row['ttft_ms']['p50']} ms, tpot p50/p99 {row['tpot_ms']['p50']}/"
                       f"{row['tpot_ms']['p99']} ms, failed {row['failed']}", flush=True)
+                if "predicted" in row:
+                    guess = row["predicted"]
+                    print(f"    predicted {guess['tokens_per_s']:.0f} tok/s (error {guess['tokens_per_s_error']:.0%}), "
+                          f"tpot {guess['tpot_ms']:.1f} ms", flush=True)
                 rows.append(row)
             result["plans"][plan.name] = rows
             error = model_error(rows)

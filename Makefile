@@ -8,7 +8,7 @@ CLOUD_PORT ?= 8001
 EDGE_PORT ?= 8000
 CUT ?= 2:6
 
-.PHONY: demo test install serve-cloud serve-edge bench-overhead bench-accuracy bench-adaptive bench-links bench-backends bench-batching loadtest fuzz soak model perplexity clean
+.PHONY: demo test install serve-cloud serve-edge bench-overhead bench-accuracy bench-adaptive bench-links bench-backends bench-batching bench-packed loadtest fuzz soak model perplexity clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -50,6 +50,10 @@ bench-backends: $(STAMP)
 # One cloud's output tokens/s with 1-64 emulated edges, cloud-only and a mid cut, against batched generate.
 bench-batching: $(STAMP)
 	$(BIN)/python bench/batching.py
+
+# A batching round packed into one forward against the same round unpacked (about 3 minutes).
+bench-packed: $(STAMP)
+	$(BIN)/python bench/packed_round.py
 
 # Every plan against the planner's choice on four emulated links, two 124M models (about 40 minutes).
 bench-links: $(STAMP)

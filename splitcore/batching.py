@@ -3,10 +3,10 @@
 Callers (the cloud's request handlers, the edge's generations) submit a step: a session's state, a block range
 and its new positions. Rounds run one at a time: while a round runs, new steps queue; the next round takes
 every waiting step of the oldest step's block range (up to `max_batch` rows and `max_tokens` positions). A
-round's decode steps (one position each) run as one forward; its prompts run as a second forward, cut into
-chunks of at most `prefill_chunk` positions, so a long prompt holds the running streams up for one chunk at a
-time, never for the whole prompt. Decode steps and prompt chunks are not padded into one forward: rows are
-padded to the longest, and padding 32 one-position rows to a 256-position chunk would cost 256x their work.
+prompt is cut into chunks of at most `prefill_chunk` positions, so a long prompt holds the running streams up
+for one chunk at a time, never for the whole prompt. A round's decode steps (one position each) and prompt
+chunks run as one forward, packed without padding (`splitcore.batched.run_packed`): padding 32 one-position
+rows to a 256-position chunk would cost 256x their work.
 
 There is no worker thread. A thread that waits for its step leads: when no round is running it runs one
 itself (with its own step and every other waiting one), else it sleeps until its step is done or the rounds are
@@ -26,7 +26,17 @@ from dataclasses import dataclass, field
 
 import torch
 
-from splitcore.batched import Row, forward_rows, head_logits, step_input
+from splitcore.batched import (
+    Group,
+    Row,
+    enable_packing,
+    finish_rows,
+    forward_rows,
+    head_logits,
+    prompt_group,
+    run_packed,
+    step_input,
+)
 from splitcore.kvcache import TorchState
 from splitcore.layered import LayeredModel
 from splitcore.ranges import LayerRange
@@ -82,6 +92,7 @@ class Batcher:
         self._cv = threading.Condition()
         self._rounds = threading.Lock()  # held by whoever runs a round
         self._running: dict[tuple[LayerRange, bool], SlotBatch] = {}  # each range's decoding sessions' caches
+        self._packing = enable_packing(model)  # decode steps and prompt chunks in one forward
 
     def submit(self, state: TorchState, layers: LayerRange, *, hidden: torch.Tensor | None = None,
                input_ids: torch.Tensor | None = None, head: bool = False) -> Future[Result]:
@@ -149,30 +160,39 @@ class Batcher:
     def _round_locked(self) -> int:
         with self._cv:
             decode, prefill = self._take_locked()
-        if decode:
-            self._forward(decode, running=True)
-        if prefill:
-            self._forward(prefill, running=False)
+        if not self._packing and decode and prefill:  # each group its own forward
+            self._forward(decode, [])
+            self._forward([], prefill)
+        elif decode or prefill:
+            self._forward(decode, prefill)
         return len(decode) + len(prefill)
 
-    def _compute(self, group: list[tuple[_Step, int]], heads: list[bool], running: bool
+    def _compute(self, decode: list[tuple[_Step, int]], prefill: list[tuple[_Step, int]], heads: list[bool]
                  ) -> tuple[list[torch.Tensor], torch.Tensor | None]:
-        """Decode steps on the range's running batch; prompt chunks on the sessions' own caches."""
-        first = group[0][0]
-        key = (first.layers, first.embed)
-        if running:
-            batch = self._running.setdefault(key, SlotBatch(self.model, first.layers))
-            x = torch.cat([s.x[s.done:s.done + 1] for s, _ in group])
-            hidden = batch.decode([s.state for s, _ in group], x, first.embed)  # (rows, hidden)
-            wanted = [i for i, h in enumerate(heads) if h]
-            logits = head_logits(self.model, hidden[wanted]) if wanted else None
-            return [hidden[i:i + 1, None] for i in range(len(group))], logits
+        """One forward: decode steps on the range's running batch, prompt chunks on the sessions' own caches, each
+        prompt its own attention group (no padding between prompts of different lengths) when packing."""
+        first = (decode or prefill)[0][0]
         rows = []
-        for s, n in group:
+        for s, n in prefill:
             if s.state.slot is not None:  # several positions at once: back to its own cache for them
                 s.state.slot[0].leave(s.state)
             rows.append(Row.of(s.state, s.x[s.done:s.done + n], s.embed))
-        return forward_rows(self.model, first.layers, rows, first.embed, heads)
+        if not decode and (len(rows) == 1 or not self._packing):
+            return forward_rows(self.model, first.layers, rows, first.embed, heads)
+        groups: list[Group] = []
+        if decode:
+            batch = self._running.setdefault((first.layers, first.embed), SlotBatch(self.model, first.layers))
+            x = torch.cat([s.x[s.done:s.done + 1] for s, _ in decode])
+            group, finish = batch.prepare([s.state for s, _ in decode], x, first.embed)
+            groups.append(group)
+        out = run_packed(self.model, first.layers, groups + [prompt_group(self.model, [r], first.embed) for r in rows])
+        outs: list[torch.Tensor] = []
+        if decode:
+            hidden = finish(out[0])  # (decode rows, hidden)
+            outs = [hidden[i:i + 1, None] for i in range(len(decode))]
+        outs += [o for r, g in zip(rows, out[len(groups):], strict=True) for o in finish_rows([r], g)]
+        wanted = [o[0, -1] for o, h in zip(outs, heads, strict=True) if h]
+        return outs, head_logits(self.model, torch.stack(wanted)) if wanted else None
 
     def _take_locked(self) -> tuple[list[tuple[_Step, int]], list[tuple[_Step, int]]]:
         """This round's decode steps and prompt chunks: (step, positions to run now) each."""
@@ -201,14 +221,15 @@ class Batcher:
             budget -= n
         return decode, prefill
 
-    def _forward(self, group: list[tuple[_Step, int]], running: bool) -> None:
+    def _forward(self, decode: list[tuple[_Step, int]], prefill: list[tuple[_Step, int]]) -> None:
+        group = decode + prefill
         steps = [s for s, _ in group]
         now = time.perf_counter()
         waits = [now - s.enqueued for s in steps if s.done == 0]
         heads = [s.head and s.done + n == s.x.shape[0] for s, n in group]
         self.last_batch_rows = len(group)
         try:
-            outs, logits = self._compute(group, heads, running)
+            outs, logits = self._compute(decode, prefill, heads)
         except Exception as exc:  # noqa: BLE001 (a failed forward fails its own steps, never the batcher)
             log.exception("a batch of %d rows failed", len(group))
             with self._cv:

@@ -17,11 +17,12 @@ their holes when those make the span over twice the longest row.
 from __future__ import annotations
 
 import weakref
+from collections.abc import Callable
 from typing import Any
 
 import torch
 
-from splitcore.batched import run_blocks
+from splitcore.batched import Group, run_group
 from splitcore.kvcache import SessionKV, TorchState
 from splitcore.layered import LayeredModel
 from splitcore.ranges import LayerRange
@@ -50,6 +51,14 @@ class SlotBatch:
 
         Returns the hidden states `(n, hidden)`; each state's position advances by one.
         """
+        group, finish = self.prepare(states, x, embed)
+        return finish(run_group(self.model, self.layers, group))
+
+    def prepare(self, states: list[TorchState], x: torch.Tensor, embed: bool
+                ) -> tuple[Group, Callable[[torch.Tensor], torch.Tensor]]:
+        """The group a decode round of `states` runs (`splitcore.batched.run_group`, or packed with prompt chunks
+        by `run_packed`), and what turns its output into each state's hidden state `(n, hidden)`, advancing them.
+        Nothing else may touch this batch between the two."""
         self.free_dead()
         for state in states:
             if not self.holds(state):
@@ -57,40 +66,35 @@ class SlotBatch:
         self._fit()
         rows = torch.tensor([state.slot[1] for state in states])  # type: ignore[index]
         used, end = self._used(), self.end
-        if 2 * len(states) <= used:  # most rows sit this round out: run only the stepping ones
-            return self._decode_rows(states, rows, x, embed, end)
-        query = torch.zeros((used, 1), dtype=torch.long)
-        query[rows, 0] = torch.tensor([s.position for s in states])  # free and idle rows: a throw-away position
-        keys = self.positions[:used, :end + 1].clone()
-        keys[:, end] = query[:, 0]
-        if embed:
-            ids = torch.zeros((used, 1), dtype=torch.long)
-            ids[rows, 0] = x.reshape(-1)
-            hidden = self.model.embed(ids, query)  # (used, 1, hidden)
+        pick: torch.Tensor | slice
+        if 2 * len(states) <= used:
+            # most rows sit this round out: only the stepping ones run, over a gathered copy of their keys (a
+            # forward over every row would compute a throw-away position for each idle one: with 64 sessions in
+            # 4 cohorts of 16, three quarters of the work); the copy costs about what the attention reads anyway
+            query = torch.tensor([[s.position] for s in states])  # (n, 1)
+            keys = self.positions[rows, :end + 1].clone()
+            keys[:, end] = query[:, 0]
+            hidden = self.model.embed(x.reshape(-1, 1), query) if embed else x.reshape(len(states), 1, -1)
+            positions, pick, cache = query[:, 0], slice(None), _SlotCache(self, rows, end)
         else:
-            hidden = torch.zeros((used, 1, self.model.hidden_size))
-            hidden[rows, 0] = x.reshape(len(states), -1)
-        if len(self.layers):
-            hidden = _run(self.model, self.layers, hidden, _SlotCache(self, slice(0, used), end), query, keys)
-        self._advance(states, rows, query[rows, 0], end)
-        return hidden[rows, 0]  # (n, hidden)
+            query = torch.zeros((used, 1), dtype=torch.long)
+            query[rows, 0] = torch.tensor([s.position for s in states])  # free and idle rows: a throw-away position
+            keys = self.positions[:used, :end + 1].clone()
+            keys[:, end] = query[:, 0]
+            if embed:
+                ids = torch.zeros((used, 1), dtype=torch.long)
+                ids[rows, 0] = x.reshape(-1)
+                hidden = self.model.embed(ids, query)  # (used, 1, hidden)
+            else:
+                hidden = torch.zeros((used, 1, self.model.hidden_size))
+                hidden[rows, 0] = x.reshape(len(states), -1)
+            positions, pick, cache = query[rows, 0], rows, _SlotCache(self, slice(0, used), end)
+        group = Group(hidden, query, keys, cache, [1] * int(query.shape[0]), masked=bool((keys < 0).any()))
 
-    def _decode_rows(self, states: list[TorchState], rows: torch.Tensor, x: torch.Tensor, embed: bool, end: int
-                     ) -> torch.Tensor:
-        """A round of a few of the rows: only theirs run, over a gathered copy of their keys (a forward over
-        every row would compute a throw-away position for each idle one: with 64 sessions in 4 cohorts of 16,
-        three quarters of the work). The copy costs about what the attention reads anyway."""
-        query = torch.tensor([[s.position] for s in states])  # (n, 1)
-        keys = self.positions[rows, :end + 1].clone()
-        keys[:, end] = query[:, 0]
-        if embed:
-            hidden = self.model.embed(x.reshape(-1, 1), query)  # (n, 1, hidden)
-        else:
-            hidden = x.reshape(len(states), 1, -1)
-        if len(self.layers):
-            hidden = _run(self.model, self.layers, hidden, _SlotCache(self, rows, end), query, keys)
-        self._advance(states, rows, query[:, 0], end)
-        return hidden[:, 0]
+        def finish(out: torch.Tensor) -> torch.Tensor:
+            self._advance(states, rows, positions, end)
+            return out[pick, 0]  # (n, hidden)
+        return group, finish
 
     def _advance(self, states: list[TorchState], rows: torch.Tensor, positions: torch.Tensor, end: int) -> None:
         self.positions[rows, end] = positions
@@ -237,7 +241,3 @@ class _SlotCache:
         v[self.rows, :, self.end] = values[:, :, 0]
         return k[self.rows, :, :self.end + 1], v[self.rows, :, :self.end + 1]
 
-
-def _run(model: LayeredModel, layers: LayerRange, hidden: torch.Tensor, cache: _SlotCache, query: torch.Tensor,
-         keys: torch.Tensor) -> torch.Tensor:
-    return run_blocks(model, layers, hidden, cache, query, keys, masked=bool((keys < 0).any()))

@@ -20,6 +20,7 @@ from splitcore.shard import ShardState, run_range
 from splitcore.testing import save_checkpoint
 from splitcore.wire import FrameCodec
 from tests.cloud_service.test_hold_layers import seed3, step
+from tests.fakes import slowed_forwards
 from tests.overlap import Overlap
 from tests.servers import LoopbackServer
 
@@ -30,14 +31,7 @@ def test_steps_of_different_sessions_share_forwards(tmp_path: Path, monkeypatch:
     """8 sessions' first steps at once: while the first forward runs, the others queue and go in together, and
     each answer is the one its session gets alone."""
     path = save_checkpoint(seed3(), tmp_path / "ckpt")
-    rows: list[int] = []
-    real = batching_module.forward_rows
-
-    def slow(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202 (long enough for the other requests to queue)
-        rows.append(len(args[2]))
-        time.sleep(0.2)
-        return real(*args, **kwargs)
-    monkeypatch.setattr(batching_module, "forward_rows", slow)
+    rows = slowed_forwards(monkeypatch, 0.2)  # long enough for the other requests to queue
     gen = torch.Generator().manual_seed(0)
     inputs = [torch.randn(3 + i, 64, generator=gen) for i in range(STREAMS)]
     layers = LayerRange(start=1, end=3)
@@ -56,8 +50,9 @@ def test_steps_of_one_session_take_turns(tmp_path: Path, monkeypatch: pytest.Mon
     path = save_checkpoint(seed3(), tmp_path / "ckpt")
     overlap = Overlap()
     pause = threading.Event()
-    monkeypatch.setattr(batching_module, "forward_rows", overlap.wrap(batching_module.forward_rows,
-                                                                      lambda: pause.wait(0.2)))
+    for name in ("forward_rows", "run_packed"):  # every forward the batcher runs
+        monkeypatch.setattr(batching_module, name, overlap.wrap(getattr(batching_module, name),
+                                                                lambda: pause.wait(0.2)))
     with LoopbackServer(create_app(CloudSettings(model_dir=path))) as url, ThreadPoolExecutor(2) as pool:
         sid, layers = uuid.uuid4(), LayerRange(start=1, end=3)
         assert step(url, sid, 0, layers, torch.randn(3, 64)).status_code == 200
@@ -79,12 +74,12 @@ def test_a_round_waits_a_little_for_the_sessions_of_the_last_one_and_not_for_end
 
     path = save_checkpoint(seed3(), tmp_path / "ckpt")
     engine = build_engine(CloudSettings(model_dir=path, batch_wait_ms=1000))
-    real = SlotBatch.decode
+    real = SlotBatch.prepare
 
     def slow(self, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202 (a decode round of 60 ms)
         time.sleep(0.06)
         return real(self, *args, **kwargs)
-    monkeypatch.setattr(SlotBatch, "decode", slow)
+    monkeypatch.setattr(SlotBatch, "prepare", slow)
     layers, codec = LayerRange(start=1, end=3), FrameCodec()
     meta = SessionMeta(codec="fp32", weights_digest=seed3().digests.part(layers)).model_dump_json().encode()
     a, b = uuid.uuid4(), uuid.uuid4()

@@ -9,11 +9,11 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 import edge_service.orchestrator as orchestrator_module
-import splitcore.batching as batching_module  # where the batcher calls the model
 from edge_service.orchestrator import Finished, GenerationRequest, Orchestrator
 from edgesplit.tools.inprocess import in_process_cloud
 from splitcore.loading import LoadedModel
 from splitcore.plan import Plan
+from tests.fakes import slowed_forwards
 from tests.overlap import Overlap
 
 
@@ -45,14 +45,7 @@ def test_generations_on_the_edge_share_forwards(models: dict[str, LoadedModel],
     """Without emulation, the steps of generations running at once are batched, and each generation's tokens are
     the ones it gets alone."""
     loaded = models["gpt2"]
-    rows: list[int] = []
-    real = batching_module.forward_rows
-
-    def recorded(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
-        rows.append(len(args[2]))
-        time.sleep(0.005)  # long enough for the other generations to queue
-        return real(*args, **kwargs)
-    monkeypatch.setattr(batching_module, "forward_rows", recorded)
+    rows = slowed_forwards(monkeypatch, 0.005)  # long enough for the other generations to queue
     orch = Orchestrator(loaded, Plan(num_layers=4, cut_a=4, cut_b=4), None)
     prompts = [[5, 6], [7, 8, 9], [10], [11, 12, 13, 14], [15, 16], [17]]
 

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import pytest
 import torch
@@ -32,6 +34,14 @@ class Rounds:
         with self._lock:
             self.rows.append(rows)
 
+    def packed(self, real: Callable[..., list[torch.Tensor]]) -> Callable[..., list[torch.Tensor]]:
+        """Wraps `run_packed`: notes a forward whose groups held decode steps and prompt chunks at once."""
+        def run(model: Any, layers: LayerRange, groups: list[Any]) -> list[torch.Tensor]:
+            lengths = [n for g in groups for n in g.new]
+            self.mixed |= min(lengths) == 1 and max(lengths) > 1
+            return real(model, layers, groups)
+        return run
+
 
 def _greedy(batcher: Batcher, layers: LayerRange, prompt: list[int], n: int, delay: float) -> list[int]:
     time.sleep(delay)
@@ -46,12 +56,14 @@ def _greedy(batcher: Batcher, layers: LayerRange, prompt: list[int], n: int, del
     return tokens
 
 
-@pytest.mark.parametrize("family_name", ["gpt2", "llama"])
+@pytest.mark.parametrize("family_name", ["gpt2", "llama", "mistral"])  # mistral: a window shorter than the run
 def test_sessions_batched_together_get_the_tokens_each_gets_alone(models: dict[str, LoadedModel],
-                                                                  family_name: str) -> None:
+                                                                  family_name: str,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     loaded = models[family_name]
     m = loaded.layered
     rounds = Rounds()
+    monkeypatch.setattr(batching_module, "run_packed", rounds.packed(batching_module.run_packed))
     batcher = Batcher(m, BatchLimits(max_batch=8, max_tokens=64, prefill_chunk=8), observer=rounds)
     gen = torch.Generator().manual_seed(1)
     prompts = [torch.randint(1, m.vocab_size, (n,), generator=gen).tolist() for n, _, _ in SESSIONS]
@@ -64,6 +76,7 @@ def test_sessions_batched_together_get_the_tokens_each_gets_alone(models: dict[s
         until_eos = tokens[:tokens.index(eos) + 1] if eos in tokens else tokens  # where generate() stops
         assert until_eos == reference_tokens(loaded, prompt, n)
     assert max(rounds.rows) > 1, "the sessions never shared a forward"
+    assert rounds.mixed, "no forward held decode steps and prompt chunks together"
     assert batcher.waiting == 0
     assert batcher.drop_idle() == 1  # every session ended: the running batch's storage is freed
 
@@ -94,18 +107,20 @@ def test_a_split_range_batches_hidden_states_exactly(models: dict[str, LoadedMod
 
 def test_a_long_prompt_runs_in_chunks_between_decode_steps(models: dict[str, LoadedModel],
                                                            monkeypatch: pytest.MonkeyPatch) -> None:
-    """A 40-position prompt with chunks of 8 runs in five forwards; a decode step queued meanwhile runs between
-    them instead of waiting for the whole prompt."""
+    """A 40-position prompt with chunks of 8 runs in five forwards; a decode step queued meanwhile joins the
+    next chunk's forward (one forward of 9 positions: packed, no padding) instead of waiting for the whole
+    prompt."""
     m = models["gpt2"].layered
-    calls: list[int] = []  # positions per forward
-    real = batching_module.forward_rows
+    calls: list[tuple[int, int]] = []  # (rows, positions) per forward
+    for name in ("forward_rows", "run_packed"):
+        real = getattr(batching_module, name)
 
-    def slow(model, layers, rows, embed, head=None):  # noqa: ANN001, ANN202
-        time.sleep(0.02)
-        return real(model, layers, rows, embed, head)
-    monkeypatch.setattr(batching_module, "forward_rows", slow)
+        def slow(*args, _real=real, **kwargs):  # noqa: ANN002, ANN003, ANN202
+            time.sleep(0.02)
+            return _real(*args, **kwargs)
+        monkeypatch.setattr(batching_module, name, slow)
     batcher = Batcher(m, BatchLimits(prefill_chunk=8, max_tokens=64),
-                      observer=lambda rows, positions, waits: calls.append(positions))
+                      observer=lambda rows, positions, waits: calls.append((rows, positions)))
     everything = LayerRange(start=0, end=m.num_layers)
     running = TorchState()
     batcher.run(running, everything, input_ids=torch.tensor([5, 6]))
@@ -114,9 +129,10 @@ def test_a_long_prompt_runs_in_chunks_between_decode_steps(models: dict[str, Loa
         long = pool.submit(batcher.run, TorchState(), everything, input_ids=torch.arange(1, 41))
         time.sleep(0.005)  # the prompt's first chunk is running
         batcher.run(running, everything, input_ids=torch.tensor([7]))
+        assert not long.done(), "the decode step waited for the whole prompt"
         assert long.result(timeout=5)[0].shape == (1, 40, m.hidden_size)
-    assert calls.index(1) < len(calls) - 1, f"the decode step waited for the whole prompt: {calls}"
-    assert sum(n for n in calls if n > 1) == 40 and max(calls) == 8
+    assert (2, 9) in calls[:-1], f"the decode step did not share a chunk's forward: {calls}"
+    assert len(calls) == 5 and sum(n for _, n in calls) == 41 and max(n for _, n in calls) == 9
 
 
 def test_a_cancelled_or_failing_step_leaves_the_others_alone(models: dict[str, LoadedModel],

@@ -100,16 +100,17 @@ def test_cohorts_that_take_turns_run_only_their_own_rows_and_stay_exact(models: 
     pairs = [Pair(m, layers, torch.randn(n, m.hidden_size, generator=gen)) for n in (2, 5, 3, 8, 4, 6)]
     batch = SlotBatch(m, layers)
     seen: list[int] = []
-    real = SlotBatch._decode_rows
+    real = SlotBatch.prepare
 
     def spy(self, states, *args):  # noqa: ANN001, ANN002, ANN202
-        seen.append(len(states))
-        return real(self, states, *args)
-    monkeypatch.setattr(SlotBatch, "_decode_rows", spy)
+        group, finish = real(self, states, *args)
+        seen.append(int(group.hidden.shape[0]))  # rows the forward runs
+        return group, finish
+    monkeypatch.setattr(SlotBatch, "prepare", spy)
     for round_ in range(12):
         cohort = pairs if round_ == 0 else pairs[2 * (round_ % 3):2 * (round_ % 3) + 2]
         x = torch.randn(len(cohort), m.hidden_size, generator=gen)
         got = batch.decode([p.batched for p in cohort], x, embed=False)
         for i, p in enumerate(cohort):
             torch.testing.assert_close(got[i], p.expected(x[i:i + 1])[0], rtol=1e-4, atol=1e-4)
-    assert seen == [2] * 11  # every round after the first ran two rows, not six
+    assert seen == [6] + [2] * 11  # every round after the first ran two rows, not six

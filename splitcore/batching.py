@@ -6,7 +6,9 @@ every waiting step of the oldest step's block range (up to `max_batch` rows and 
 prompt is cut into chunks of at most `prefill_chunk` positions, so a long prompt holds the running streams up
 for one chunk at a time, never for the whole prompt. A round's decode steps (one position each) and prompt
 chunks run as one forward, packed without padding (`splitcore.batched.run_packed`): padding 32 one-position
-rows to a 256-position chunk would cost 256x their work.
+rows to a 256-position chunk would cost 256x their work. A decode step alone on its range (no other live session
+decodes there) runs on its session's own cache, exactly as an unbatched step: batching costs a lone session
+nothing, where the running batch's bookkeeping and masked attention cost it about 1.4x (per-block profile).
 
 There is no worker thread. A thread that waits for its step leads: when no round is running it runs one
 itself (with its own step and every other waiting one), else it sleeps until its step is done or the rounds are
@@ -45,7 +47,8 @@ from splitcore.slots import SlotBatch
 log = logging.getLogger(__name__)
 
 Result = tuple[torch.Tensor, torch.Tensor | None]  # hidden (1, new, hidden); logits (1, vocab) when the head ran
-BatchObserver = Callable[[int, int, list[float]], None]  # (rows, positions, each new step's queue wait in s)
+# (rows, positions, each new step's queue wait in s, the forward's own time in s)
+BatchObserver = Callable[[int, int, list[float], float], None]
 
 
 @dataclass(frozen=True)
@@ -172,6 +175,8 @@ class Batcher:
         """One forward: decode steps on the range's running batch, prompt chunks on the sessions' own caches, each
         prompt its own attention group (no padding between prompts of different lengths) when packing."""
         first = (decode or prefill)[0][0]
+        if len(decode) == 1 and not prefill and self._alone(first):
+            decode, prefill = [], decode  # alone on its range: its own cache, as an unbatched step (no extra cost)
         rows = []
         for s, n in prefill:
             if s.state.slot is not None:  # several positions at once: back to its own cache for them
@@ -193,6 +198,14 @@ class Batcher:
         outs += [o for r, g in zip(rows, out[len(groups):], strict=True) for o in finish_rows([r], g)]
         wanted = [o[0, -1] for o, h in zip(outs, heads, strict=True) if h]
         return outs, head_logits(self.model, torch.stack(wanted)) if wanted else None
+
+    def _alone(self, step: _Step) -> bool:
+        """Whether no other live session decodes on `step`'s range (its running batch holds none but it)."""
+        batch = self._running.get((step.layers, step.embed))
+        if batch is None:
+            return True
+        batch.free_dead()
+        return batch.held - batch.holds(step.state) == 0
 
     def _take_locked(self) -> tuple[list[tuple[_Step, int]], list[tuple[_Step, int]]]:
         """This round's decode steps and prompt chunks: (step, positions to run now) each."""
@@ -230,6 +243,7 @@ class Batcher:
         self.last_batch_rows = len(group)
         try:
             outs, logits = self._compute(decode, prefill, heads)
+            took = time.perf_counter() - now
         except Exception as exc:  # noqa: BLE001 (a failed forward fails its own steps, never the batcher)
             log.exception("a batch of %d rows failed", len(group))
             with self._cv:
@@ -238,7 +252,7 @@ class Batcher:
                 s.future.set_exception(exc)
             return
         if self.observer is not None:
-            self.observer(len(group), sum(n for _, n in group), waits)
+            self.observer(len(group), sum(n for _, n in group), waits, took)
         finished, k = [], 0
         for (s, n), out, wants in zip(group, outs, heads, strict=True):
             s.done += n

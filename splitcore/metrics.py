@@ -32,9 +32,13 @@ class BatchMetrics:
                                     "A step's wait for its first batch", buckets=QUEUE_BUCKETS_S, registry=registry)
         self.current = Gauge(f"edgesplit_{tier}_batch_current_size", "Sessions in the latest batched forward",
                              registry=registry)
+        self.forward = Histogram(f"edgesplit_{tier}_batch_forward_seconds",
+                                 "One batched forward's compute (what the profile's batched figures predict)",
+                                 buckets=LATENCY_BUCKETS_S, registry=registry)
 
-    def observe(self, rows: int, positions: int, waits_s: list[float]) -> None:
+    def observe(self, rows: int, positions: int, waits_s: list[float], seconds: float) -> None:
         """The batcher's observer (`splitcore.batching.BatchObserver`)."""
+        self.forward.observe(seconds)
         self.size.observe(rows)
         self.positions.observe(positions)
         self.current.set(rows)

@@ -132,7 +132,7 @@ def test_bandwidth_history_and_metrics_are_served(urls: tuple[str, str], models:
     for name in ["edgesplit_cloud_step_duration_seconds_bucket", "edgesplit_cloud_active_sessions",
                  'edgesplit_cloud_link_bytes_total{direction="received"}', "edgesplit_cloud_cache_bytes",
                  "edgesplit_cloud_batch_size_bucket", "edgesplit_cloud_batch_queue_wait_seconds_bucket",
-                 "edgesplit_cloud_batch_current_size"]:
+                 "edgesplit_cloud_batch_current_size", "edgesplit_cloud_batch_forward_seconds_bucket"]:
         assert name in cloud_text, name
     assert "edgesplit_edge_batch_size_bucket" in text
     batching = httpx.get(edge + "/admin/batching", headers=AUTH).json()

@@ -30,7 +30,7 @@ class Rounds:
         self.mixed = False
         self._lock = threading.Lock()
 
-    def __call__(self, rows: int, positions: int, waits: list[float]) -> None:
+    def __call__(self, rows: int, positions: int, waits: list[float], seconds: float) -> None:
         with self._lock:
             self.rows.append(rows)
 
@@ -120,7 +120,7 @@ def test_a_long_prompt_runs_in_chunks_between_decode_steps(models: dict[str, Loa
             return _real(*args, **kwargs)
         monkeypatch.setattr(batching_module, name, slow)
     batcher = Batcher(m, BatchLimits(prefill_chunk=8, max_tokens=64),
-                      observer=lambda rows, positions, waits: calls.append((rows, positions)))
+                      observer=lambda rows, positions, waits, seconds: calls.append((rows, positions)))
     everything = LayerRange(start=0, end=m.num_layers)
     running = TorchState()
     batcher.run(running, everything, input_ids=torch.tensor([5, 6]))
@@ -180,3 +180,30 @@ def test_a_decode_step_appends_in_place_without_copying_the_cache() -> None:
     assert keys.shape == (1, 2, 65, 4) and kv.keys[0].shape[2] == 128
     assert float(keys[0, 0, :3].mean()) == 1.0 and float(keys[0, 0, 64].mean()) == 2.0
     assert kv.valid_nbytes == 2 * 65 * 2 * 4 * 4
+
+
+def test_a_session_alone_on_its_range_decodes_unbatched_and_joins_the_running_batch_when_others_come(
+        models: dict[str, LoadedModel]) -> None:
+    """Alone, a session's decode steps run on its own cache (the batcher costs it nothing); with a second session
+    both share the running batch; once the other has ended, the first leaves it again and stays exact."""
+    m = models["gpt2"].layered
+    everything = LayerRange(start=0, end=m.num_layers)
+    batcher, alone = Batcher(m), Batcher(m)
+    a, a_alone = TorchState(), TorchState()
+    for ids in ([1, 2, 3], [4], [5]):
+        got = batcher.run(a, everything, input_ids=torch.tensor(ids))[0]
+        torch.testing.assert_close(got, alone.run(a_alone, everything, input_ids=torch.tensor(ids))[0])
+    assert a.slot is None and not batcher._running  # noqa: SLF001 (no running batch for a lone session)
+    b = TorchState()
+    batcher.run(b, everything, input_ids=torch.tensor([6, 7]))
+    futures = [batcher.submit(a, everything, input_ids=torch.tensor([8])),
+               batcher.submit(b, everything, input_ids=torch.tensor([9]))]
+    got = [batcher.wait(f)[0] for f in futures][0]
+    torch.testing.assert_close(got, alone.run(a_alone, everything, input_ids=torch.tensor([8]))[0],
+                               rtol=1e-4, atol=1e-4)
+    assert a.slot is not None and b.slot is not None  # decoding together: both in the running batch
+    del b, futures  # the other session ends
+    got = batcher.run(a, everything, input_ids=torch.tensor([10]))[0]
+    torch.testing.assert_close(got, alone.run(a_alone, everything, input_ids=torch.tensor([10]))[0],
+                               rtol=1e-4, atol=1e-4)
+    assert a.slot is None and a.position == a_alone.position == 7

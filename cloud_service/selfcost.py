@@ -26,7 +26,7 @@ from starlette.testclient import TestClient
 
 from cloud_service.app import create_app
 from cloud_service.settings import CloudSettings
-from profiling.profile import BATCH_CONTEXT, Profile
+from profiling.profile import BATCH_CONTEXT, BUSY_SESSIONS, Profile
 from splitcore.codec import Dtype
 from splitcore.loading import LoadedModel
 from splitcore.ranges import LayerRange
@@ -99,7 +99,7 @@ def with_request_cost(profile: Profile, loaded: LoadedModel, settings: CloudSett
     return profile.model_copy(update={"request_ms": alone, "request_busy_ms": busy})
 
 
-def measure_request_ms(loaded: LoadedModel, requests: int = REQUESTS, sessions: int = 16,
+def measure_request_ms(loaded: LoadedModel, requests: int = REQUESTS, sessions: int = BUSY_SESSIONS,
                        settings: CloudSettings | None = None) -> tuple[float, float]:
     """(alone, busy): a decode request's own cost in ms besides its batcher round, alone and among `sessions`
     sessions whose steps arrive at once. `loaded` must hold every block."""

@@ -18,7 +18,7 @@ profile measured for a round of n (`PartCost.decode_batch_ms`), so each pays `ba
 How many share a round depends on how many wait at that tier, which the network's solution gives: the batch
 size is found as a fixed point (start from every stream in one round, solve, take each tier's mean queue as its
 batch size, repeat). The cloud's own per-request cost (`Profile.request_ms`: middleware, codec, sampling, the
-batcher's hand-off) is charged to the cloud's queue, `request_busy_ms` of it once the cloud batches; the edge
+batcher's hand-off) is charged to the cloud's queue, less of it once the cloud batches (`request_cost_ms`); the edge
 profile's `request_ms` to the edge's queue for every exchange (its software per exchange, measured the same way
 on that machine). Prefill is not shared: a prompt's positions cost the same in a batch.
 """
@@ -146,8 +146,7 @@ def _step_demands(plan: Plan, edge: Profile, cloud: Profile, link: Link, rows: i
     edge_ms = 0.0 if plan.cut_a == 0 else cost(edge.embed) + parts(cost, edge.layers, 0, plan.cut_a)
     cloud_ms = (cloud_cost(cloud.embed) if plan.cut_a == 0 else 0.0) + parts(cloud_cost, cloud.layers, plan.cut_a,
                                                                                 plan.cut_b)
-    busy = cloud.request_busy_ms or cloud.request_ms  # 0: not measured in a crowd; the lone figure then
-    cloud_ms += cloud.request_ms if cloud_batch <= 1.0 else min(cloud.request_ms, busy)  # queues with the compute
+    cloud_ms += cloud.request_cost_ms(cloud_batch)  # queues with the compute
     edge_ms += edge.request_ms  # the edge's own software per exchange (HTTP client, framing), on its cores
     up, up_cpu = _frame(plan, edge, cloud, rows, tokens=plan.cut_a == 0)
     if plan.head == "cloud":

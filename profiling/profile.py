@@ -18,6 +18,7 @@ from splitcore.schema import StrictModel
 ZSTD_LEVELS = (1, 3, 9)  # the zstd levels profiled and searched
 BATCH_SIZES = (1, 4, 16, 64)  # sessions per decode round, profiled for the batching runtime (torch)
 BATCH_CONTEXT = 128  # each batched session's context while its round is timed
+BUSY_SESSIONS = 16  # sessions at once while the service's cost per request in a crowd is measured
 
 
 class PartCost(StrictModel):
@@ -37,14 +38,19 @@ class PartCost(StrictModel):
         return _interpolate(self.decode_ms, context)
 
     def batch_share(self, sessions: float) -> float:
-        """The share of one session's decode step that each of `sessions` pays when they run as one batch:
-        1.0 alone, or for a part that does not batch; round(n) / (n x round(1)) otherwise. Past the largest
-        measured batch, the share stays there (a batcher's `max_batch` splits bigger loads into rounds)."""
+        """The share of one session's lone decode step (`decode_at(BATCH_CONTEXT)`: a session alone on a range
+        decodes on its own cache, unbatched) that each of `sessions` pays when they run as one batch: 1.0 alone,
+        or for a part that does not batch; round(n) / (n x lone step) otherwise, between the lone step and the
+        smallest measured round when 1 < n < 4. Past the largest measured batch, the share stays there (a
+        batcher's `max_batch` splits bigger loads into rounds)."""
         if sessions <= 1 or len(self.decode_batch_ms) < 2 or 1 not in self.decode_batch_ms:
             return 1.0
-        n = min(sessions, max(self.decode_batch_ms))
-        one = self.decode_batch_ms[1]
-        return min(1.0, _interpolate_float(self.decode_batch_ms, n) / (n * one)) if one > 0 else 1.0
+        lone = _interpolate(self.decode_ms, BATCH_CONTEXT) if self.decode_ms else self.decode_batch_ms[1]
+        if lone <= 0:
+            return 1.0
+        rounds = {**self.decode_batch_ms, 1: lone}
+        n = min(sessions, max(rounds))
+        return min(1.0, _interpolate_float(rounds, n) / (n * lone))
 
 
 class CodecCost(StrictModel):
@@ -106,8 +112,18 @@ class Profile(StrictModel):
                                        "(middleware, frame codec, session, sampling, waking the threads for a "
                                        "round); 0: not measured (`cloud_service.selfcost`)")
     request_busy_ms: float = Field(
-        default=0.0, ge=0, description="what each request adds to a busy service's batched round besides the "
-                                       "parts; it queues (0: not measured)")
+        default=0.0, ge=0, description=f"what each request adds to a busy service's batched round besides the "
+                                       f"parts, measured with {BUSY_SESSIONS} sessions at once; it queues (0: not "
+                                       f"measured)")
+
+    def request_cost_ms(self, batch: float) -> float:
+        """What each request of a round of `batch` sessions costs the service besides the parts. The two measured
+        figures fit a cost per round shared by the round's requests and a cost per request: alone (`request_ms`)
+        both, among `BUSY_SESSIONS` (`request_busy_ms`) the round's part divided among them."""
+        if batch <= 1.0 or not self.request_busy_ms or self.request_busy_ms >= self.request_ms:
+            return self.request_ms if batch <= 1.0 or not self.request_busy_ms else self.request_busy_ms
+        per_round = (self.request_ms - self.request_busy_ms) * BUSY_SESSIONS / (BUSY_SESSIONS - 1)
+        return self.request_ms - per_round + per_round / batch
 
     def backends(self) -> list[str]:
         """Every runtime this profile has figures for, its own first."""

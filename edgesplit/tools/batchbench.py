@@ -12,13 +12,17 @@ on their values). Reported per level: output tokens/s, TTFT and TPOT percentiles
 and to `transformers` `generate` at the same batch size, measured in the same run (the limit: no serving
 overhead, one batch of equal prompts). End-to-end numbers through a real edge are `edgesplit loadtest`'s.
 
-The cost model's prediction is checked at each level: the cloud's profile is measured by `edgesplit profile` before
-the cloud starts (the same machine and threads, batched rounds and the service's own per-request cost included),
+The cost model's prediction is checked at each level: the cloud's profile is measured by `edgesplit profile` (the
+same machine and threads, batched rounds and the service's own per-request cost included) before the cloud starts,
+and again just before each checked level while the cloud idles (this VM's speed drifts by up to 2x over minutes:
+a profile taken at the start misjudged later levels by 25-60%; `--profile-once` keeps the first),
 the link is the median round trip of an empty `POST /v1/probe` over the same kind of connection, and the emulated
 edges cost nothing (their profile is the cloud's, scaled to zero compute). Reported: predicted tokens/s and TPOT,
 and their errors against the measurement. The emulated edges' own CPU per exchange (HTTP, framing, random
 activations) is measured in each level (process time over exchanges) and is the edge profile's `request_ms`;
-they are one process on the cloud's two cores, where real devices would be elsewhere.
+they are one process on the cloud's two cores, where real devices would be elsewhere. Each level also reads
+the cloud's `/metrics` before and after: its batched forwards' time per step, against the wall time per step, shows
+how much of a step is compute and how much is the service and the link.
 
 The edges do not start in step: edge i's first generation is cut to 1 + i x OUTPUT / N tokens, so the prompts of
 the N streams fall evenly over a generation instead of arriving in one burst each time. That first generation is a
@@ -164,9 +168,13 @@ async def _level(url: str, plan: Plan, loaded: LoadedModel, streams: int, prompt
         finally:
             await conn.close()
     warmed: list[float] = []
+    before = await _cloud_counters(url)
     cpu = time.process_time()
     await asyncio.gather(*(edge(i) for i in range(streams)))
     cpu = time.process_time() - cpu
+    after = await _cloud_counters(url)
+    counted = {k: after[k] - before[k] for k in before}
+    steps = max(1.0, counted["edgesplit_cloud_step_duration_seconds_count"])
     # the window: from the last edge's end of warm-up to the deadline (the whole run if that leaves too little)
     begin = max(warmed, default=started)
     if deadline - begin < duration_s / 4:
@@ -182,8 +190,29 @@ async def _level(url: str, plan: Plan, loaded: LoadedModel, streams: int, prompt
             "generations": level.generations, "window_s": end - begin,
             # the emulated edges' own CPU per exchange (one process, on the cloud's cores)
             "edges_cpu_ms_per_request": cpu * 1000 / max(1, len(level.token_times) + level.generations + streams),
+            # the cloud's batched forwards (its compute) per step, and its rounds' mean size, from its /metrics
+            "cloud_forward_ms_per_step": counted["edgesplit_cloud_batch_forward_seconds_sum"] * 1000 / steps,
+            "cloud_wall_ms_per_step": (time.perf_counter() - started) * 1000 / steps,
+            "cloud_rows_per_round": counted["edgesplit_cloud_batch_size_sum"]
+            / max(1.0, counted["edgesplit_cloud_batch_size_count"]),
             "ttft_ms": {f"p{q}": pct(level.ttft_s, q) for q in (50, 90, 99)},
             "tpot_ms": {f"p{q}": pct(level.tpot_s, q) for q in (50, 90, 99)}}
+
+
+_COUNTERS = ("edgesplit_cloud_step_duration_seconds_count", "edgesplit_cloud_batch_forward_seconds_sum",
+             "edgesplit_cloud_batch_size_sum", "edgesplit_cloud_batch_size_count")
+
+
+async def _cloud_counters(url: str) -> dict[str, float]:
+    """The cloud's cumulative step and forward figures from its `/metrics`."""
+    async with httpx.AsyncClient(base_url=url, timeout=10) as client:
+        text = (await client.get("/metrics")).text
+    values = {}
+    for line in text.splitlines():
+        name, _, value = line.partition(" ")
+        if name in _COUNTERS:
+            values[name] = float(value)
+    return {name: values.get(name, 0.0) for name in _COUNTERS}
 
 
 @torch.inference_mode()
@@ -276,6 +305,8 @@ def bench_model(path: Path, name: str, args: argparse.Namespace, work: Path) -> 
         for plan in plans(loaded):
             rows: list[dict] = []
             for streams in args.streams:
+                if profile is not None and streams in CHECKED and not args.profile_once:
+                    profile = cloud_profile(path, args.threads, work)  # the machine's speed just before the level
                 row = asyncio.run(_level(url, plan, loaded, streams, args.prompt_tokens, args.output_tokens,
                                          args.duration_s))
                 single = rows[0]["output_tokens_per_s"] if rows else row["output_tokens_per_s"]
@@ -294,7 +325,9 @@ def bench_model(path: Path, name: str, args: argparse.Namespace, work: Path) -> 
                 print(f"  {plan.name}, {streams} streams: {row['output_tokens_per_s']:.0f} tok/s "
                       f"({row['x_one_stream']:.1f}x one stream, {row['x_monolithic']:.2f}x monolithic), "
                       f"ttft p50 {row['ttft_ms']['p50']} ms, tpot p50/p99 {row['tpot_ms']['p50']}/"
-                      f"{row['tpot_ms']['p99']} ms, failed {row['failed']}", flush=True)
+                      f"{row['tpot_ms']['p99']} ms, failed {row['failed']}; the cloud's forwards "
+                      f"{row['cloud_forward_ms_per_step']:.2f} of {row['cloud_wall_ms_per_step']:.2f} ms per step, "
+                      f"{row['cloud_rows_per_round']:.1f} rows per round", flush=True)
                 if "predicted" in row:
                     guess = row["predicted"]
                     print(f"    predicted {guess['tokens_per_s']:.0f} tok/s (error {guess['tokens_per_s_error']:.0%}), "
@@ -318,6 +351,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--duration-s", type=float, default=15.0, help="each level runs generations this long")
     ap.add_argument("--threads", type=int, default=2, help="torch threads of the cloud and of the monolithic run")
     ap.add_argument("--max-batch", type=int, default=64, help="the cloud's --max-batch")
+    ap.add_argument("--profile-once", action="store_true",
+                    help="predict every level from the profile measured before the cloud starts (faster; this "
+                         "VM's drifting speed then shows up as model error)")
     ap.add_argument("--url", help="drive this running cloud instead of starting one (one model; e.g. an older "
                                   "version, to compare); it must allow many sessions per caller")
     ap.add_argument("--out", type=Path, default=Path("bench/results/batching.json"))

@@ -6,7 +6,7 @@ import pytest
 
 from partitioner.costmodel import HTTP_BYTES, Workload, edge_memory_bytes, predict
 from profiling.link_estimator import Link
-from profiling.profile import PartCost
+from profiling.profile import BATCH_CONTEXT, PartCost
 from profiling.synthetic import synthetic_profile
 from splitcore.errors import UserError
 from splitcore.plan import Plan
@@ -122,8 +122,9 @@ def test_batched_decode_rounds_make_streams_cheaper_than_their_sum() -> None:
     assert one == pytest.approx(predict(plan, EDGE, CLOUD, link, work).time_per_output_token_ms)  # alone: the same
     assert many == pytest.approx(2.0 * one, rel=0.1)  # every stream in each round: one round of 16 per token
     assert unbatched == pytest.approx(16 * one, rel=0.02)
-    assert cloud.layers[0].batch_share(16) == pytest.approx(2.0 / 16)
-    assert cloud.layers[0].batch_share(1000) == pytest.approx(6.0 / 64)  # past the largest round measured
+    lone = cloud.layers[0].decode_at(BATCH_CONTEXT)  # a session alone decodes unbatched: the share's base
+    assert cloud.layers[0].batch_share(16) == pytest.approx(2.0 / (16 * lone))
+    assert cloud.layers[0].batch_share(1000) == pytest.approx(6.0 / (64 * lone))  # past the largest round measured
 
 
 def test_the_cloud_services_own_cost_per_request_queues_and_shrinks_in_a_batch() -> None:
@@ -134,8 +135,10 @@ def test_the_cloud_services_own_cost_per_request_queues_and_shrinks_in_a_batch()
     served = cloud.model_copy(update={"request_ms": 3.0, "request_busy_ms": 1.0})
     one, base = (predict(plan, EDGE, c, link, work).time_per_output_token_ms for c in (served, cloud))
     assert one == pytest.approx(base + 3.0)
+    # 3 ms alone, 1 ms each among 16: a 32/15 ms part per round shared by its requests, 13/15 ms per request
+    assert served.request_cost_ms(16) == pytest.approx(1.0) and served.request_cost_ms(1) == 3.0
     eight = predict(plan, EDGE, served, link, work.model_copy(update={"streams": 8})).time_per_output_token_ms
-    assert eight == pytest.approx(base + 8 * 1.0, rel=0.05)
+    assert eight == pytest.approx(base + 8 * (13 / 15 + 32 / 15 / 8), rel=0.05)
 
 
 def test_the_round_trip_overlaps_with_other_streams_compute() -> None:

@@ -25,5 +25,7 @@ def test_the_batching_benchmark_reports_every_plan_and_level_with_no_failure(tmp
             assert r["failed"] == 0 and r["generations"] >= 1 and r["output_tokens_per_s"] > 0
             assert r["ttft_ms"]["p50"] is not None
             assert r["predicted"]["tokens_per_s"] > 0 and r["predicted"]["tpot_ms"] > 0  # the cost model's figure
+            # the cloud's own account of the level (its /metrics): compute is part of each step, not all of it
+            assert 0 < r["cloud_forward_ms_per_step"] < r["cloud_wall_ms_per_step"] and r["cloud_rows_per_round"] >= 1
         assert rows[0]["x_one_stream"] == 1.0
     assert out.with_suffix(".png").stat().st_size > 10_000

@@ -103,3 +103,17 @@ def test_runners_build_each_backend_once_and_default_to_the_tier_setting(models:
     assert runners.get().name == "onnxruntime"
     assert runners.get("torch").name == "torch"
     assert runners.get("onnxruntime") is runners.get()
+
+
+def test_the_export_of_a_model_whose_blocks_run_packed_forwards_is_unchanged(tmp_path: Path) -> None:
+    """A tier's batcher sets the packed attention on its model's blocks (`splitcore.batched.enable_packing`); an
+    ONNX export made after that traces the same SDPA attention and matches PyTorch."""
+    from splitcore.batched import enable_packing
+    from splitcore.testing import tiny_model
+
+    m = tiny_model("llama", seed=5)
+    assert enable_packing(m.layered)
+    layers = LayerRange(start=1, end=3)
+    ort = OrtRunner(m.layered, ExportCache(tmp_path))
+    got, want = _steps(ort, layers, m, False), _steps(TorchRunner(m.layered), layers, m, False)
+    assert max(float((g - w).abs().max()) for g, w in zip(got, want, strict=True)) < TOLERANCE

@@ -56,7 +56,7 @@ def _greedy(batcher: Batcher, layers: LayerRange, prompt: list[int], n: int, del
     return tokens
 
 
-@pytest.mark.parametrize("family_name", ["gpt2", "llama", "mistral"])  # mistral: a window shorter than the run
+@pytest.mark.parametrize("family_name", ["gpt2", "llama", "qwen2", "mistral"])  # mistral: a short window
 def test_sessions_batched_together_get_the_tokens_each_gets_alone(models: dict[str, LoadedModel],
                                                                   family_name: str,
                                                                   monkeypatch: pytest.MonkeyPatch) -> None:

@@ -323,11 +323,12 @@ def enable_packing(model: LayeredModel) -> bool:
 @torch.inference_mode()
 def run_packed(model: LayeredModel, layers: LayerRange, groups: list[Group]) -> list[torch.Tensor]:
     """The blocks over several groups in one forward (`enable_packing` first); each group's hidden states
-    `(rows, new_max, hidden)`, as `run_group` gives them (zeros in its padding)."""
+    `(rows, new_max, hidden)`, as `run_group` gives them at its real positions (callers read no others)."""
     if len(groups) == 1 or not len(layers):
         return [run_group(model, layers, g) for g in groups]
     plan = _Packed(model, layers, groups)
     hidden = plan.pack([g.hidden for g in groups])  # (1, positions, hidden)
     query = plan.pack([g.query for g in groups])  # (1, positions)
+    # no key positions or masks here: each group's are in the plan, which the attention reads
     hidden = run_blocks(model, layers, hidden, plan, query, query, masked=False, **{_PACKED: plan})
     return [plan.unpack(g, hidden[0]) for g in range(len(groups))]

@@ -48,6 +48,13 @@ log = logging.getLogger(__name__)
 PLAIN_CHAT_STOP = "\nUser:"  # the plain chat template's next turn: stop before the model writes it
 
 
+def _drop_idle_batches(runtime: EdgeRuntime) -> int:
+    """Free the edge batcher's running batches whose sessions have all ended (as the cloud's sweep does): a burst
+    of local generations would otherwise keep their rows reserved until that range decodes again."""
+    batcher = runtime.orchestrator.runners.batcher
+    return batcher.drop_idle() if batcher is not None else 0
+
+
 def create_app(settings: EdgeSettings, loaded: LoadedModel | None = None) -> FastAPI:
     """The edge app; `loaded` lets tests pass an in-memory model instead of a checkpoint directory."""
 
@@ -57,7 +64,8 @@ def create_app(settings: EdgeSettings, loaded: LoadedModel | None = None) -> Fas
             torch.set_num_threads(settings.threads)
         runtime = app.state.runtime = await run_in_threadpool(EdgeRuntime.build, settings, loaded, metrics)
         tasks = [asyncio.create_task(_probe_when_idle(runtime)), asyncio.create_task(_replan_forever(runtime)),
-                 asyncio.create_task(release_forever(lambda: metrics.ended, lambda: metrics.in_flight > 0))]
+                 asyncio.create_task(release_forever(lambda: metrics.ended, lambda: metrics.in_flight > 0,
+                                                     drop=lambda: _drop_idle_batches(runtime)))]
         yield
         for task in tasks:
             task.cancel()

@@ -143,6 +143,7 @@ class Batcher:
             self._cv.notify_all()
         return ran
 
+    @torch.inference_mode()  # the running batches' tensors are inference tensors (`_round_locked`)
     def drop_idle(self) -> int:
         """Free the storage of running batches whose sessions have all ended (a burst's rows and columns would
         otherwise stay reserved until the next decode round of that range); how many were dropped."""
@@ -160,6 +161,7 @@ class Batcher:
         with self._cv:
             return len(self._queue)
 
+    @torch.inference_mode()  # whichever thread or loop runs it: the running batches' tensors are always of one kind
     def _round_locked(self) -> int:
         with self._cv:
             decode, prefill = self._take_locked()

@@ -39,13 +39,16 @@ def release() -> None:
 
 
 async def release_forever(freed: Callable[[], int], busy: Callable[[], bool],
-                          interval_s: float = RELEASE_INTERVAL_S) -> None:
+                          interval_s: float = RELEASE_INTERVAL_S, drop: Callable[[], object] | None = None) -> None:
     """Every `interval_s`, if the count `freed()` (sessions or requests ended) has moved since memory was last given
-    back and the tier is not `busy()`, give it back."""
+    back and the tier is not `busy()`, give it back; `drop()` first frees what the tier keeps for later (e.g. the
+    batcher's running batches whose sessions have all ended)."""
     released = freed()
     while True:
         await asyncio.sleep(interval_s)
         now = freed()
         if now != released and not busy():
             released = now
+            if drop is not None:
+                await run_in_threadpool(drop)
             await run_in_threadpool(release)

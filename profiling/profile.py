@@ -120,8 +120,10 @@ class Profile(StrictModel):
         """What each request of a round of `batch` sessions costs the service besides the parts. The two measured
         figures fit a cost per round shared by the round's requests and a cost per request: alone (`request_ms`)
         both, among `BUSY_SESSIONS` (`request_busy_ms`) the round's part divided among them."""
-        if batch <= 1.0 or not self.request_busy_ms or self.request_busy_ms >= self.request_ms:
-            return self.request_ms if batch <= 1.0 or not self.request_busy_ms else self.request_busy_ms
+        if batch <= 1.0 or not self.request_busy_ms:  # alone, or not measured in a crowd
+            return self.request_ms
+        if self.request_busy_ms >= self.request_ms:  # no part per round to share
+            return self.request_busy_ms
         per_round = (self.request_ms - self.request_busy_ms) * BUSY_SESSIONS / (BUSY_SESSIONS - 1)
         return self.request_ms - per_round + per_round / batch
 

@@ -179,7 +179,8 @@ def run_group(model: LayeredModel, layers: LayerRange, group: Group) -> torch.Te
     """The blocks over one group on its own: hidden states `(rows, new_max, hidden)`."""
     if not len(layers):
         return group.hidden
-    return run_blocks(model, layers, group.hidden, group.cache, group.query, group.keys, group.masked)
+    masks = _masks(model, layers, group.query, group.keys, group.masked)
+    return run_blocks(model, layers, group.hidden, group.cache, group.query, masks)
 
 
 def head_logits(model: LayeredModel, last: torch.Tensor) -> torch.Tensor:
@@ -202,12 +203,10 @@ def _kinds(model: LayeredModel) -> list[str]:
 
 
 def run_blocks(model: LayeredModel, layers: LayerRange, hidden: torch.Tensor, cache: Any, query: torch.Tensor,
-               key_pos: torch.Tensor, masked: bool, **attention: Any) -> torch.Tensor:
-    """The blocks over `hidden` `(rows, new, hidden)` with a cache stand-in; query positions `(rows, new)`, key
-    positions `(rows, keys)` (-1: none). Without `masked` (one position each, every key valid) no mask is built,
-    as the unbatched model runs a decode step; sliding-window layers always get theirs. `attention` goes to
-    each block's attention function (the packed forward's plan)."""
-    masks = _masks(model, layers, query, key_pos, masked) if not attention else {}
+               masks: dict[str, torch.Tensor | None], **attention: Any) -> torch.Tensor:
+    """The blocks over `hidden` `(rows, new, hidden)` with a cache stand-in; query positions `(rows, new)`, and
+    each kind of layer's mask (`_masks`; none for a kind that is missing). `attention` goes to each block's
+    attention function (the packed forward's plan, which holds its groups' masks)."""
     types = _kinds(model)
     if isinstance(model, LlamaLayered):
         rotary = model.inner.rotary_emb(hidden, query)  # (cos, sin), each (rows, new, head_dim)
@@ -329,6 +328,5 @@ def run_packed(model: LayeredModel, layers: LayerRange, groups: list[Group]) -> 
     plan = _Packed(model, layers, groups)
     hidden = plan.pack([g.hidden for g in groups])  # (1, positions, hidden)
     query = plan.pack([g.query for g in groups])  # (1, positions)
-    # no key positions or masks here: each group's are in the plan, which the attention reads
-    hidden = run_blocks(model, layers, hidden, plan, query, query, masked=False, **{_PACKED: plan})
+    hidden = run_blocks(model, layers, hidden, plan, query, {}, **{_PACKED: plan})  # each group's masks: the plan
     return [plan.unpack(g, hidden[0]) for g in range(len(groups))]

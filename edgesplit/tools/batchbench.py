@@ -14,9 +14,9 @@ overhead, one batch of equal prompts). End-to-end numbers through a real edge ar
 
 The cost model's prediction is checked at each level: the cloud's profile is measured by `edgesplit profile` (the
 same machine and threads, batched rounds and the service's own per-request cost included) before the cloud starts,
-and again just before each checked level while the cloud idles (this VM's speed drifts by up to 2x over minutes:
-a profile taken at the start misjudged later levels by 25-60%; `--profile-once` keeps the first),
-the link is the median round trip of an empty `POST /v1/probe` over the same kind of connection, and the emulated
+and again just before each later checked level while the cloud idles (this VM's speed drifts by up to 2x over
+minutes: a profile taken at the start misjudged later levels by 25-60%; `--profile-once` keeps the first), the
+link is the median round trip of an empty `POST /v1/probe` over the same kind of connection, and the emulated
 edges cost nothing (their profile is the cloud's, scaled to zero compute). Reported: predicted tokens/s and TPOT,
 and their errors against the measurement. The emulated edges' own CPU per exchange (HTTP, framing, random
 activations) is measured in each level (process time over exchanges) and is the edge profile's `request_ms`;
@@ -302,13 +302,15 @@ def bench_model(path: Path, name: str, args: argparse.Namespace, work: Path) -> 
             wait_healthy(f"{url}/health", proc)
         link = Link(bandwidth_bps=10e9, rtt_ms=asyncio.run(_probe_rtt_ms(url)))
         result["link_rtt_ms"] = link.rtt_ms
+        fresh = True  # the profile measured before the cloud started serves the first level
         for plan in plans(loaded):
             rows: list[dict] = []
             for streams in args.streams:
-                if profile is not None and streams in CHECKED and not args.profile_once:
+                if profile is not None and streams in CHECKED and not args.profile_once and not fresh:
                     profile = cloud_profile(path, args.threads, work)  # the machine's speed just before the level
                 row = asyncio.run(_level(url, plan, loaded, streams, args.prompt_tokens, args.output_tokens,
                                          args.duration_s))
+                fresh = False  # a level has run since the profile was measured
                 single = rows[0]["output_tokens_per_s"] if rows else row["output_tokens_per_s"]
                 row["x_one_stream"] = row["output_tokens_per_s"] / single
                 row["x_monolithic"] = row["output_tokens_per_s"] / limit[streams]

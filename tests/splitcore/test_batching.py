@@ -17,6 +17,7 @@ from splitcore.kvcache import TorchState
 from splitcore.loading import LoadedModel
 from splitcore.ranges import LayerRange
 from splitcore.testing import reference_tokens
+from tests.fakes import slowed_forwards
 
 # (prompt length, new tokens, start delay in s): long prompts arrive while short ones decode, some end early
 SESSIONS = [(3, 12, 0.0), (37, 6, 0.0), (9, 12, 0.02), (50, 3, 0.05), (1, 12, 0.0), (20, 1, 0.03), (14, 10, 0.08)]
@@ -112,13 +113,7 @@ def test_a_long_prompt_runs_in_chunks_between_decode_steps(models: dict[str, Loa
     prompt."""
     m = models["gpt2"].layered
     calls: list[tuple[int, int]] = []  # (rows, positions) per forward
-    for name in ("forward_rows", "run_packed"):
-        real = getattr(batching_module, name)
-
-        def slow(*args, _real=real, **kwargs):  # noqa: ANN002, ANN003, ANN202
-            time.sleep(0.02)
-            return _real(*args, **kwargs)
-        monkeypatch.setattr(batching_module, name, slow)
+    slowed_forwards(monkeypatch, 0.02)
     batcher = Batcher(m, BatchLimits(prefill_chunk=8, max_tokens=64),
                       observer=lambda rows, positions, waits, seconds: calls.append((rows, positions)))
     everything = LayerRange(start=0, end=m.num_layers)

@@ -9,9 +9,10 @@ import uuid
 from collections.abc import AsyncIterator
 
 import torch
-from fastapi import FastAPI, Request, Response
+from fastapi import FastAPI, Request, Response, WebSocket
 from fastapi.concurrency import run_in_threadpool
 
+from cloud_service.channel import FrameService, serve_channel
 from cloud_service.engine import ShardEngine
 from cloud_service.identity import EdgeAuth, EdgeTokens
 from cloud_service.metrics import CloudMetrics
@@ -19,8 +20,9 @@ from cloud_service.sessions import SessionStore
 from cloud_service.settings import CloudSettings
 from splitcore.backends import Runners
 from splitcore.batching import BatchObserver
+from splitcore.channel import CHANNEL_PATH
 from splitcore.defaults import usable_cores
-from splitcore.errors import EdgesplitError, PlanError, SessionNotFoundError
+from splitcore.errors import PlanError, SessionNotFoundError
 from splitcore.http import BodyLimit, install_error_handlers
 from splitcore.loading import LoadedModel, load_checkpoint
 from splitcore.memory import release_forever
@@ -69,6 +71,7 @@ def create_app(settings: CloudSettings, loaded: LoadedModel | None = None) -> Fa
             task.cancel()
 
     metrics = CloudMetrics()
+    frames = FrameService(metrics, settings.max_frame_bytes)
     tokens = EdgeTokens.parse(settings.edge_tokens, settings.auth_token)
     app = FastAPI(title="edgesplit cloud", lifespan=lifespan)
     install_error_handlers(app)
@@ -85,19 +88,13 @@ def create_app(settings: CloudSettings, loaded: LoadedModel | None = None) -> Fa
               responses={200: {"content": {MEDIA_TYPE: {}}, "description": "answer frame"}})
     async def forward(request: Request) -> Response:
         """Run a frame's blocks for its session; body and answer are binary frames (`splitcore.wire`)."""
-        metrics.in_flight.inc()
-        try:
-            with metrics.step_latency.time():
-                data = await request.body()
-                metrics.link_bytes.labels("received").inc(len(data))
-                answer = await request.app.state.engine.forward_async(data, request.state.edge)
-        except EdgesplitError as exc:  # counted, then answered by the app's error handler
-            metrics.errors.labels(type(exc).__name__).inc()
-            raise
-        finally:
-            metrics.in_flight.dec()
-        metrics.link_bytes.labels("sent").inc(len(answer))
+        answer = await frames.answer(request.app.state.engine, await request.body(), request.state.edge)
         return Response(answer, media_type=MEDIA_TYPE)
+
+    @app.websocket(CHANNEL_PATH)
+    async def channel(ws: WebSocket) -> None:
+        """The same frames as `/v1/shard/forward`, tagged, over one connection per edge (`splitcore.channel`)."""
+        await serve_channel(ws, lambda: ws.app.state.engine, frames)
 
     @app.delete("/v1/sessions/{session_id}", status_code=204)
     async def end_session(session_id: uuid.UUID, request: Request) -> Response:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import secrets
 
 from pydantic import SecretStr
-from starlette.requests import Request
+from starlette.requests import HTTPConnection
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from splitcore.auth import bearer
@@ -70,13 +70,14 @@ class EdgeTokens:
 
 class EdgeAuth:
     """ASGI middleware: authenticate every guarded request on its headers (the body is not read for a refused
-    one) and put the caller's identity in `request.state.edge`."""
+    one) and put the caller's identity in `request.state.edge`. A WebSocket (the frame channel) is checked on its
+    handshake, and a refused one gets the same status and error body (the ASGI WebSocket denial response)."""
 
     def __init__(self, app: ASGIApp, tokens: EdgeTokens | None) -> None:
         self.app, self.tokens = app, tokens
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] in OPEN_PATHS:
+        if scope["type"] not in ("http", "websocket") or scope["path"] in OPEN_PATHS:
             await self.app(scope, receive, send)
             return
         if self.tokens is None:
@@ -84,7 +85,7 @@ class EdgeAuth:
             identity = client[0] if client else ""
         else:
             try:
-                identity = self.tokens.identify(bearer(Request(scope)))  # the headers only: nothing is received
+                identity = self.tokens.identify(bearer(HTTPConnection(scope)))  # the headers only: nothing is received
             except EdgesplitError as exc:
                 response = error_response(exc.status_code, str(exc), exc.error_type,
                                           headers=getattr(exc, "headers", None))

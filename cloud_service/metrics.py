@@ -21,6 +21,8 @@ class CloudMetrics:
         self.sessions = Gauge("edgesplit_cloud_active_sessions", "Live edge sessions", registry=r)
         self.cache_bytes = Gauge("edgesplit_cloud_cache_bytes", "KV cache bytes over all sessions", registry=r)
         self.evictions = Gauge("edgesplit_cloud_session_evictions", "Sessions evicted since start", registry=r)
+        self.channels = Gauge("edgesplit_cloud_open_channels", "Edges' frame channels (WebSockets) open now",
+                              registry=r)
         self.in_flight = Gauge("edgesplit_cloud_in_flight_steps", "Frames being computed now", registry=r)
         self.batches = BatchMetrics(r, "cloud")
 

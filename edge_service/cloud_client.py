@@ -1,8 +1,11 @@
 """The one place that speaks to the cloud tier; transport errors are translated here, once.
 
-A sync `httpx.Client` (thread-safe, pooled keep-alive connections): a
-generation runs in a worker thread and makes one POST per step over a
-connection that stays open, with a binary body each way.
+Frames go over the cloud's frame channel (`edge_service.channel_client`: one WebSocket per edge, every
+generation's frames multiplexed on it) or, with `transport="http"`, as one POST per step on a sync
+`httpx.Client` (thread-safe, pooled keep-alive connections). Where the channel's handshake is refused (an older
+cloud, a proxy that cannot pass WebSockets), frames go over HTTP and the channel is tried again later. Both
+raise the same errors for the same answers. Everything but frames (sessions' ends, probes, profile, health)
+is HTTP.
 """
 
 from __future__ import annotations
@@ -12,9 +15,11 @@ import ssl
 import time
 import uuid
 from pathlib import Path
+from typing import Literal, NoReturn
 
 import httpx
 
+from edge_service.channel_client import ChannelRefusedError, FrameChannel
 from splitcore.errors import (
     CapacityError,
     CloudModelMismatchError,
@@ -26,16 +31,20 @@ from splitcore.wire import MEDIA_TYPE, short_id
 
 log = logging.getLogger(__name__)
 
+Transport = Literal["websocket", "http"]
+CHANNEL_RETRY_S = 300.0  # after a refused channel handshake, frames go over HTTP this long before a new try
+
 
 class CloudClient:
     """HTTP client of the cloud's shard API."""
 
     def __init__(self, base_url: str, timeout_s: float = 30.0, connect_timeout_s: float = 3.0,
                  max_connections: int = 64, token: str | None = None, ca_file: Path | None = None,
-                 client_cert: tuple[Path, Path] | None = None) -> None:
+                 client_cert: tuple[Path, Path] | None = None, transport: Transport = "websocket") -> None:
         """`token` goes in each request's Authorization header; `ca_file` verifies an https cloud; `client_cert`
-        (certificate, key) answers a cloud that asks for mutual TLS."""
+        (certificate, key) answers a cloud that asks for mutual TLS; `transport` carries the frames."""
         self.base_url = base_url.rstrip("/")
+        self.timeout_s = timeout_s
         self.connect_timeout_s = connect_timeout_s
         headers = {"content-type": MEDIA_TYPE}
         if token:
@@ -51,6 +60,10 @@ class CloudClient:
             limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections),
             headers=headers, verify=verify,
         )
+        channel_headers = {k: v for k, v in headers.items() if k == "authorization"}
+        self._channel = FrameChannel(self.base_url, channel_headers, verify if isinstance(verify, ssl.SSLContext)
+                                     else None, connect_timeout_s) if transport == "websocket" else None
+        self._channel_retry_at = 0.0  # monotonic time before which frames go over HTTP (a refused handshake)
 
     def forward(self, frame: bytes, *, timeout_s: float | None = None) -> bytes:
         """Send one frame, return the answer frame; `timeout_s` bounds this step (default: the client's).
@@ -61,6 +74,14 @@ class CloudClient:
             CloudRefusedError: the cloud refused the frame (its status is kept).
             CapacityError: the cloud is at capacity; try again later.
         """
+        if self._channel is not None and time.monotonic() >= self._channel_retry_at:
+            try:
+                return self._over_channel(self._channel, frame, timeout_s or self.timeout_s)
+            except ChannelRefusedError as exc:
+                if exc.error is not None:  # the cloud's own refusal (a wrong token, capacity): HTTP would meet it too
+                    self._raise_for(exc.status, *exc.error)
+                self._channel_retry_at = time.monotonic() + CHANNEL_RETRY_S
+                log.warning("%s; frames go over HTTP for the next %.0f s", exc, CHANNEL_RETRY_S)
         kwargs: dict = {}
         if timeout_s is not None:
             kwargs["timeout"] = httpx.Timeout(timeout_s, connect=min(timeout_s, self.connect_timeout_s))
@@ -71,6 +92,16 @@ class CloudClient:
                 raise CloudSessionLostError(str(exc), 404) from exc
             raise
         return response.content
+
+    def _over_channel(self, channel: FrameChannel, frame: bytes, timeout_s: float) -> bytes:
+        answer, refusal = channel.exchange(frame, timeout_s)
+        if refusal is not None:
+            status, message, kind = refusal
+            if status == 404:
+                raise CloudSessionLostError(f"cloud refused the request (404): {message}", 404)
+            self._raise_for(status, message, kind)
+        assert answer is not None
+        return answer
 
     def end_session(self, session: uuid.UUID) -> None:
         """Free the session's cloud cache; a session the cloud no longer holds is fine."""
@@ -107,6 +138,8 @@ class CloudClient:
         return int(held[0]), int(held[1])
 
     def close(self) -> None:
+        if self._channel is not None:
+            self._channel.close()
         self._http.close()
 
     def _request(self, method: str, path: str, **kwargs: object) -> httpx.Response:
@@ -118,13 +151,17 @@ class CloudClient:
             raise CloudUnavailableError(f"cloud at {self.base_url} is unreachable: {exc}") from exc
         if response.status_code < 400:
             return response
-        message, kind = _error_of(response)
-        if response.status_code == 429:
+        self._raise_for(response.status_code, *_error_of(response))
+
+    @staticmethod
+    def _raise_for(status: int, message: str, kind: str | None) -> NoReturn:
+        """The error of a refused or failed request, whichever transport carried it."""
+        if status == 429:
             raise CapacityError(f"the cloud is at capacity: {message}")
-        if response.status_code < 500:
+        if status < 500:
             refused = CloudModelMismatchError if kind == "model_mismatch" else CloudRefusedError
-            raise refused(f"cloud refused the request ({response.status_code}): {message}", response.status_code)
-        raise CloudUnavailableError(f"cloud failed ({response.status_code}): {message}")
+            raise refused(f"cloud refused the request ({status}): {message}", status)
+        raise CloudUnavailableError(f"cloud failed ({status}): {message}")
 
 
 def _error_of(response: httpx.Response) -> tuple[str, str | None]:

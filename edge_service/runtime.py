@@ -45,7 +45,8 @@ def cloud_client(settings: EdgeSettings) -> CloudClient:
         cert = (settings.cloud_client_cert, settings.cloud_client_key)
     token = settings.cloud_token.get_secret_value() if settings.cloud_token else None
     return CloudClient(settings.cloud_url, settings.cloud_timeout_s, settings.cloud_connect_timeout_s,
-                       token=token, ca_file=settings.cloud_ca_file, client_cert=cert)
+                       token=token, ca_file=settings.cloud_ca_file, client_cert=cert,
+                       transport=settings.cloud_transport)
 
 
 @dataclass

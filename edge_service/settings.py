@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import SettingsConfigDict
@@ -36,6 +37,9 @@ class EdgeSettings(TierSettings):
         description="onnxruntime on the edge: int8 weights (dynamic quantisation; see bench/backends.py)")
     cloud_timeout_s: float = Field(default=30.0, description="longest wait for one cloud step")
     cloud_connect_timeout_s: float = Field(default=3.0, description="longest wait to open a connection to the cloud")
+    cloud_transport: Literal["websocket", "http"] = Field(default="websocket",
+        description="how frames reach the cloud: one WebSocket per edge (HTTP where its handshake is refused) or "
+                    "one POST per step")
     max_prompt_tokens: int = Field(default=4096,
         description="longest accepted prompt, tokens (also capped by the model's positions)")
     max_prompt_bytes: int = Field(default=65536, ge=1,

@@ -13,6 +13,7 @@ from pathlib import Path
 from cloud_service.settings import CloudSettings
 from edge_service.settings import EdgeSettings
 from edgesplit.flags import add_settings_flags, settings_from_args
+from splitcore.channel import TAG_BYTES
 from splitcore.defaults import DEFAULT_MODEL_DIR
 from splitcore.errors import EdgesplitError, UserError
 from splitcore.http import header_timeout_protocol
@@ -44,7 +45,8 @@ def _serve_cloud(args: argparse.Namespace) -> None:
     tls = _uvicorn_tls(settings.ssl_certfile, settings.ssl_keyfile, settings.ssl_ca_certs)
     uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level=settings.log_level,
                 access_log=False,  # one line per decoded token would cost more than the step
-                http=header_timeout_protocol(settings.header_timeout_s), timeout_graceful_shutdown=GRACE_S, **tls)
+                http=header_timeout_protocol(settings.header_timeout_s), timeout_graceful_shutdown=GRACE_S,
+                ws_max_size=settings.max_frame_bytes + TAG_BYTES, **tls)  # a frame channel's message: tag + frame
 
 
 def _serve_edge(args: argparse.Namespace) -> None:

@@ -7,13 +7,13 @@ from __future__ import annotations
 
 import secrets
 
-from fastapi import Request
 from pydantic import SecretStr
+from starlette.requests import HTTPConnection
 
 from splitcore.errors import AuthenticationError, PermissionDeniedError
 
 
-def bearer(request: Request) -> str:
+def bearer(request: HTTPConnection) -> str:
     """The token of an `Authorization: Bearer ...` header, or ''."""
     scheme, _, value = request.headers.get("authorization", "").partition(" ")
     return value.strip() if scheme.lower() == "bearer" else ""

@@ -22,8 +22,9 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
@@ -46,6 +47,20 @@ from splitcore.slots import SlotBatch
 
 log = logging.getLogger(__name__)
 
+
+@contextmanager
+def one_thread(wanted: bool) -> Iterator[None]:
+    """Run the block on one torch intra-op thread when `wanted` (a small forward), then restore the count."""
+    before = torch.get_num_threads()
+    if not wanted or before == 1:
+        yield
+        return
+    torch.set_num_threads(1)  # about 0.3 us: a call to omp_set_num_threads
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
 Result = tuple[torch.Tensor, torch.Tensor | None]  # hidden (1, new, hidden); logits (1, vocab) when the head ran
 # (rows, positions, each new step's queue wait in s, the forward's own time in s)
 BatchObserver = Callable[[int, int, list[float], float], None]
@@ -58,6 +73,13 @@ class BatchLimits:
     max_batch: int = 64  # sessions in one forward
     max_tokens: int = 1024  # positions in one forward (decode rows count one each)
     prefill_chunk: int = 256  # a prompt runs at most this many positions per round
+    # A forward whose positions x one block's parameters (its multiply-adds per block) is below this runs on one
+    # intra-op thread. The tiers idle between steps with OMP_WAIT_POLICY=PASSIVE (an idle tier must not spin on
+    # the cores the other one computes on), so every parallel region of a forward wakes sleeping threads first.
+    # Measured after a 4 ms idle wait, 2 cores: the shipped model's 4 blocks ran 1.04-1.55x slower on 2 threads
+    # than on 1 at every batch of 1-64 decode rows (28 M at 64 rows); the 124M model's 6 blocks 1.1-1.2x slower
+    # at 1-2 rows (14 M), 0.75-0.9x (faster) from 4 rows (28 M) on.
+    one_thread_below: int = 32_000_000
 
     def __post_init__(self) -> None:
         assert self.max_batch >= 1 and self.prefill_chunk >= 1, "batches hold at least one position"
@@ -96,6 +118,7 @@ class Batcher:
         self._rounds = threading.Lock()  # held by whoever runs a round
         self._running: dict[tuple[LayerRange, bool], SlotBatch] = {}  # each range's decoding sessions' caches
         self._packing = enable_packing(model)  # decode steps and prompt chunks in one forward
+        self._params = 0  # one block's parameters, once a block is held (`_block_params`)
 
     def submit(self, state: TorchState, layers: LayerRange, *, hidden: torch.Tensor | None = None,
                input_ids: torch.Tensor | None = None, head: bool = False) -> Future[Result]:
@@ -201,6 +224,13 @@ class Batcher:
         wanted = [o[0, -1] for o, h in zip(outs, heads, strict=True) if h]
         return outs, head_logits(self.model, torch.stack(wanted)) if wanted else None
 
+    @property
+    def _block_params(self) -> int:
+        """One block's parameters (the largest held; a tier may hold none of them until it loads some)."""
+        if not self._params:
+            self._params = max((sum(p.numel() for p in b.parameters()) for b in self.model.blocks), default=0)
+        return self._params
+
     def _alone(self, step: _Step) -> bool:
         """Whether no other live session decodes on `step`'s range (its running batch holds none but it)."""
         batch = self._running.get((step.layers, step.embed))
@@ -244,7 +274,8 @@ class Batcher:
         heads = [s.head and s.done + n == s.x.shape[0] for s, n in group]
         self.last_batch_rows = len(group)
         try:
-            outs, logits = self._compute(decode, prefill, heads)
+            with one_thread(sum(n for _, n in group) * self._block_params < self.limits.one_thread_below):
+                outs, logits = self._compute(decode, prefill, heads)
             took = time.perf_counter() - now
         except Exception as exc:  # noqa: BLE001 (a failed forward fails its own steps, never the batcher)
             log.exception("a batch of %d rows failed", len(group))

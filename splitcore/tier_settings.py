@@ -40,8 +40,11 @@ class TierSettings(BaseSettings):
         description="positions in one batched forward, at most (a decode step counts one)")
     prefill_chunk: int = Field(default=256, ge=1,
         description="a prompt runs at most this many positions per batch, so running streams keep their pace")
+    one_thread_below_mmacs: float = Field(default=32.0, ge=0,
+        description="a forward whose positions x one block's parameters is below this many million runs on one "
+                    "intra-op thread (waking the others after an idle wait costs more than they save); 0: never")
 
     def batch_limits(self) -> BatchLimits:
         """The torch runner's batch limits from these settings."""
         return BatchLimits(max_batch=self.max_batch, max_tokens=max(self.max_batch_tokens, self.max_batch),
-                           prefill_chunk=self.prefill_chunk)
+                           prefill_chunk=self.prefill_chunk, one_thread_below=int(self.one_thread_below_mmacs * 1e6))

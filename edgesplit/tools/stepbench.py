@@ -102,11 +102,13 @@ def bench_model(name: str, path: Path, cut: str, args: argparse.Namespace, work:
                                             transport, *args.edge_args]
     samples: dict[str, list[float]] = {k: [] for k in [*edges, "floor http", "floor websocket"]}
     with contextlib.ExitStack() as stack:
-        cloud_proc = stack.enter_context(serve("cloud", common, cloud_port, work / f"{name}-cloud.log"))
+        pins = ({1}, {0}) if args.pin else (None, None)  # (cloud, edges): a core each, as two machines would have
+        cloud_proc = stack.enter_context(serve("cloud", common, cloud_port, work / f"{name}-cloud.log", cpus=pins[0]))
         urls = {}
         for label, flags in edges.items():
             port = free_port()
-            proc = stack.enter_context(serve("edge", [*common, *flags], port, work / f"{name}-{label}.log"))
+            proc = stack.enter_context(serve("edge", [*common, *flags], port, work / f"{name}-{label}.log",
+                                             cpus=pins[1]))
             urls[label] = (f"http://127.0.0.1:{port}", proc)
         wait_healthy(f"{cloud}/health", cloud_proc)
         for url, proc in urls.values():
@@ -125,6 +127,7 @@ def bench_model(name: str, path: Path, cut: str, args: argparse.Namespace, work:
         channel.close()
     med = {k: statistics.median(v) for k, v in samples.items()}
     row: dict = {"model": name, "cut": cut, "codec": "int8", "tokens": args.tokens, "threads": args.threads,
+                 "pinned": args.pin,
                  "monolithic_ms_per_token": mono, "edge_only_ms_per_token": med["edge-only"], "transports": {},
                  "samples": samples}
     print(f"{name} (split {cut}, int8, {args.tokens} tokens, median of {args.repeats}): decode ms/token "
@@ -151,6 +154,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--repeats", type=int, default=7, help="alternating requests per configuration")
     ap.add_argument("--probe-rounds", type=int, default=40, help="probe round trips between requests")
     ap.add_argument("--transports", nargs="+", default=["websocket", "http"], choices=["websocket", "http"])
+    ap.add_argument("--pin", action="store_true",
+                    help="pin the cloud to core 1 and the edges to core 0 (two machines' worth of caches)")
     ap.add_argument("--threads", type=int, help="torch threads of each tier (default: the tiers' own default)")
     ap.add_argument("--edge-args", nargs=argparse.REMAINDER, default=[],
                     help="extra flags for the split edge (the rest of the command line)")

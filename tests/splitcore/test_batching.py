@@ -202,3 +202,29 @@ def test_a_session_alone_on_its_range_decodes_unbatched_and_joins_the_running_ba
     torch.testing.assert_close(got, alone.run(a_alone, everything, input_ids=torch.tensor([10]))[0],
                                rtol=1e-4, atol=1e-4)
     assert a.slot is None and a.position == a_alone.position == 7
+
+
+def test_a_small_forward_runs_on_one_thread_and_a_large_one_on_all(models: dict[str, LoadedModel],
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    loaded = models["gpt2"]
+    layers = LayerRange(start=0, end=loaded.layered.num_layers)
+    block = sum(p.numel() for p in loaded.layered.blocks[0].parameters())
+    batcher = Batcher(loaded.layered, BatchLimits(one_thread_below=8 * block))  # under 8 positions: one thread
+    seen: list[int] = []
+    compute = batcher._compute
+
+    def spy(*args: Any, **kwargs: Any) -> Any:
+        seen.append(torch.get_num_threads())
+        return compute(*args, **kwargs)
+
+    monkeypatch.setattr(batcher, "_compute", spy)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        state = TorchState()
+        batcher.run(state, layers, input_ids=torch.arange(4, 20))  # 16 positions: every thread
+        batcher.run(state, layers, input_ids=torch.tensor([7]))  # one: one thread
+        after = torch.get_num_threads()
+    finally:
+        torch.set_num_threads(before)
+    assert seen == [2, 1] and after == 2

@@ -8,7 +8,7 @@ CLOUD_PORT ?= 8001
 EDGE_PORT ?= 8000
 CUT ?= 2:6
 
-.PHONY: demo test install serve-cloud serve-edge bench-overhead bench-accuracy bench-adaptive bench-links bench-backends bench-batching bench-packed loadtest fuzz soak model perplexity clean
+.PHONY: demo test install serve-cloud serve-edge bench-overhead bench-accuracy bench-adaptive bench-links bench-backends bench-batching bench-packed bench-step loadtest fuzz soak model perplexity clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -54,6 +54,9 @@ bench-batching: $(STAMP)
 # A batching round packed into one forward against the same round unpacked (about 3 minutes).
 bench-packed: $(STAMP)
 	$(BIN)/python bench/packed_round.py
+
+bench-step: $(STAMP)
+	$(BIN)/python bench/step_overhead.py
 
 # Every plan against the planner's choice on four emulated links, two 124M models (about 40 minutes).
 bench-links: $(STAMP)

@@ -36,7 +36,7 @@ CHANNEL_RETRY_S = 300.0  # after a refused channel handshake, frames go over HTT
 
 
 class CloudClient:
-    """HTTP client of the cloud's shard API."""
+    """Client of the cloud's shard API: frames over the channel or HTTP, everything else over HTTP."""
 
     def __init__(self, base_url: str, timeout_s: float = 30.0, connect_timeout_s: float = 3.0,
                  max_connections: int = 64, token: str | None = None, ca_file: Path | None = None,

@@ -22,9 +22,8 @@ from pathlib import Path
 
 import torch
 
-from edgesplit.tools.checkpoints import build, model_configs
+from edgesplit.tools.checkpoints import model_dir
 from splitcore.batching import Batcher
-from splitcore.defaults import DEFAULT_MODEL_DIR
 from splitcore.kvcache import TorchState
 from splitcore.layered import LayeredModel
 from splitcore.loading import load_checkpoint
@@ -87,7 +86,7 @@ def main(argv: list[str] | None = None) -> None:
     work = Path(tempfile.mkdtemp(prefix="edgesplit-packed-"))
     report: dict[str, dict[str, dict[str, float]]] = {}
     for name in args.models:
-        path = DEFAULT_MODEL_DIR if name == "default" else build(name, model_configs()[name], work)[0]
+        path = model_dir(name, work)
         model = load_checkpoint(path).layered
         rows: dict[str, dict[str, float]] = {}
         for n, p in MIXED:

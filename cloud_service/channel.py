@@ -17,8 +17,8 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 from cloud_service.engine import ShardEngine
 from cloud_service.metrics import CloudMetrics
 from splitcore.channel import error_message, pack, unpack
-from splitcore.errors import EdgesplitError, FrameError, FrameTooLargeError
-from splitcore.http import error_body
+from splitcore.errors import EdgesplitError, FrameTooLargeError
+from splitcore.http import answer_to, error_body
 
 log = logging.getLogger(__name__)
 
@@ -85,22 +85,12 @@ async def serve_channel(ws: WebSocket, engine: Callable[[], ShardEngine], frames
 
 async def _one(ws: WebSocket, sending: asyncio.Lock, engine: ShardEngine, frames: FrameService, data: bytes,
                caller: str) -> None:
+    tag = None  # until the message's tag is read: an answer to no known step
     try:
         tag, frame = unpack(data)
-    except FrameError as exc:
-        await _send(ws, sending, error_message(None, exc.status_code, error_body(str(exc), exc.error_type,
-                                                                                 code=exc.status_code)))
-        return
-    try:
         reply: bytes | str = pack(tag, await frames.answer(engine, frame, caller))
-    except EdgesplitError as exc:
-        if exc.status_code >= 500:
-            log.warning("%s: %s", type(exc).__name__, exc)
-        reply = error_message(tag, exc.status_code, error_body(str(exc), exc.error_type, code=exc.status_code))
-    except Exception as exc:  # noqa: BLE001 (as the HTTP app's last handler: logged here, a 500 to the edge)
-        log.exception("unhandled error in a channel step")
-        reply = error_message(tag, 500, error_body(f"internal error ({type(exc).__name__}); see the server log",
-                                                   "server_error", code=500))
+    except Exception as exc:  # noqa: BLE001 (answered as the HTTP app's handlers answer it: `answer_to`)
+        reply = error_message(tag, *answer_to(exc))
     await _send(ws, sending, reply)
 
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import itertools
-import json
 import logging
 import ssl
 import threading
@@ -27,6 +26,7 @@ from websockets.sync.client import ClientConnection, connect
 
 from splitcore.channel import CHANNEL_PATH, MAX_TAG, pack, parse_error, unpack
 from splitcore.errors import CloudUnavailableError, EdgesplitError
+from splitcore.http import read_error
 
 log = logging.getLogger(__name__)
 
@@ -190,7 +190,7 @@ class FrameChannel:
             status = exc.response.status_code
             body = exc.response.body.decode(errors="replace") if exc.response.body else ""
             raise ChannelRefusedError(f"the cloud refused the channel ({status}): {body[:200]}", status,
-                                      _error_of(body)) from exc
+                                      read_error(body)) from exc
         except InvalidHandshake as exc:  # not a WebSocket server at all (e.g. a proxy that answers otherwise)
             raise ChannelRefusedError(f"the cloud's answer to the channel handshake was not one: {exc}", 502) from exc
         except (OSError, TimeoutError) as exc:
@@ -199,11 +199,3 @@ class FrameChannel:
         log.info("opened the frame channel to %s", self.url)
         return conn
 
-
-def _error_of(body: str) -> tuple[str, str | None] | None:
-    """The message and type of a refused handshake's body when it is the cloud's error body, else None."""
-    try:
-        error = json.loads(body)["error"]
-        return str(error["message"]), error.get("type")
-    except (ValueError, KeyError, TypeError):  # not our error body: the refusal is not the cloud's word
-        return None

@@ -27,6 +27,7 @@ from splitcore.errors import (
     CloudSessionLostError,
     CloudUnavailableError,
 )
+from splitcore.http import read_error
 from splitcore.wire import MEDIA_TYPE, short_id
 
 log = logging.getLogger(__name__)
@@ -166,8 +167,4 @@ class CloudClient:
 
 def _error_of(response: httpx.Response) -> tuple[str, str | None]:
     """The message and type of the cloud's error body; the status's text when it is not one of ours."""
-    try:
-        error = response.json()["error"]
-        return str(error["message"]), str(error["type"])
-    except (ValueError, KeyError, TypeError):  # not our error body: keep the text
-        return response.text[:200], None
+    return read_error(response.content) or (response.text[:200], None)

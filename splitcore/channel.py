@@ -16,6 +16,7 @@ import json
 import struct
 
 from splitcore.errors import FrameError
+from splitcore.http import read_error
 
 CHANNEL_PATH = "/v1/shard/channel"
 _TAG = struct.Struct("<I")
@@ -48,11 +49,12 @@ def error_message(tag: int | None, status: int, body: dict) -> str:
 def parse_error(text: str) -> tuple[int | None, int, str, str | None]:
     """The tag, status, message and error type of an error message; a malformed one reads as a 502 (of its tag,
     when that much is readable)."""
-    tag = None
+    tag, error = None, read_error(text)
     try:
         body = json.loads(text)
         tag = body["tag"] if isinstance(body.get("tag"), int) else None
-        error = body["error"]
-        return tag, int(body["status"]), str(error["message"]), error.get("type")
+        if error is not None:
+            return tag, int(body["status"]), *error
     except (ValueError, KeyError, TypeError, AttributeError):  # not our error message: keep its text
-        return tag, 502, f"the cloud sent an unreadable channel message: {text[:200]!r}", None
+        pass
+    return tag, 502, f"the cloud sent an unreadable channel message: {text[:200]!r}", None

@@ -7,6 +7,7 @@ client (or the edge reading the cloud) parses one format.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 
@@ -29,6 +30,26 @@ def error_body(message: str, error_type: str = "invalid_request_error", param: s
     return ErrorResponse(error=ErrorInfo(message=message, type=error_type, param=param, code=code)).model_dump()
 
 
+def read_error(body: str | bytes) -> tuple[str, str | None] | None:
+    """The message and type of an error body (`error_body`, as JSON text); None when `body` is not one."""
+    try:
+        error = json.loads(body)["error"]
+        return str(error["message"]), error.get("type")
+    except (ValueError, KeyError, TypeError):  # not our error body
+        return None
+
+
+def answer_to(exc: Exception) -> tuple[int, dict]:
+    """The status and error body that answer `exc`, logged as every route logs it: a domain error as itself (a
+    warning when it is the server's fault), anything else as a 500 whose trace goes to the log, never out."""
+    if isinstance(exc, EdgesplitError):
+        if exc.status_code >= 500:
+            log.warning("%s: %s", type(exc).__name__, exc)
+        return exc.status_code, error_body(str(exc), exc.error_type, code=exc.status_code)
+    log.error("unhandled error", exc_info=exc)
+    return 500, error_body(f"internal error ({type(exc).__name__}); see the server log", "server_error", code=500)
+
+
 def error_response(status: int, message: str, error_type: str = "invalid_request_error", param: str | None = None,
                    headers: dict[str, str] | None = None) -> JSONResponse:
     return JSONResponse(error_body(message, error_type, param, status), status_code=status, headers=headers)
@@ -46,9 +67,8 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(EdgesplitError)
     async def _domain(_: Request, exc: EdgesplitError) -> JSONResponse:
-        if exc.status_code >= 500:
-            log.warning("%s: %s", type(exc).__name__, exc)
-        return error_response(exc.status_code, str(exc), exc.error_type, headers=getattr(exc, "headers", None))
+        status, body = answer_to(exc)
+        return JSONResponse(body, status_code=status, headers=getattr(exc, "headers", None))
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
@@ -62,8 +82,8 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(Exception)
     async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
-        log.exception("unhandled error")  # the trace goes to the log, never to the client
-        return error_response(500, f"internal error ({type(exc).__name__}); see the server log", "server_error")
+        status, body = answer_to(exc)  # the trace goes to the log, never to the client
+        return JSONResponse(body, status_code=status)
 
 
 class BodyLimit:

@@ -49,12 +49,11 @@ import httpx
 import torch
 
 from edgesplit.procs import free_port, serve, wait_healthy
-from edgesplit.tools.checkpoints import build, model_configs
+from edgesplit.tools.checkpoints import model_dir
 from partitioner.costmodel import Estimate, Workload, predict
 from profiling.link_estimator import Link
 from profiling.profile import Profile
 from splitcore.codec import Dtype
-from splitcore.defaults import DEFAULT_MODEL_DIR
 from splitcore.loading import LoadedModel, load_checkpoint
 from splitcore.plan import Plan as SplitPlan
 from splitcore.ranges import LayerRange
@@ -363,7 +362,7 @@ def main(argv: list[str] | None = None) -> None:
     work = Path(tempfile.mkdtemp(prefix="edgesplit-batching-"))
     results = []
     for name in args.models:
-        path = DEFAULT_MODEL_DIR if name == "default" else build(name, model_configs()[name], work)[0]
+        path = model_dir(name, work)
         results.append(bench_model(path, name, args, work))
     report = {"args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}, "models": results}
     args.out.parent.mkdir(parents=True, exist_ok=True)

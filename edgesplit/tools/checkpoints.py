@@ -6,6 +6,7 @@ from pathlib import Path
 
 from transformers import GPT2Config, LlamaConfig, PretrainedConfig
 
+from splitcore.defaults import DEFAULT_MODEL_DIR
 from splitcore.loading import from_config
 from splitcore.testing import save_checkpoint, tiny_tokenizer
 
@@ -27,3 +28,9 @@ def build(name: str, config: PretrainedConfig, work: Path) -> tuple[Path, int]:
     loaded = from_config(config, seed=0, tokenizer=tiny_tokenizer(), name=name)
     params = sum(p.numel() for p in loaded.layered.model.parameters())
     return save_checkpoint(loaded, work / name), params
+
+
+def model_dir(name: str, work: Path) -> Path:
+    """A benchmark's model by name: 'default' is the shipped checkpoint, any other a shape of `model_configs`
+    written under `work`."""
+    return DEFAULT_MODEL_DIR if name == "default" else build(name, model_configs()[name], work)[0]

@@ -28,8 +28,7 @@ import torch
 
 from edge_service.channel_client import FrameChannel
 from edgesplit.procs import free_port, serve, wait_healthy
-from edgesplit.tools.checkpoints import build, model_configs
-from splitcore.defaults import DEFAULT_MODEL_DIR
+from edgesplit.tools.checkpoints import model_dir
 from splitcore.loading import load_checkpoint
 from splitcore.wire import HEADER_BYTES
 
@@ -164,7 +163,7 @@ def main(argv: list[str] | None = None) -> None:
     work = Path(tempfile.mkdtemp(prefix="edgesplit-step-"))
     rows = []
     for name in args.models:
-        path = DEFAULT_MODEL_DIR if name == "default" else build(name, model_configs()[name], work)[0]
+        path = model_dir(name, work)
         rows.append(bench_model(name, path, CUTS.get(name, "2"), args, work))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     report = {"args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}, "rows": rows}

@@ -76,9 +76,9 @@ class BatchLimits:
     # A forward whose positions x one block's parameters (its multiply-adds per block) is below this runs on one
     # intra-op thread. The tiers idle between steps with OMP_WAIT_POLICY=PASSIVE (an idle tier must not spin on
     # the cores the other one computes on), so every parallel region of a forward wakes sleeping threads first.
-    # Measured after a 4 ms idle wait, 2 cores: the shipped model's 4 blocks ran 1.04-1.55x slower on 2 threads
-    # than on 1 at every batch of 1-64 decode rows (28 M at 64 rows); the 124M model's 6 blocks 1.1-1.2x slower
-    # at 1-2 rows (14 M), 0.75-0.9x (faster) from 4 rows (28 M) on.
+    # `python bench/one_thread.py` (a round after a 4 ms idle wait, 2 cores, 2 threads against 1): the shipped
+    # model's 4 blocks 1.03-1.20x slower on 2 threads at 1-16 decode rows (up to 7 M), 0.91-0.99x at 32-64 rows
+    # (14-28 M); the 124M model's 6 blocks 1.06-1.10x slower at 1-4 rows (7-28 M), 0.68-0.95x from 8 rows (57 M).
     one_thread_below: int = 32_000_000
 
     def __post_init__(self) -> None:

@@ -289,7 +289,8 @@ class ShardEngine:
         """The answer frame: the sampled token when the head ran here, else the rows the edge needs."""
         if Flags.HEAD in frame.flags:
             assert session.sampler is not None and logits is not None
-            out: torch.Tensor = torch.tensor([session.sampler(logits)])
+            position = frame.position + frame.tensor.shape[0]  # of the token sampled
+            out: torch.Tensor = torch.tensor([session.sampler(logits, position=position)])
         else:
             assert hidden is not None
             out = hidden[0, -1:, :] if Flags.LAST_ROW in frame.flags else hidden[0]  # (rows, hidden)

@@ -87,13 +87,16 @@ def create_app(settings: EdgeSettings, loaded: LoadedModel | None = None) -> Fas
         """OpenAI-compatible text completion; `stream: true` answers with server-sent events."""
         runtime: EdgeRuntime = request.app.state.runtime
         tokenizer = runtime.orchestrator.tokenizer
+        body.check_supported()
         if isinstance(body.prompt, str) or isinstance(body.prompt[0], str):
             text = body.prompt if isinstance(body.prompt, str) else body.prompt[0]
             check_text_size([text], runtime.settings.max_prompt_bytes)
             prompt_ids = await run_in_threadpool(tokenizer.encode, text, add_special_tokens=False)
         else:
             prompt_ids = list(body.prompt)  # type: ignore[arg-type]
-        return await _generate(runtime, body, prompt_ids, body.max_tokens, body.stop_list, "completion", request)
+            text = str(await run_in_threadpool(tokenizer.decode, prompt_ids)) if body.echo else ""
+        return await _generate(runtime, body, prompt_ids, body.max_tokens, body.stop_list, "completion", request,
+                               echo=text if body.echo else "")
 
     @app.post("/v1/chat/completions", response_model=None,
               responses=_responses(ChatCompletionResponse, ChatCompletionStreamResponse))
@@ -101,6 +104,7 @@ def create_app(settings: EdgeSettings, loaded: LoadedModel | None = None) -> Fas
         """OpenAI-compatible chat completion; the tokenizer's chat template, or the plain one in `prompts`."""
         runtime: EdgeRuntime = request.app.state.runtime
         tokenizer = runtime.orchestrator.tokenizer
+        body.check_supported()
         check_text_size([m.text for m in body.messages], runtime.settings.max_prompt_bytes)
         prompt_ids = await run_in_threadpool(render_chat, tokenizer, body.messages)
         stop = body.stop_list
@@ -174,7 +178,7 @@ def _responses(whole: type[BaseModel], chunk: type[BaseModel]) -> dict[int | str
 
 
 async def _generate(runtime: EdgeRuntime, body: _Common, prompt_ids: list[int], max_tokens: int | None,
-                    stop: list[str], endpoint: Endpoint, http: Request) -> Response:
+                    stop: list[str], endpoint: Endpoint, http: Request, echo: str = "") -> Response:
     settings = runtime.settings
     if body.model is not None and body.model != runtime.loaded.name:
         raise ModelNotFoundError(f"model {body.model!r} is not served here; GET /v1/models lists "
@@ -183,9 +187,15 @@ async def _generate(runtime: EdgeRuntime, body: _Common, prompt_ids: list[int], 
     if runtime.metrics.in_flight >= settings.max_concurrent_requests:  # no await before the Responder counts it
         raise CapacityError(f"{runtime.metrics.in_flight} requests are running, this edge's limit; retry shortly")
     room = min(settings.max_output_tokens, runtime.max_positions - len(prompt_ids))
+    vocab = runtime.loaded.layered.vocab_size
+    if any(not 0 <= t < vocab for t in body.stop_token_ids or ()):
+        raise UserError(f"stop_token_ids: token ids must be in [0, {vocab})", param="stop_token_ids")
     request = GenerationRequest(prompt_ids=prompt_ids, max_tokens=max_tokens or room, sampling=body.sampling,
-                                stop=tuple(stop), request_id=make_request_id())
-    responder = Responder(runtime.orchestrator, runtime.loaded.name, endpoint, runtime.metrics)
+                                stop=tuple(stop), request_id=make_request_id(), ignore_eos=body.ignore_eos,
+                                min_tokens=body.min_tokens, stop_token_ids=tuple(body.stop_token_ids or ()),
+                                logprobs=body.top_logprobs_asked)
+    responder = Responder(runtime.orchestrator, runtime.loaded.name, endpoint, runtime.metrics, echo=echo,
+                          continuous_usage=body.continuous_usage)
     started = time.perf_counter()
     if body.stream:
         events = await responder.stream(request, body.include_usage)

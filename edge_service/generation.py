@@ -18,6 +18,33 @@ class GenerationRequest:
     sampling: SamplingParams = SamplingParams(temperature=0.0)
     stop: tuple[str, ...] = ()
     request_id: str = ""
+    ignore_eos: bool = False  # keep generating past EOS (vLLM's extension; benchmarks fix the output length so)
+    min_tokens: int = 0  # EOS and the stop token ids cannot be picked before this many tokens
+    stop_token_ids: tuple[int, ...] = ()  # token ids that end the generation as EOS does
+    logprobs: int | None = None  # alternatives per token to report with log-probabilities; None: none at all
+
+
+@dataclass(frozen=True)
+class TokenChoice:
+    """A generated token's log-probability under the model (before temperature and top-p) and the `top` most
+    likely ids with theirs."""
+
+    token_id: int
+    logprob: float
+    top: tuple[tuple[int, float], ...] = ()
+
+
+class Piece(str):
+    """A text piece of a generation (a `str`), with `tokens`, the count of tokens generated so far, and
+    `logprobs`, the choices of the tokens since the previous piece when log-probabilities were asked for."""
+
+    tokens: int
+    logprobs: tuple[TokenChoice, ...]
+
+    def __new__(cls, text: str, tokens: int = 0, logprobs: tuple[TokenChoice, ...] = ()) -> Piece:
+        piece = super().__new__(cls, text)
+        piece.tokens, piece.logprobs = tokens, logprobs
+        return piece
 
 
 @dataclass
@@ -53,3 +80,4 @@ class Finished:
     inter_token_ms: list[float] = field(default_factory=list)  # time between consecutive tokens after the first
     fallback: str | None = None  # why the generation finished on the edge alone, if it did
     replays: int = 0  # times the cloud's cache was rebuilt by replaying the prefix
+    logprobs: list[TokenChoice] = field(default_factory=list)  # one per token, when asked for

@@ -20,7 +20,7 @@ from typing import Protocol
 import torch
 
 from edge_service.breaker import CloudBreaker
-from edge_service.generation import Finished, FinishReason, GenerationRequest, LinkStats
+from edge_service.generation import Finished, FinishReason, GenerationRequest, LinkStats, Piece, TokenChoice
 from edge_service.textstream import TextStream
 from splitcore.backends import Runner, Runners, State
 from splitcore.codec import DTYPE_BY_NAME
@@ -31,6 +31,7 @@ from splitcore.errors import (
     CloudUnavailableError,
     EdgesplitError,
     SessionNotFoundError,
+    UserError,
 )
 from splitcore.loading import LoadedModel
 from splitcore.plan import Plan
@@ -67,6 +68,8 @@ class _Context:
     link: LinkStats = field(default_factory=LinkStats)
     fallback: str | None = None
     replays: int = 0
+    top_logprobs: int | None = None  # alternatives to record per token; None: no log-probabilities
+    logprobs: list[TokenChoice] = field(default_factory=list)
 
 
 class Orchestrator:
@@ -119,7 +122,7 @@ class Orchestrator:
             runner.prepare(plan.edge_back, embed=False)
 
     def generate(self, request: GenerationRequest, cancel: threading.Event | None = None
-                 ) -> Generator[str | Finished, None, None]:
+                 ) -> Generator[Piece | Finished, None, None]:
         """Yield text pieces as they become final, then one `Finished`.
 
         Raises:
@@ -132,17 +135,20 @@ class Orchestrator:
         reason: FinishReason = "length"
         first_token_ms = 0.0
         gaps: list[float] = []
+        ends = set(request.stop_token_ids) | (set() if request.ignore_eos else self.eos_ids)
+        told = 0  # log-probabilities already sent with a piece
         try:
             token = self._advance(ctx, torch.tensor(request.prompt_ids), request.prompt_ids)
             last = time.perf_counter()
             first_token_ms = (last - started) * 1000
             while True:
                 tokens.append(token)
-                if token in self.eos_ids:
+                if token in ends:
                     reason = "stop"
                     break
                 if piece := text.push(token):
-                    yield piece
+                    yield Piece(piece, len(tokens), tuple(ctx.logprobs[told:]))
+                    told = len(ctx.logprobs)
                 if text.stopped:
                     reason = "stop"
                     break
@@ -156,12 +162,12 @@ class Orchestrator:
                 gaps.append((now - last) * 1000)
                 last = now
             if piece := text.flush():
-                yield piece
+                yield Piece(piece, len(tokens), tuple(ctx.logprobs[told:]))
         finally:
             if ctx.opened:
                 self.cloud.end_session(ctx.session)  # type: ignore[union-attr]
         yield Finished(reason, len(request.prompt_ids), tokens, ctx.plan, ctx.link, first_token_ms,
-                       (time.perf_counter() - started) * 1000, gaps, ctx.fallback, ctx.replays)
+                       (time.perf_counter() - started) * 1000, gaps, ctx.fallback, ctx.replays, ctx.logprobs)
 
     def _advance(self, ctx: _Context, ids: torch.Tensor, prefix: list[int]) -> int:
         """One step that survives the cloud: `prefix` is every token id so far, `ids` included.
@@ -173,7 +179,7 @@ class Orchestrator:
         """
         for _ in range(3):  # at most: a replay, then a fallback
             try:
-                token = self._step(ctx, ids)
+                token = self._step(ctx, ids, len(prefix))
                 if ctx.plan.uses_cloud:
                     self.breaker.succeeded()
                 return token
@@ -213,14 +219,23 @@ class Orchestrator:
         fallback = None
         if plan.uses_cloud and self.fallback and self.breaker.open:
             plan, fallback = _edge_only(plan), "the cloud failed recently; retrying it after a backoff"
+        if request.logprobs is not None and plan.uses_cloud and plan.head == "cloud":
+            raise UserError("logprobs: this edge's plan runs the head in the cloud, which answers with tokens only; "
+                            "log-probabilities need a plan with the head on the edge", param="logprobs")
+        sampling = request.sampling
+        if request.min_tokens:
+            suppress = tuple(sorted(self.eos_ids | set(request.stop_token_ids)))
+            sampling = sampling.model_copy(update={"suppress_ids": suppress,
+                                                   "suppress_before": len(request.prompt_ids) + request.min_tokens})
         expected = self.loaded.digests.part(plan.cloud_layers, embed=plan.cut_a == 0, head=plan.head == "cloud")
-        meta = SessionMeta(sampling=request.sampling, codec=plan.codec, zstd_level=plan.zstd_level,
+        meta = SessionMeta(sampling=sampling, codec=plan.codec, zstd_level=plan.zstd_level,
                            request_id=request.request_id, backend=plan.cloud_backend, weights_digest=expected)
         runner = self.runners.get(plan.edge_backend)
         return _Context(plan=plan, session=uuid.uuid4(), runner=runner, front=runner.new_state(),
                         back=runner.new_state(),
                         codec=FrameCodec(DTYPE_BY_NAME[plan.codec], plan.zstd_level),
-                        sampler=Sampler(request.sampling), meta=meta.model_dump_json().encode(), fallback=fallback)
+                        sampler=Sampler(sampling), meta=meta.model_dump_json().encode(), fallback=fallback,
+                        top_logprobs=request.logprobs)
 
     @contextmanager
     def _device(self, runner: Runner) -> Iterator[None]:
@@ -237,13 +252,14 @@ class Orchestrator:
             time.sleep((time.perf_counter() - started) * (self.slowdown - 1))  # sleeping frees the real core
 
     @torch.inference_mode()
-    def _step(self, ctx: _Context, ids: torch.Tensor) -> int:
-        """Run one step (the prompt, or one token) through every tier; return the next token."""
+    def _step(self, ctx: _Context, ids: torch.Tensor, position: int) -> int:
+        """Run one step (the prompt, or one token) through every tier; return the next token, which sits at
+        sequence position `position`."""
         plan, runner = ctx.plan, ctx.runner
         if not plan.uses_cloud:  # a = b: the cloud's range is empty, the edge runs every block
             all_blocks = LayerRange(start=0, end=plan.num_layers)
             with self._device(runner):
-                return ctx.sampler(runner.run_head(ctx.front, all_blocks, input_ids=ids))
+                return self._pick(ctx, runner.run_head(ctx.front, all_blocks, input_ids=ids), position)
         if plan.cut_a > 0:
             with self._device(runner):
                 payload = runner.run(ctx.front, plan.edge_front, input_ids=ids)[0]  # (seq, hidden)
@@ -253,7 +269,18 @@ class Orchestrator:
         if plan.head == "cloud":
             return int(answer[0])
         with self._device(runner):
-            return ctx.sampler(runner.run_head(ctx.back, plan.edge_back, hidden=answer))
+            return self._pick(ctx, runner.run_head(ctx.back, plan.edge_back, hidden=answer), position)
+
+    @staticmethod
+    def _pick(ctx: _Context, logits: torch.Tensor, position: int) -> int:
+        """Sample the token at `position` from logits (1, vocab); record its log-probability when asked."""
+        token = ctx.sampler(logits, position=position)
+        if ctx.top_logprobs is not None:
+            logprobs = torch.log_softmax(logits[0].float(), dim=-1)
+            top = torch.topk(logprobs, ctx.top_logprobs) if ctx.top_logprobs else None
+            alternatives = tuple(zip(top.indices.tolist(), top.values.tolist(), strict=True)) if top else ()
+            ctx.logprobs.append(TokenChoice(token, float(logprobs[token]), alternatives))
+        return token
 
     def _cross(self, ctx: _Context, payload: torch.Tensor) -> torch.Tensor:
         """Send one step's activations to the cloud and return what it answers."""

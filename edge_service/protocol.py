@@ -9,43 +9,109 @@ The responder fills these models, so the OpenAPI schema shows what each endpoint
 
 from __future__ import annotations
 
+import logging
 from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import Field, SerializerFunctionWrapHandler, field_validator, model_serializer, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ModelWrapValidatorHandler,
+    SerializerFunctionWrapHandler,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
 
+from splitcore.errors import UserError
 from splitcore.schema import SamplingParams, StrictModel
 
+log = logging.getLogger(__name__)
+MAX_LOGPROBS = 20  # alternatives per token, as OpenAI's and vLLM's default limit
 
-class StreamOptions(StrictModel):
+
+class _Request(BaseModel):
+    """Base of the request bodies, lenient as vLLM's `OpenAIBaseModel` is, so SDKs and benchmarks work unchanged.
+
+    - `null` means the field's default (SDKs send `"temperature": null` for "not set"; `"max_tokens": null` on a
+      completion is its default of 16, not the whole context).
+    - A field edgesplit does not know is ignored and its name logged (vLLM ignores and warns too); a known field
+      it cannot honour is refused with 400, naming it in `param` (`check_supported`).
+    """
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _lenient(cls, data: Any, handler: ModelWrapValidatorHandler[Any]) -> Any:
+        if isinstance(data, dict):
+            fields = cls.model_fields
+            data = {k: v for k, v in data.items()
+                    if v is not None or k not in fields or fields[k].is_required() or fields[k].default is None}
+            ignored = sorted(k for k in data if k not in fields)
+            if ignored:
+                log.info("%s: ignored fields this edge does not use: %s", cls.__name__, ", ".join(ignored))
+        return handler(data)
+
+
+def _unsupported(param: str, message: str) -> UserError:
+    return UserError(f"{param}: {message}", param=param)
+
+
+class StreamOptions(_Request):
     include_usage: bool = False
+    continuous_usage_stats: bool = Field(default=False, description="vLLM's extension: usage in every chunk")
 
 
-class _Common(StrictModel):
-    """Fields both endpoints share. Unsupported OpenAI features are accepted only at their defaults."""
+class ResponseFormat(_Request):
+    type: str = "text"
+
+
+class _Common(_Request):
+    """Fields both endpoints share, with vLLM's extensions `ignore_eos`, `min_tokens` and `stop_token_ids`."""
 
     model: str | None = None
     max_tokens: int | None = Field(default=None, ge=1)
     temperature: float = Field(default=1.0, ge=0.0, le=2.0)
     top_p: float = Field(default=1.0, gt=0.0, le=1.0)
-    n: int = 1
+    n: int = Field(default=1, ge=1)
     stream: bool = False
     stream_options: StreamOptions | None = None
     stop: str | Annotated[list[str], Field(max_length=4)] | None = None  # at most 4, as the OpenAI API
+    stop_token_ids: Annotated[list[int], Field(max_length=64)] | None = None
     seed: int | None = Field(default=None, ge=0, le=2**63 - 1)
     user: str | None = Field(default=None, max_length=256)
-    presence_penalty: float = 0.0
-    frequency_penalty: float = 0.0
+    presence_penalty: float = Field(default=0.0, ge=-2.0, le=2.0)
+    frequency_penalty: float = Field(default=0.0, ge=-2.0, le=2.0)
     logit_bias: dict[str, float] | None = None
+    ignore_eos: bool = Field(default=False, description="keep generating past the end-of-sequence token")
+    min_tokens: int = Field(default=0, ge=0, description="tokens to generate before EOS or a stop token id may end")
+    response_format: ResponseFormat | None = None
 
-    @model_validator(mode="after")
-    def _supported(self) -> _Common:
+    def check_supported(self) -> None:
+        """Refuse, naming the field, what this edge cannot honour (the defaults of each always pass).
+
+        Raises:
+            UserError: 400 with `param` set.
+        """
         if self.n != 1:
-            raise ValueError("n: only n = 1 is supported")
-        if self.presence_penalty or self.frequency_penalty or self.logit_bias:
-            raise ValueError("presence_penalty, frequency_penalty and logit_bias are not supported")
+            raise _unsupported("n", "only n = 1 is supported")
+        for name in ("presence_penalty", "frequency_penalty"):
+            if getattr(self, name):
+                raise _unsupported(name, "penalties are not supported; send 0 or leave it out")
+        if self.logit_bias:
+            raise _unsupported("logit_bias", "not supported; leave it out or send {}")
         if self.stream_options is not None and not self.stream:
-            raise ValueError("stream_options: only allowed when stream is true")
-        return self
+            raise _unsupported("stream_options", "only allowed when stream is true")
+        if self.response_format is not None and self.response_format.type != "text":
+            raise _unsupported("response_format", f"only type 'text' is supported, not {self.response_format.type!r}")
+        limit = self.output_limit
+        if limit is not None and self.min_tokens > limit:
+            raise _unsupported("min_tokens", f"min_tokens ({self.min_tokens}) is over max_tokens ({limit})")
+
+    @property
+    def output_limit(self) -> int | None:
+        return self.max_tokens
 
     @property
     def stop_list(self) -> list[str]:
@@ -61,12 +127,21 @@ class _Common(StrictModel):
     def include_usage(self) -> bool:
         return self.stream_options is not None and self.stream_options.include_usage
 
+    @property
+    def continuous_usage(self) -> bool:
+        return self.stream_options is not None and self.stream_options.continuous_usage_stats
+
+    @property
+    def top_logprobs_asked(self) -> int | None:
+        """Alternatives per token to return with log-probabilities; None: no log-probabilities."""
+        return None
+
 
 class CompletionRequest(_Common):
     prompt: str | list[int] | list[str]
-    max_tokens: int | None = Field(default=16, ge=1)  # the OpenAI default for completions
+    max_tokens: int | None = Field(default=16, ge=1)  # the OpenAI default for completions; null means it too
     echo: bool = False
-    logprobs: int | None = None
+    logprobs: int | None = Field(default=None, ge=0, le=MAX_LOGPROBS)
     best_of: int | None = None
     suffix: str | None = None
 
@@ -79,20 +154,30 @@ class CompletionRequest(_Common):
             raise ValueError("prompt is empty")
         return v
 
-    @model_validator(mode="after")
-    def _completion_supported(self) -> CompletionRequest:
-        if self.echo or self.logprobs is not None or self.best_of not in (None, 1) or self.suffix:
-            raise ValueError("echo, logprobs, best_of and suffix are not supported")
-        return self
+    def check_supported(self) -> None:
+        super().check_supported()
+        if self.best_of not in (None, 1):
+            raise _unsupported("best_of", "only best_of = 1 is supported")
+        if self.suffix:
+            raise _unsupported("suffix", "insertion (a suffix) is not supported")
+        if self.echo and self.logprobs is not None:
+            raise _unsupported("echo", "echo with logprobs needs the prompt's log-probabilities, which this edge "
+                                       "does not compute; ask for one of them")
+
+    @property
+    def top_logprobs_asked(self) -> int | None:
+        return self.logprobs
 
 
-class ChatMessage(StrictModel):
+class ChatMessage(_Request):
     role: Literal["system", "developer", "user", "assistant"]
-    content: str | list[dict]
+    content: str | list[dict] | None = None
     name: str | None = None
 
     @property
     def text(self) -> str:
+        if self.content is None:
+            return ""
         if isinstance(self.content, str):
             return self.content
         parts = []
@@ -107,18 +192,31 @@ class ChatCompletionRequest(_Common):
     messages: list[ChatMessage] = Field(min_length=1)
     max_completion_tokens: int | None = Field(default=None, ge=1)
     logprobs: bool = False
+    top_logprobs: int | None = Field(default=None, ge=0, le=MAX_LOGPROBS)
+    tools: list[dict] | None = None
+    tool_choice: str | dict | None = None
 
     @model_validator(mode="after")
-    def _chat_supported(self) -> ChatCompletionRequest:
-        if self.logprobs:
-            raise ValueError("logprobs are not supported")
+    def _content_parts(self) -> ChatCompletionRequest:
         for message in self.messages:
             _ = message.text  # validates content parts
         return self
 
+    def check_supported(self) -> None:
+        super().check_supported()
+        if self.top_logprobs is not None and not self.logprobs:
+            raise _unsupported("top_logprobs", "needs logprobs: true")
+        if self.tool_choice not in (None, "none", "auto") or (self.tools and self.tool_choice != "none"):
+            raise _unsupported("tools" if self.tools else "tool_choice",
+                               "tool calls are not supported; leave tools out or send tool_choice 'none'")
+
     @property
     def output_limit(self) -> int | None:
         return self.max_completion_tokens or self.max_tokens
+
+    @property
+    def top_logprobs_asked(self) -> int | None:
+        return (self.top_logprobs or 0) if self.logprobs else None
 
 
 class Usage(StrictModel):
@@ -170,10 +268,33 @@ class EdgesplitInfo(StrictModel):
 FinishReason = Literal["stop", "length"]
 
 
+class CompletionLogprobs(StrictModel):
+    """The legacy completions shape: per token its text, log-probability, the top alternatives and its offset."""
+
+    tokens: list[str]
+    token_logprobs: list[float]
+    top_logprobs: list[dict[str, float]]
+    text_offset: list[int]
+
+
+class TopLogprob(StrictModel):
+    token: str
+    logprob: float
+    bytes: list[int]
+
+
+class TokenLogprob(TopLogprob):
+    top_logprobs: list[TopLogprob]
+
+
+class ChatLogprobs(StrictModel):
+    content: list[TokenLogprob]
+
+
 class CompletionChoice(_Response):
     index: int = 0
     text: str
-    logprobs: None = None
+    logprobs: CompletionLogprobs | None = None
     finish_reason: FinishReason | None
 
 
@@ -195,7 +316,7 @@ class CompletionResponse(_Envelope):
 
 class CompletionStreamResponse(_Envelope):
     """One server-sent event of a streamed completion; the last (with `stream_options.include_usage`) carries
-    `usage` and `edgesplit` and no choices."""
+    `usage` and `edgesplit` and no choices; with `continuous_usage_stats` every chunk carries the usage so far."""
 
     omit_when_none = frozenset({"usage", "edgesplit"})
     object: Literal["text_completion"] = "text_completion"
@@ -212,7 +333,7 @@ class AssistantMessage(StrictModel):
 class ChatCompletionChoice(_Response):
     index: int = 0
     message: AssistantMessage
-    logprobs: None = None
+    logprobs: ChatLogprobs | None = None
     finish_reason: FinishReason | None
 
 
@@ -234,7 +355,7 @@ class DeltaMessage(_Response):
 class ChatCompletionStreamChoice(_Response):
     index: int = 0
     delta: DeltaMessage
-    logprobs: None = None
+    logprobs: ChatLogprobs | None = None
     finish_reason: FinishReason | None
 
 

@@ -14,6 +14,7 @@ from typing import Any, Literal
 import anyio
 from fastapi.concurrency import iterate_in_threadpool, run_in_threadpool
 
+from edge_service.generation import Piece, TokenChoice
 from edge_service.metrics import EdgeMetrics
 from edge_service.orchestrator import Finished, GenerationRequest, Orchestrator
 from edge_service.protocol import (
@@ -22,13 +23,17 @@ from edge_service.protocol import (
     ChatCompletionResponse,
     ChatCompletionStreamChoice,
     ChatCompletionStreamResponse,
+    ChatLogprobs,
     CompletionChoice,
+    CompletionLogprobs,
     CompletionResponse,
     CompletionStreamResponse,
     DeltaMessage,
     EdgesplitInfo,
     FinishReason,
     LinkUsage,
+    TokenLogprob,
+    TopLogprob,
     Usage,
 )
 from splitcore.errors import EdgesplitError
@@ -40,8 +45,11 @@ DISCONNECT_POLL_S = 0.25  # how often a whole-body request checks that its calle
 
 
 def _usage(done: Finished) -> Usage:
-    n = len(done.token_ids)
-    return Usage(prompt_tokens=done.prompt_tokens, completion_tokens=n, total_tokens=done.prompt_tokens + n)
+    return _usage_of(done.prompt_tokens, len(done.token_ids))
+
+
+def _usage_of(prompt: int, completion: int) -> Usage:
+    return Usage(prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion)
 
 
 def _extension(done: Finished) -> EdgesplitInfo:
@@ -60,8 +68,11 @@ class Responder:
     """Builds the body or the event stream of one request, as the protocol's models."""
 
     def __init__(self, orchestrator: Orchestrator, model_name: str, endpoint: Endpoint,
-                 metrics: EdgeMetrics | None = None) -> None:
+                 metrics: EdgeMetrics | None = None, echo: str = "", continuous_usage: bool = False) -> None:
         self.orchestrator = orchestrator
+        self.echo = echo  # the prompt's text, sent before the generated text (completions' `echo`)
+        self.continuous_usage = continuous_usage  # usage in every stream chunk (vLLM's continuous_usage_stats)
+        self._offset = 0  # characters of completion text so far: the legacy logprobs' text_offset
         self.metrics = metrics or EdgeMetrics()
         self.model_name = model_name
         self.endpoint = endpoint
@@ -69,27 +80,64 @@ class Responder:
         self.id = f"{prefix}-{uuid.uuid4().hex}"
         self.created = int(time.time())
 
-    def _whole(self, text: str, done: Finished) -> CompletionResponse | ChatCompletionResponse:
+    def _token_text(self, token_id: int) -> str:
+        return str(self.orchestrator.tokenizer.decode([token_id]))
+
+    def _completion_logprobs(self, choices: list[TokenChoice] | tuple[TokenChoice, ...] | None, text: str
+                             ) -> CompletionLogprobs | None:
+        """The legacy shape for the tokens behind `text`; offsets count from the start of the completion."""
+        if choices is None:
+            return None
+        tokens = [self._token_text(c.token_id) for c in choices]
+        offsets = []
+        for token in tokens:
+            offsets.append(self._offset)
+            self._offset += len(token)
+        return CompletionLogprobs(tokens=tokens, token_logprobs=[c.logprob for c in choices],
+                                  top_logprobs=[{self._token_text(t): lp for t, lp in c.top} for c in choices],
+                                  text_offset=offsets)
+
+    def _chat_logprobs(self, choices: list[TokenChoice] | tuple[TokenChoice, ...] | None) -> ChatLogprobs | None:
+        if choices is None:
+            return None
+
+        def top(token_id: int, logprob: float) -> TopLogprob:
+            text = self._token_text(token_id)
+            return TopLogprob(token=text, logprob=logprob, bytes=list(text.encode("utf-8")))
+
+        return ChatLogprobs(content=[TokenLogprob(**top(c.token_id, c.logprob).model_dump(),
+                                                  top_logprobs=[top(t, lp) for t, lp in c.top]) for c in choices])
+
+    def _whole(self, text: str, done: Finished, logprobs: bool) -> CompletionResponse | ChatCompletionResponse:
         envelope: dict[str, Any] = {"id": self.id, "created": self.created, "model": self.model_name,
                                     "usage": _usage(done), "edgesplit": _extension(done)}
+        choices = done.logprobs if logprobs else None
         if self.endpoint == "completion":
-            return CompletionResponse(choices=[CompletionChoice(text=text, finish_reason=_finish(done))], **envelope)
-        choice = ChatCompletionChoice(message=AssistantMessage(content=text), finish_reason=_finish(done))
-        return ChatCompletionResponse(choices=[choice], **envelope)
+            choice = CompletionChoice(text=self.echo + text, finish_reason=_finish(done),
+                                      logprobs=self._completion_logprobs(choices, text))
+            return CompletionResponse(choices=[choice], **envelope)
+        chat = ChatCompletionChoice(message=AssistantMessage(content=text), finish_reason=_finish(done),
+                                    logprobs=self._chat_logprobs(choices))
+        return ChatCompletionResponse(choices=[chat], **envelope)
 
     def _chunk(self, text: str | None, finish: FinishReason | None = None, first: bool = False,
-               done: Finished | None = None) -> str:
+               done: Finished | None = None, logprobs: tuple[TokenChoice, ...] | None = None,
+               usage: Usage | None = None) -> str:
         """One event: a piece of text, the finish (text ""), or with `done` the usage tail (no choices)."""
-        envelope: dict[str, Any] = {"id": self.id, "created": self.created, "model": self.model_name}
+        envelope: dict[str, Any] = {"id": self.id, "created": self.created, "model": self.model_name,
+                                    "usage": usage}
         if done is not None:
             envelope |= {"usage": _usage(done), "edgesplit": _extension(done)}
         chunk: CompletionStreamResponse | ChatCompletionStreamResponse
         if self.endpoint == "completion":
-            choices = [] if text is None else [CompletionChoice(text=text, finish_reason=finish)]
+            choices = [] if text is None else [
+                CompletionChoice(text=text, finish_reason=finish,
+                                 logprobs=self._completion_logprobs(logprobs, text or ""))]
             chunk = CompletionStreamResponse(choices=choices, **envelope)
         else:
             delta = DeltaMessage(role="assistant", content=text) if first else DeltaMessage(content=text or None)
-            stream_choices = [] if text is None else [ChatCompletionStreamChoice(delta=delta, finish_reason=finish)]
+            stream_choices = [] if text is None else [
+                ChatCompletionStreamChoice(delta=delta, finish_reason=finish, logprobs=self._chat_logprobs(logprobs))]
             chunk = ChatCompletionStreamResponse(choices=stream_choices, **envelope)
         return _sse(chunk.model_dump())
 
@@ -122,7 +170,7 @@ class Responder:
             log.info("request %s: the caller hung up; stopped after %d tokens", self.id, len(done.token_ids))
         else:
             self.metrics.finished(done, self.endpoint)
-        return self._whole("".join(e for e in events if isinstance(e, str)), done)
+        return self._whole("".join(e for e in events if isinstance(e, str)), done, request.logprobs is not None)
 
     async def stream(self, request: GenerationRequest, include_usage: bool) -> AsyncIterator[str]:
         """Start the generation, then stream it as server-sent events.
@@ -140,10 +188,11 @@ class Responder:
             self.metrics.failed(exc, self.endpoint)
             await run_in_threadpool(events.close)
             raise
-        return self._events(head, events, cancel, include_usage)
+        return self._events(head, events, cancel, include_usage, request)
 
-    async def _events(self, head: str | Finished, events: Generator[str | Finished, None, None],
-                      cancel: threading.Event, include_usage: bool) -> AsyncIterator[str]:
+    async def _events(self, head: Piece | Finished, events: Generator[Piece | Finished, None, None],
+                      cancel: threading.Event, include_usage: bool, request: GenerationRequest
+                      ) -> AsyncIterator[str]:
         """One chunk per text piece, a finishing chunk, usage if asked, then `[DONE]`.
 
         A client that hangs up cancels this generator; the generation stops at its next step and frees the
@@ -151,19 +200,31 @@ class Responder:
         """
         first = True
         ended = False
+        prompt = len(request.prompt_ids)
+        told = 0  # tokens whose log-probabilities went out with a piece
+        asked = request.logprobs is not None
+
+        def usage(tokens: int) -> Usage | None:
+            return _usage_of(prompt, tokens) if self.continuous_usage else None
+
         try:
             if self.endpoint == "chat":
-                yield self._chunk("", first=True)
+                yield self._chunk("", first=True, usage=usage(0))
                 first = False
+            elif self.echo:
+                yield self._chunk(self.echo, usage=usage(0))
             async for event in _chain(head, iterate_in_threadpool(events)):
                 if isinstance(event, Finished):
                     ended = True
                     self.metrics.finished(event, self.endpoint)
-                    yield self._chunk("", _finish(event))
+                    rest = tuple(event.logprobs[told:]) if asked else None  # tokens no piece carried (EOS)
+                    yield self._chunk("", _finish(event), logprobs=rest, usage=usage(len(event.token_ids)))
                     if include_usage:
                         yield self._chunk(None, done=event)
                 else:
-                    yield self._chunk(event, first=first)
+                    told += len(event.logprobs)
+                    yield self._chunk(event, first=first, logprobs=event.logprobs if asked else None,
+                                      usage=usage(event.tokens))
                     first = False
             yield "data: [DONE]\n\n"
         except EdgesplitError as exc:  # headers are sent: the error goes in the stream, as OpenAI does
@@ -180,7 +241,8 @@ class Responder:
                 await run_in_threadpool(events.close)
 
 
-async def _chain(head: str | Finished, rest: AsyncIterator[str | Finished]) -> AsyncIterator[str | Finished]:
+async def _chain(head: Piece | Finished, rest: AsyncIterator[Piece | Finished]
+                 ) -> AsyncIterator[Piece | Finished]:
     yield head
     async for event in rest:
         yield event

@@ -15,10 +15,15 @@ class EdgesplitError(Exception):
 
 
 class UserError(EdgesplitError):
-    """The caller asked for something invalid; answered with a 4xx."""
+    """The caller asked for something invalid; answered with a 4xx, naming the request field at fault (`param`)
+    when there is one."""
 
     status_code = 400
     error_type = "invalid_request_error"
+
+    def __init__(self, message: str = "", param: str | None = None) -> None:
+        super().__init__(message)
+        self.param = param
 
 
 class UnsupportedModelError(UserError):

@@ -45,7 +45,7 @@ def answer_to(exc: Exception) -> tuple[int, dict]:
     if isinstance(exc, EdgesplitError):
         if exc.status_code >= 500:
             log.warning("%s: %s", type(exc).__name__, exc)
-        return exc.status_code, error_body(str(exc), exc.error_type, code=exc.status_code)
+        return exc.status_code, error_body(str(exc), exc.error_type, getattr(exc, "param", None), exc.status_code)
     log.error("unhandled error", exc_info=exc)
     return 500, error_body(f"internal error ({type(exc).__name__}); see the server log", "server_error", code=500)
 

@@ -19,6 +19,8 @@ class Sampler:
 
     def __init__(self, params: SamplingParams) -> None:
         self.greedy = params.temperature < GREEDY_BELOW
+        self.suppress = torch.tensor(params.suppress_ids, dtype=torch.long)
+        self.suppress_before = params.suppress_before
         self.warpers = LogitsProcessorList()
         if not self.greedy:
             if params.temperature != 1.0:
@@ -31,8 +33,12 @@ class Sampler:
         else:
             self.generator.seed()
 
-    def __call__(self, logits: torch.Tensor, input_ids: torch.Tensor | None = None) -> int:
-        """Pick one token from logits (1, vocab)."""
+    def __call__(self, logits: torch.Tensor, input_ids: torch.Tensor | None = None, position: int = 0) -> int:
+        """Pick one token from logits (1, vocab) for sequence position `position` (the prompt's length for the
+        first generated token); below `suppress_before`, the suppressed ids (EOS under `min_tokens`) cannot win."""
+        if len(self.suppress) and position < self.suppress_before:
+            logits = logits.clone()
+            logits[..., self.suppress[self.suppress < logits.shape[-1]]] = float("-inf")
         if self.greedy:
             return int(logits.argmax(dim=-1))
         ids = input_ids if input_ids is not None else torch.empty(1, 0, dtype=torch.long)

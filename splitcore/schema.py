@@ -32,6 +32,10 @@ class SamplingParams(StrictModel):
     temperature: float = Field(default=1.0, ge=0.0, le=2.0, description="0 means greedy")
     top_p: float = Field(default=1.0, gt=0.0, le=1.0)
     seed: int | None = Field(default=None, ge=0, le=2**63 - 1)
+    suppress_ids: tuple[int, ...] = Field(default=(), max_length=256,
+                                          description="token ids the head must not pick at a position below "
+                                                      "suppress_before (the request's min_tokens)")
+    suppress_before: int = Field(default=0, ge=0)
 
 
 class SessionMeta(StrictModel):

@@ -125,7 +125,7 @@ def create_app(settings: CloudSettings, loaded: LoadedModel | None = None) -> Fa
     @app.post("/v1/probe", status_code=204)
     async def probe(request: Request) -> Response:
         """Swallow a body and answer empty: the edge times it to estimate bandwidth and RTT."""
-        await request.body()
+        metrics.probe_bytes.inc(len(await request.body()))
         return Response(status_code=204)
 
     @app.get("/profile")

@@ -72,10 +72,11 @@ class ShardEngine:
         Raises:
             FrameError, PlanError, SessionNotFoundError, SessionConflictError, CapacityError.
         """
+        received = time.perf_counter()
         frame = self._decoder().decode(data)
         self._check_frame(frame)
         session = self._open(frame, caller) if frame.position == 0 else self.store.get(frame.session, caller)
-        return self.forward_frame(session, frame)
+        return self.forward_frame(session, frame, received)
 
     @property
     def batch_size(self) -> int:
@@ -180,18 +181,18 @@ class ShardEngine:
         Raises:
             FrameError, PlanError, SessionNotFoundError, SessionConflictError, CapacityError.
         """
+        received = time.perf_counter()  # the answer reports the time from here: decode, queue, blocks, encode
         frame = self._decoder().decode(data)
         self._check_frame(frame)
         session = self._open(frame, caller) if frame.position == 0 else self.store.get(frame.session, caller)
         runner = session.runner
         if not isinstance(runner, TorchRunner) or runner.batcher is None or not isinstance(session.state, TorchState):
-            return await run_in_threadpool(self.forward_frame, session, frame)
+            return await run_in_threadpool(self.forward_frame, session, frame, received)
         if not session.lock.acquire(blocking=False):
             raise SessionConflictError(f"a step of session {short_id(session.id)} is running; send the next one "
                                        "after its answer")
         try:
             self._check_step(session, frame)
-            started = time.perf_counter()
             x = {"input_ids": frame.tensor} if frame.kind == Kind.TOKENS else {"hidden": frame.tensor}
             future = runner.batcher.submit(session.state, frame.layers, head=Flags.HEAD in frame.flags, **x)
         except BaseException:
@@ -202,7 +203,7 @@ class ShardEngine:
         self._drive(runner.batcher)
         hidden, logits = await asyncio.wrap_future(future)
         self._awaited[session.id] = None  # its next step is due: the next round waits a little for it
-        return self._answer(session, frame, hidden, logits, started)
+        return self._answer(session, frame, hidden, logits, received)
 
     def _deadline(self) -> float:
         """When the next round runs at the latest: `batch_wait_s` after now, or half the last round's time if less
@@ -260,10 +261,11 @@ class ShardEngine:
                 self._round = asyncio.get_running_loop().call_soon(self._settle, batcher, self._deadline(),
                                                                    self._submitted, 0)
 
-    def forward_frame(self, session: CloudSession, frame: Frame) -> bytes:
-        """One decoded frame's step, in this thread, the session held."""
+    def forward_frame(self, session: CloudSession, frame: Frame, received: float | None = None) -> bytes:
+        """One decoded frame's step, in this thread, the session held; `received` is when its bytes arrived."""
+        received = time.perf_counter() if received is None else received
         with session.lock, (contextlib.nullcontext() if session.runner.name == "torch" else self._steps):
-            return self._step(session, frame)
+            return self._step(session, frame, received)
 
     def _check_step(self, session: CloudSession, frame: Frame) -> None:
         sid = short_id(session.id)
@@ -275,9 +277,8 @@ class ShardEngine:
         if Flags.HEAD in frame.flags and session.sampler is None:
             raise SessionConflictError(f"session {sid} was opened without the head")
 
-    def _step(self, session: CloudSession, frame: Frame) -> bytes:
+    def _step(self, session: CloudSession, frame: Frame, started: float) -> bytes:
         self._check_step(session, frame)
-        started = time.perf_counter()
         runner = session.runner
         x = {"input_ids": frame.tensor} if frame.kind == Kind.TOKENS else {"hidden": frame.tensor}
         if Flags.HEAD in frame.flags:
@@ -295,8 +296,7 @@ class ShardEngine:
             assert hidden is not None
             out = hidden[0, -1:, :] if Flags.LAST_ROW in frame.flags else hidden[0]  # (rows, hidden)
         self.store.after_step(session)
-        compute_ms = (time.perf_counter() - started) * 1000
-        return session.codec.encode(session.id, frame.position, frame.layers, out, compute_ms=compute_ms)
+        return session.codec.encode(session.id, frame.position, frame.layers, out, since=started)
 
     def end_session(self, session: uuid.UUID) -> None:
         """The `CloudLink` form of `end`, so the engine can serve an edge in process (tests, benchmarks)."""

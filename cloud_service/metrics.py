@@ -17,6 +17,8 @@ class CloudMetrics:
                                       buckets=LATENCY_BUCKETS_S, registry=r)
         self.link_bytes = Counter("edgesplit_cloud_link_bytes", "Frame bytes received from and sent to edges",
                                   ["direction"], registry=r)
+        self.probe_bytes = Counter("edgesplit_cloud_link_probe_bytes", "Bytes of link probes received from edges",
+                                   registry=r)
         self.errors = Counter("edgesplit_cloud_errors", "Frames refused or failed, by error", ["kind"], registry=r)
         self.sessions = Gauge("edgesplit_cloud_active_sessions", "Live edge sessions", registry=r)
         self.cache_bytes = Gauge("edgesplit_cloud_cache_bytes", "KV cache bytes over all sessions", registry=r)

@@ -135,22 +135,31 @@ def create_app(settings: EdgeSettings, loaded: LoadedModel | None = None) -> Fas
 
 
 async def _probe_when_idle(runtime: EdgeRuntime) -> None:
-    """Keep the link estimate fresh: probe the cloud when no real exchange has happened for a while.
+    """`--plan auto`: keep the link estimate fresh while no request crosses the link (real exchanges teach it
+    otherwise), without spending a metered link: after each idle probe the wait doubles, up to
+    `probe_max_interval_s`, and is at least what keeps the average under `probe_budget_bytes_per_s`; the first
+    real exchange brings it back to `probe_interval_s`. A static plan never probes (it has nothing to decide).
 
     The large probe is sized to take about 50 ms on the estimated link, so a slow link is not flooded.
     """
     from profiling.link_estimator import PROBE_SMALL, probe_link, probe_size
 
     settings = runtime.settings
+    if not runtime.replanner.adaptive:
+        return
+    wait = settings.probe_interval_s
     while True:
-        await asyncio.sleep(settings.probe_interval_s)
-        if runtime.link.idle_for_s() >= settings.probe_interval_s:
-            large = probe_size(runtime.link.estimate().bandwidth_bps)
-            try:
-                await run_in_threadpool(probe_link, runtime.cloud.probe, runtime.link, 1, large)
-                runtime.metrics.link_bytes.labels("sent").inc(PROBE_SMALL + large)
-            except EdgesplitError as exc:  # an unreachable cloud is reported by /health, not here
-                log.debug("idle link probe failed: %s", exc)
+        await asyncio.sleep(wait)
+        if runtime.link.idle_for_s() < wait:  # real traffic since: it keeps the estimate fresh
+            wait = settings.probe_interval_s
+            continue
+        large = probe_size(runtime.link.estimate().bandwidth_bps)
+        try:
+            await run_in_threadpool(probe_link, runtime.cloud.probe, runtime.link, 1, large)
+        except EdgesplitError as exc:  # an unreachable cloud is reported by /health, not here
+            log.debug("idle link probe failed: %s", exc)
+        wait = min(settings.probe_max_interval_s,
+                   max(2 * wait, (PROBE_SMALL + large) / settings.probe_budget_bytes_per_s))
 
 
 async def _replan_forever(runtime: EdgeRuntime) -> None:

@@ -70,6 +70,8 @@ class FrameChannel:
         if scheme == "https" and self.ssl_context is None:
             self.ssl_context = ssl.create_default_context()  # the system's CAs, as httpx's default
         self.connect_timeout_s = connect_timeout_s
+        self.connected_at = 0.0  # perf_counter when the latest connection opened: exchanges begun before it
+        # paid for the handshake, so their time says nothing of the link (`Orchestrator._cross`)
         self.max_message_bytes = max_message_bytes
         self._cv = threading.Condition()  # guards everything below
         self._conn: ClientConnection | None = None
@@ -196,6 +198,7 @@ class FrameChannel:
         except (OSError, TimeoutError) as exc:
             raise CloudUnavailableError(f"cloud at {self.url} is unreachable: {exc}") from exc
         stack.pop_all()
+        self.connected_at = time.perf_counter()
         log.info("opened the frame channel to %s", self.url)
         return conn
 

@@ -14,6 +14,7 @@ import logging
 import ssl
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Literal, NoReturn
 
@@ -45,6 +46,7 @@ class CloudClient:
         """`token` goes in each request's Authorization header; `ca_file` verifies an https cloud; `client_cert`
         (certificate, key) answers a cloud that asks for mutual TLS; `transport` carries the frames."""
         self.base_url = base_url.rstrip("/")
+        self.on_probe: Callable[[int], None] | None = None  # told the body size of each probe sent (metrics)
         self.timeout_s = timeout_s
         self.connect_timeout_s = connect_timeout_s
         headers = {"content-type": MEDIA_TYPE}
@@ -94,6 +96,12 @@ class CloudClient:
             raise
         return response.content
 
+    @property
+    def connected_at(self) -> float:
+        """`time.perf_counter()` when the frame channel last opened (0 without one): an exchange that began before
+        it paid for the handshake too."""
+        return self._channel.connected_at if self._channel is not None else 0.0
+
     def _over_channel(self, channel: FrameChannel, frame: bytes, timeout_s: float) -> bytes:
         answer, refusal = channel.exchange(frame, timeout_s)
         if refusal is not None:
@@ -118,7 +126,10 @@ class CloudClient:
         """Send `nbytes` to the cloud's probe endpoint; return the round trip in milliseconds."""
         started = time.perf_counter()
         self._request("POST", "/v1/probe", content=b"\0" * nbytes)
-        return (time.perf_counter() - started) * 1000
+        elapsed_ms = (time.perf_counter() - started) * 1000
+        if self.on_probe is not None:
+            self.on_probe(nbytes)
+        return elapsed_ms
 
     def profile(self) -> dict:
         """The cloud's measured profile (JSON)."""

@@ -52,6 +52,8 @@ class EdgeMetrics:
         self.rtt = Gauge("edgesplit_edge_link_rtt_seconds", "Estimated link round-trip time", registry=r)
         self.fallbacks = Counter("edgesplit_edge_fallbacks", "Generations finished on the edge alone after a cloud "
                                  "failure (or while the cloud was backed off)", registry=r)
+        self.probe_bytes = Counter("edgesplit_edge_link_probe_bytes", "Bytes of link probes sent to the cloud",
+                                   registry=r)
         self.replays = Counter("edgesplit_edge_replays", "Cloud caches rebuilt by replaying a prefix", registry=r)
         self.batches = BatchMetrics(r, "edge")
         self.in_flight = 0  # generations running now (the admission limit reads it)

@@ -298,7 +298,7 @@ class Orchestrator:
         if answer.session != ctx.session or answer.position != ctx.position or answer.kind != expected:
             raise CloudUnavailableError("the cloud answered with a frame for another step")
         ctx.position += payload.shape[0]
-        if self.link_observer is not None:
+        if self.link_observer is not None and getattr(self.cloud, "connected_at", 0.0) < sent:  # no handshake in it
             self.link_observer(len(frame) + len(data), elapsed_ms, answer.compute_ms)
         link = ctx.link
         link.cloud_compute_ms += answer.compute_ms

@@ -72,6 +72,7 @@ class EdgeRuntime:
         metrics = metrics or EdgeMetrics()
         estimator = LinkEstimator()
         cloud = cloud_client(settings)
+        cloud.on_probe = metrics.probe_bytes.inc
         auto = settings.cut == "auto"
         plan = Plan(num_layers=n, cut_a=n, cut_b=n) if auto else plan_from_settings(settings, n)
         orchestrator = Orchestrator(loaded, plan, cloud, estimator.observe, slowdown=settings.emulate_slowdown,

@@ -59,8 +59,13 @@ class EdgeSettings(TierSettings):
         description="--plan auto: PROMPT:OUTPUT[:STREAMS], a typical request and how many at once",
         json_schema_extra={"flags": ["--workload"]})
     plan_seed: int = Field(default=0, description="--plan auto: seed of the search")
-    probe_interval_s: float = Field(default=2.0,
-        description="probe the link when no request has crossed it for this long (sized to ~50 ms)")
+    probe_interval_s: float = Field(default=2.0, gt=0,
+        description="--plan auto: probe the link when no request has crossed it for this long (sized to ~50 ms); "
+                    "a static plan never probes")
+    probe_max_interval_s: float = Field(default=600.0, gt=0,
+        description="--plan auto: while idle, the wait between probes doubles up to this")
+    probe_budget_bytes_per_s: float = Field(default=2048.0, gt=0,
+        description="--plan auto: idle probes average at most this many bytes per second")
     adaptive: bool = Field(default=True,
         description="with --plan auto: re-plan on its own when the link estimate moves")
     replan_interval_s: float = Field(default=1.0,

@@ -87,15 +87,32 @@ class LinkEstimator:
             rtt = statistics.median(ys) - statistics.median(xs) * 8 / known * 1000
             return LinkEstimate(known, max(0.0, rtt), min(0.3, len(samples) / 30), len(samples))
         slope, intercept = statistics.linear_regression(xs, ys)
-        bandwidth = 8 / (slope / 1000) if slope > 0 else self._bandwidth_bps
-        self._bandwidth_bps = bandwidth
         spread = min(1.0, (max(xs) / min(xs)) / 100)
-        return LinkEstimate(bandwidth, max(0.0, intercept), min(1.0, len(samples) / 30) * (0.5 + 0.5 * spread),
-                            len(samples))
+        confidence = min(1.0, len(samples) / 30) * (0.5 + 0.5 * spread)
+        error = _slope_error(xs, ys, slope, intercept)
+        if slope > 2 * error:  # the larger exchanges take measurably longer: the slope is the bandwidth
+            self._bandwidth_bps = 8 / (slope / 1000)
+            return LinkEstimate(self._bandwidth_bps, max(0.0, intercept), confidence, len(samples))
+        # Their extra time is lost in the noise (a fast link, loopback): the link is at least as fast as a slope
+        # one standard error above the fit says; the bandwidth seen last (or the prior) stands unless slower.
+        floor = 8 / ((slope + error) / 1000) if slope + error > 0 else self._bandwidth_bps
+        self._bandwidth_bps = max(self._bandwidth_bps, floor)
+        rtt = statistics.median(ys) - statistics.median(xs) * 8 / self._bandwidth_bps * 1000
+        return LinkEstimate(self._bandwidth_bps, max(0.0, rtt), confidence / 2, len(samples))
 
     def idle_for_s(self) -> float:
         with self._lock:
             return self._clock() - self._samples[-1].at_s if self._samples else float("inf")
+
+
+def _slope_error(xs: list[float], ys: list[float], slope: float, intercept: float) -> float:
+    """The standard error of a least-squares slope (0 with too few points to tell)."""
+    if len(xs) < 3:
+        return 0.0
+    mean = statistics.fmean(xs)
+    sxx = sum((x - mean) ** 2 for x in xs)
+    residual = sum((y - intercept - slope * x) ** 2 for x, y in zip(xs, ys, strict=True)) / (len(xs) - 2)
+    return (residual / sxx) ** 0.5 if sxx > 0 else 0.0
 
 
 def parse_bandwidth(text: str) -> float:

@@ -5,7 +5,7 @@ One frame per request body and response body, never JSON or base64:
     header (fixed, little-endian, 58 bytes)
         magic "ESPL" | version u8 | kind u8 | dtype u8 | flags u8 | session 16 bytes
         | position u32 | layer start u16 | layer end u16 | rows u32 | cols u32
-        | raw_len u32 | body_len u32 | meta_len u16 | crc32 u32 | compute_ms f32 (sender's compute time)
+        | raw_len u32 | body_len u32 | meta_len u16 | crc32 u32 | compute_ms f32 (sender's time on the step)
     meta   (meta_len bytes, JSON, only on a session's first frame: sampling settings)
     body   (body_len bytes: quantised tensor, zstd-compressed when FLAG_ZSTD)
 
@@ -16,6 +16,7 @@ before anything is allocated.
 from __future__ import annotations
 
 import struct
+import time
 import uuid
 import zlib
 from dataclasses import dataclass, field
@@ -83,8 +84,13 @@ class FrameCodec:
         self._decompressor = Decompressor()
 
     def encode(self, session: uuid.UUID, position: int, layers: LayerRange, tensor: torch.Tensor,
-               flags: Flags = Flags.NONE, meta: bytes = b"", compute_ms: float = 0.0) -> bytes:
-        """Encode hidden states (rows, cols) or token ids (rows,) into one frame."""
+               flags: Flags = Flags.NONE, meta: bytes = b"", compute_ms: float = 0.0, since: float | None = None
+               ) -> bytes:
+        """Encode hidden states (rows, cols) or token ids (rows,) into one frame.
+
+        `since` (a `time.perf_counter()` reading) sets `compute_ms` to the time from then to the end of this
+        encoding: an answer reports the sender's whole time on the step, so the receiver's link estimate counts
+        only the wire (`profiling.link_estimator`)."""
         if tensor.dtype.is_floating_point:
             kind, dtype, rows_cols = Kind.HIDDEN, self.dtype, tensor.reshape(-1, tensor.shape[-1])
         else:
@@ -95,6 +101,8 @@ class FrameCodec:
         if zipped:
             flags |= Flags.ZSTD
         crc = zlib.crc32(body, zlib.crc32(meta))
+        if since is not None:
+            compute_ms = (time.perf_counter() - since) * 1000
         header = _HEADER.pack(MAGIC, VERSION, kind, dtype, flags, session.bytes, position, layers.start, layers.end,
                               rows, cols, len(raw), len(body), len(meta), crc, compute_ms)
         return b"".join((header, meta, body))

@@ -25,6 +25,7 @@ from splitcore.defaults import usable_cores
 from splitcore.errors import PlanError, SessionNotFoundError
 from splitcore.http import BodyLimit, install_error_handlers
 from splitcore.loading import LoadedModel, load_checkpoint
+from splitcore.logs import RequestIds
 from splitcore.memory import release_forever
 from splitcore.metrics import install_metrics_route
 from splitcore.plan import parse_cut
@@ -74,11 +75,12 @@ def create_app(settings: CloudSettings, loaded: LoadedModel | None = None) -> Fa
     frames = FrameService(metrics, settings.max_frame_bytes)
     tokens = EdgeTokens.parse(settings.edge_tokens, settings.auth_token)
     app = FastAPI(title="edgesplit cloud", lifespan=lifespan)
-    install_error_handlers(app)
+    install_error_handlers(app, settings.log_refused_bodies)
     install_metrics_route(app, metrics.registry)
     app.add_middleware(BodyLimit, max_bytes=settings.max_frame_bytes, idle_s=settings.body_idle_timeout_s,
                        total_s=settings.body_timeout_s)  # every route, JSON ones too
-    app.add_middleware(EdgeAuth, tokens=tokens)  # outermost: who calls is known before any body is read
+    app.add_middleware(EdgeAuth, tokens=tokens)  # who calls is known before any body is read
+    app.add_middleware(RequestIds)  # outermost: every line a request logs carries its id
 
     frame_body = {"requestBody": {"required": True, "content": {
         MEDIA_TYPE: {"schema": {"type": "string", "format": "binary"}},

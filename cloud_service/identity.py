@@ -13,11 +13,12 @@ import secrets
 
 from pydantic import SecretStr
 from starlette.requests import HTTPConnection
+from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from splitcore.auth import bearer
 from splitcore.errors import AuthenticationError, EdgesplitError, PermissionDeniedError, UserError
-from splitcore.http import error_response
+from splitcore.http import answer_to
 
 OPEN_PATHS = frozenset({"/health", "/ready", "/metrics"})  # for load balancers and Prometheus: no secrets there
 SHARED_NAME = "edge"  # the identity of the shared CLOUD_AUTH_TOKEN
@@ -87,8 +88,8 @@ class EdgeAuth:
             try:
                 identity = self.tokens.identify(bearer(HTTPConnection(scope)))  # the headers only: nothing is received
             except EdgesplitError as exc:
-                response = error_response(exc.status_code, str(exc), exc.error_type,
-                                          headers=getattr(exc, "headers", None))
+                status, body = answer_to(exc, f"{scope.get('method', 'WEBSOCKET')} {scope['path']}")  # logs why
+                response = JSONResponse(body, status_code=status, headers=getattr(exc, "headers", None))
                 await response(scope, receive, send)
                 return
         scope.setdefault("state", {})["edge"] = identity

@@ -34,12 +34,13 @@ from edge_service.protocol import (
     ModelList,
     _Common,
 )
-from edge_service.responses import Endpoint, Responder, make_request_id
+from edge_service.responses import Endpoint, Responder
 from edge_service.runtime import EdgeRuntime
 from edge_service.settings import EdgeSettings
 from splitcore.errors import CapacityError, EdgesplitError, ModelNotFoundError, UserError
 from splitcore.http import BodyLimit, error_response, install_error_handlers
 from splitcore.loading import LoadedModel
+from splitcore.logs import RequestIds, request_id
 from splitcore.memory import release_forever
 from splitcore.metrics import install_metrics_route
 from splitcore.schema import ErrorResponse
@@ -73,10 +74,11 @@ def create_app(settings: EdgeSettings, loaded: LoadedModel | None = None) -> Fas
 
     metrics = EdgeMetrics()
     app = FastAPI(title="edgesplit edge", lifespan=lifespan)
-    install_error_handlers(app)
+    install_error_handlers(app, settings.log_refused_bodies)
     install_metrics_route(app, metrics.registry)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes, idle_s=settings.body_idle_timeout_s,
                        total_s=settings.body_timeout_s)
+    app.add_middleware(RequestIds)  # outermost: every line a request logs carries its id
     app.state.admin_guard = AdminGuard(settings.admin_token, settings.admin_session_s)
     app.include_router(admin.router)
     app.include_router(admin.guarded)
@@ -121,15 +123,20 @@ def create_app(settings: EdgeSettings, loaded: LoadedModel | None = None) -> Fas
     @app.get("/ready")
     @app.get("/health")
     async def health(request: Request) -> JSONResponse:
-        """200 when the model is loaded and the plan's cloud answers with the same model; 503 otherwise."""
+        """200 `ok` when the model is loaded and the plan's cloud answers with the same model and its blocks;
+        200 `degraded` when the cloud does not but fallback serves every request on the edge alone (slower, same
+        tokens); 503 `unavailable` while the model loads, or when the cloud fails and fallback is off."""
         runtime: EdgeRuntime | None = getattr(request.app.state, "runtime", None)
         if runtime is None:
             return error_response(503, "model is loading", "unavailable")
         ok, detail = await run_in_threadpool(runtime.cloud_status)
         plan = runtime.orchestrator.plan
-        body = {"status": "ok" if ok else "unavailable", "detail": detail, "model": runtime.loaded.name,
+        status = "ok" if ok else "degraded" if runtime.settings.fallback else "unavailable"
+        if status == "degraded":
+            detail = f"degraded, serving edge-only: {detail}"
+        body = {"status": status, "detail": detail, "model": runtime.loaded.name,
                 "plan": plan.describe(), "cut": [plan.cut_a, plan.cut_b]}
-        return JSONResponse(body, status_code=200 if ok else 503)
+        return JSONResponse(body, status_code=503 if status == "unavailable" else 200)
 
     return app
 
@@ -200,7 +207,7 @@ async def _generate(runtime: EdgeRuntime, body: _Common, prompt_ids: list[int], 
     if any(not 0 <= t < vocab for t in body.stop_token_ids or ()):
         raise UserError(f"stop_token_ids: token ids must be in [0, {vocab})", param="stop_token_ids")
     request = GenerationRequest(prompt_ids=prompt_ids, max_tokens=max_tokens or room, sampling=body.sampling,
-                                stop=tuple(stop), request_id=make_request_id(), ignore_eos=body.ignore_eos,
+                                stop=tuple(stop), request_id=request_id.get(), ignore_eos=body.ignore_eos,
                                 min_tokens=body.min_tokens, stop_token_ids=tuple(body.stop_token_ids or ()),
                                 logprobs=body.top_logprobs_asked)
     responder = Responder(runtime.orchestrator, runtime.loaded.name, endpoint, runtime.metrics, echo=echo,
@@ -208,12 +215,11 @@ async def _generate(runtime: EdgeRuntime, body: _Common, prompt_ids: list[int], 
     started = time.perf_counter()
     if body.stream:
         events = await responder.stream(request, body.include_usage)
-        return StreamingResponse(events, media_type="text/event-stream",
-                                 headers={"cache-control": "no-cache", "x-request-id": request.request_id})
+        return StreamingResponse(events, media_type="text/event-stream", headers={"cache-control": "no-cache"})
     out = await responder.body(request, http.is_disconnected)
     log.info("request %s: %d tokens in %.0f ms", request.request_id, out.usage.completion_tokens,
              (time.perf_counter() - started) * 1000)
-    return JSONResponse(out.model_dump(), headers={"x-request-id": request.request_id})
+    return JSONResponse(out.model_dump())
 
 
 def _check_lengths(runtime: EdgeRuntime, prompt_ids: list[int], max_tokens: int | None) -> None:

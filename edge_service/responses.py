@@ -252,7 +252,3 @@ def _sse(payload: dict) -> str:
     return f"data: {json.dumps(payload, ensure_ascii=False)}\n\n"
 
 
-def make_request_id() -> str:
-    return uuid.uuid4().hex[:16]
-
-

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import os
 import ssl
 import sys
@@ -17,6 +16,7 @@ from splitcore.channel import TAG_BYTES
 from splitcore.defaults import DEFAULT_MODEL_DIR
 from splitcore.errors import EdgesplitError, UserError
 from splitcore.http import header_timeout_protocol
+from splitcore.logs import configure_logging
 
 GRACE_S = 30  # on SIGTERM, requests in flight get this long to finish before the server closes
 
@@ -41,10 +41,10 @@ def _serve_cloud(args: argparse.Namespace) -> None:
 
     settings = settings_from_args(CloudSettings, args)
     read_config(settings.model_dir)  # refuse a missing or unsupported checkpoint before starting the server
-    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s cloud %(name)s: %(message)s")
+    configure_logging("cloud", settings.log_level, settings.log_format)
     tls = _uvicorn_tls(settings.ssl_certfile, settings.ssl_keyfile, settings.ssl_ca_certs)
     uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level=settings.log_level,
-                access_log=False,  # one line per decoded token would cost more than the step
+                log_config=None, access_log=False,  # one line per decoded token would cost more than the step
                 http=header_timeout_protocol(settings.header_timeout_s), timeout_graceful_shutdown=GRACE_S,
                 ws_max_size=settings.max_frame_bytes + TAG_BYTES, **tls)  # a frame channel's message: tag + frame
 
@@ -60,10 +60,10 @@ def _serve_edge(args: argparse.Namespace) -> None:
     config = read_config(settings.model_dir)  # refuse a missing or unsupported checkpoint before loading it
     if settings.cut != "auto":
         plan_from_settings(settings, config.num_hidden_layers)  # and a bad plan
-    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s edge %(name)s: %(message)s")
-    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per decode step would cost more than the step
+    configure_logging("edge", settings.log_level, settings.log_format)
     tls = _uvicorn_tls(settings.ssl_certfile, settings.ssl_keyfile)
     uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level=settings.log_level,
+                log_config=None,
                 http=header_timeout_protocol(settings.header_timeout_s), timeout_graceful_shutdown=GRACE_S, **tls)
 
 
@@ -131,6 +131,51 @@ def _plan(args: argparse.Namespace) -> None:
               f"--codec {chosen.codec} --zstd-level {chosen.zstd_level}")
 
 
+def _status(args: argparse.Namespace) -> None:
+    """`edgesplit status URL`: what a running edge serves and how (its admin API, with EDGE_ADMIN_TOKEN)."""
+    import datetime
+
+    import httpx
+
+    base = args.url.rstrip("/")
+    token = os.environ.get("EDGE_ADMIN_TOKEN", "")
+    headers = {"authorization": f"Bearer {token}"} if token else {}
+    try:
+        with httpx.Client(base_url=base, headers=headers, timeout=args.timeout) as client:
+            health = client.get("/health")
+            admin = {name: client.get(f"/admin/{name}") for name in ("plan", "batching", "requests")}
+    except httpx.HTTPError as exc:
+        raise UserError(f"the edge at {base} did not answer: {exc}") from exc
+    try:
+        h = health.json()
+    except ValueError as exc:
+        raise UserError(f"{base}/health answered {health.status_code} without JSON: is it an edgesplit edge?") from exc
+    if args.json:
+        print(json.dumps({"health": h, **{k: v.json() if v.status_code == 200 else None for k, v in admin.items()}}))
+        return
+    print(f"edge {base}: {h.get('status', health.status_code)} - {h.get('detail', h.get('error', ''))}")
+    print(f"  model {h.get('model')}, plan: {h.get('plan')}")
+    if any(r.status_code in (401, 403) for r in admin.values()):
+        print("  (the plan history, link estimate and requests need the admin token: set EDGE_ADMIN_TOKEN)")
+        return
+    plan, batching, requests = (admin[k].json() for k in ("plan", "batching", "requests"))
+    link = plan["link"]
+    print(f"  link estimate: {link['bandwidth_bps'] / 1e6:.1f} Mbit/s, RTT {link['rtt_ms']:.2f} ms "
+          f"(confidence {link['confidence']:.2f}, {link['samples']} exchanges)")
+    print(f"  plan changes: {len(plan.get('changes', []))}; adaptive: {plan.get('adaptive')}")
+    cloud = batching.get("cloud")
+    print("  cloud: " + (f"{cloud.get('status')}, {cloud.get('sessions')} sessions, batch {cloud.get('batch_size')}"
+                         if cloud else "unreachable"))
+    recent = requests["requests"][-args.requests:]
+    print(f"  last {len(recent)} requests:" if recent else "  no requests yet")
+    for r in recent:
+        at = datetime.datetime.fromtimestamp(r["at_s"]).strftime("%H:%M:%S")
+        ttft = f"{r['time_to_first_token_ms']:.0f} ms" if r["time_to_first_token_ms"] is not None else "-"
+        total = f"{r['total_ms']:.0f} ms" if r["total_ms"] is not None else "-"
+        print(f"    {at} {r['endpoint']:<10} {r['outcome']:<12} first token {ttft:>8}, total {total:>8}, "
+              f"{r['output_tokens']} tokens")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="edgesplit", description="Edge-cloud split inference for transformers.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -175,6 +220,14 @@ def build_parser() -> argparse.ArgumentParser:
     plan.add_argument("--seed", type=int, default=0)
     plan.add_argument("--json", action="store_true")
     plan.set_defaults(func=_plan)
+
+    status = sub.add_parser("status", help="a running edge's plan, link estimate, cloud health, recent requests "
+                                           "(the admin token from EDGE_ADMIN_TOKEN)")
+    status.add_argument("url", help="the edge, e.g. http://127.0.0.1:8000")
+    status.add_argument("--requests", type=int, default=10, help="recent requests to list")
+    status.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for each answer")
+    status.add_argument("--json", action="store_true")
+    status.set_defaults(func=_status)
 
     serve = sub.add_parser("serve", help="run one tier").add_subparsers(dest="tier", required=True)
     cloud = serve.add_parser("cloud", help="the cloud tier: shard endpoint and session store")

@@ -21,7 +21,8 @@ def free_port() -> int:
 
 
 def wait_healthy(url: str, proc: subprocess.Popen, timeout_s: float = 120.0) -> None:
-    """Poll `url` until it answers 200; fail early if the process dies."""
+    """Poll `url` until it answers 200 and is not `degraded` (an edge whose cloud is not answering yet serves
+    edge-only); fail early if the process dies."""
     deadline = time.monotonic() + timeout_s
     last = "no answer"
     while time.monotonic() < deadline:
@@ -29,7 +30,7 @@ def wait_healthy(url: str, proc: subprocess.Popen, timeout_s: float = 120.0) -> 
             raise RuntimeError(f"process exited with {proc.returncode} before {url} was healthy")
         try:
             response = httpx.get(url, timeout=2.0)
-            if response.status_code == 200:
+            if response.status_code == 200 and '"degraded"' not in response.text:
                 return
             last = response.text[:200]
         except httpx.TransportError as exc:  # not listening yet

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 from pydantic import Field
 
+from splitcore.errors import UserError
 from splitcore.schema import StrictModel
 
 PROBE_SMALL, PROBE_LARGE = 64, 256 * 1024  # bytes: the spread that lets the estimator see the bandwidth
@@ -116,23 +117,48 @@ def _slope_error(xs: list[float], ys: list[float], slope: float, intercept: floa
 
 
 def parse_bandwidth(text: str) -> float:
-    """'10mbit', '1gbit', '500kbit', '2e6' (bits per second) -> bits per second."""
+    """'10mbit', '1gbit', '500kbit', '2e6' (bits per second) -> bits per second.
+
+    Raises:
+        UserError: not a positive bandwidth in those units.
+    """
     units = {"gbit": 1e9, "mbit": 1e6, "kbit": 1e3, "bit": 1.0, "bps": 1.0}
     t = text.strip().lower()
-    for unit, factor in units.items():
-        if t.endswith(unit):
-            return float(t[: -len(unit)]) * factor
-    return float(t)
+    factor = next((f for unit, f in units.items() if t.endswith(unit)), 1.0)
+    number = next((t[: -len(unit)] for unit in units if t.endswith(unit)), t)
+    value = _number(number, text, "a bandwidth such as 10mbit, 1gbit, 500kbit or 2e6 (bits per second)") * factor
+    if value <= 0:
+        raise UserError(f"bandwidth {text!r} must be more than 0")
+    return value
 
 
 def parse_duration_ms(text: str) -> float:
-    """'40ms', '0.04s', '40' (milliseconds) -> milliseconds."""
+    """'40ms', '0.04s', '40' (milliseconds) -> milliseconds.
+
+    Raises:
+        UserError: not a duration of at least 0 in those units.
+    """
     t = text.strip().lower()
+    what = "a duration such as 40ms, 0.04s or 40 (milliseconds)"
     if t.endswith("ms"):
-        return float(t[:-2])
-    if t.endswith("s"):
-        return float(t[:-1]) * 1000
-    return float(t)
+        value = _number(t[:-2], text, what)
+    elif t.endswith("s"):
+        value = _number(t[:-1], text, what) * 1000
+    else:
+        value = _number(t, text, what)
+    if value < 0:
+        raise UserError(f"duration {text!r} must not be negative")
+    return value
+
+
+def _number(text: str, given: str, what: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise UserError(f"{given!r} is not {what}") from None
+    if value != value or value in (float("inf"), float("-inf")):
+        raise UserError(f"{given!r} is not {what}")
+    return value
 
 
 def probe_link(probe: Callable[[int], float], estimator: LinkEstimator, rounds: int = 4,

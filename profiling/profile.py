@@ -12,7 +12,7 @@ from pathlib import Path
 
 from pydantic import Field
 
-from splitcore.errors import PlanError
+from splitcore.errors import PlanError, UserError
 from splitcore.schema import StrictModel
 
 ZSTD_LEVELS = (1, 3, 9)  # the zstd levels profiled and searched
@@ -188,7 +188,19 @@ class Profile(StrictModel):
 
     @classmethod
     def load(cls, path: Path) -> Profile:
-        return cls.model_validate(json.loads(Path(path).read_text()))
+        """Read a profile `edgesplit profile` wrote.
+
+        Raises:
+            UserError: the file is missing, unreadable, not JSON, or not a profile.
+        """
+        try:
+            return cls.model_validate(json.loads(Path(path).read_text()))
+        except OSError as exc:
+            raise UserError(f"profile {str(path)!r} cannot be read: {exc.strerror or exc}") from None
+        except ValueError as exc:  # json.JSONDecodeError and pydantic's ValidationError are ValueErrors
+            first = str(exc).splitlines()
+            raise UserError(f"profile {str(path)!r} is not a profile edgesplit wrote ({type(exc).__name__}: "
+                            f"{first[0] if first else exc}); measure one with edgesplit profile") from None
 
 
 def _interpolate(points: dict[int, float], x: int) -> float:

@@ -39,15 +39,21 @@ def read_error(body: str | bytes) -> tuple[str, str | None] | None:
         return None
 
 
-def answer_to(exc: Exception) -> tuple[int, dict]:
-    """The status and error body that answer `exc`, logged as every route logs it: a domain error as itself (a
-    warning when it is the server's fault), anything else as a 500 whose trace goes to the log, never out."""
+def answer_to(exc: Exception, where: str = "") -> tuple[int, dict]:
+    """The status and error body that answer `exc`, logged as every route logs it, one line with its reason: a
+    domain error as itself (info when it is the caller's fault, a warning when it is the server's), anything else
+    as a 500 whose trace goes to the log, never out. `where` names what was refused (e.g. "POST /v1/completions")."""
     if isinstance(exc, EdgesplitError):
-        if exc.status_code >= 500:
-            log.warning("%s: %s", type(exc).__name__, exc)
-        return exc.status_code, error_body(str(exc), exc.error_type, getattr(exc, "param", None), exc.status_code)
-    log.error("unhandled error", exc_info=exc)
+        status = exc.status_code
+        log.log(logging.WARNING if status >= 500 else logging.INFO, "%s%s %s: %s", f"{where} -> " if where else "",
+                status, type(exc).__name__, exc)
+        return status, error_body(str(exc), exc.error_type, getattr(exc, "param", None), status)
+    log.error("%s%s 500: unhandled error", f"{where} -> " if where else "", type(exc).__name__, exc_info=exc)
     return 500, error_body(f"internal error ({type(exc).__name__}); see the server log", "server_error", code=500)
+
+
+def _where(request: Request) -> str:
+    return f"{request.method} {request.url.path}"
 
 
 def error_response(status: int, message: str, error_type: str = "invalid_request_error", param: str | None = None,
@@ -62,27 +68,31 @@ def _validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
     return (f"{param}: {first.get('msg', 'invalid value')}" if param else first.get("msg", "invalid request")), param
 
 
-def install_error_handlers(app: FastAPI) -> None:
-    """Map domain errors, validation errors and HTTP errors to the error body; never leak a traceback."""
+def install_error_handlers(app: FastAPI, log_bodies: bool = False) -> None:
+    """Map domain errors, validation errors and HTTP errors to the error body; never leak a traceback. Each
+    refusal logs one line with its reason (`answer_to`); `log_bodies` adds an invalid request's body (debug)."""
 
     @app.exception_handler(EdgesplitError)
-    async def _domain(_: Request, exc: EdgesplitError) -> JSONResponse:
-        status, body = answer_to(exc)
+    async def _domain(request: Request, exc: EdgesplitError) -> JSONResponse:
+        status, body = answer_to(exc, _where(request))
         return JSONResponse(body, status_code=status, headers=getattr(exc, "headers", None))
 
     @app.exception_handler(RequestValidationError)
-    async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
+    async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
         message, param = _validation_message(exc)
+        log.info("%s -> 400 invalid request: %s%s", _where(request), message,
+                 f"; body: {str(exc.body)[:2000]}" if log_bodies else "")
         return error_response(400, message, "invalid_request_error", param)
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         kind = "not_found_error" if exc.status_code == 404 else "invalid_request_error"
+        log.info("%s -> %d: %s", _where(request), exc.status_code, exc.detail)
         return error_response(exc.status_code, str(exc.detail), kind, headers=getattr(exc, "headers", None))
 
     @app.exception_handler(Exception)
-    async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
-        status, body = answer_to(exc)  # the trace goes to the log, never to the client
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        status, body = answer_to(exc, _where(request))  # the trace goes to the log, never to the client
         return JSONResponse(body, status_code=status)
 
 
@@ -136,6 +146,7 @@ class BodyLimit:
         await self.app(scope, replay, send)
 
     async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
+        log.info("%s %s -> 413: the body is over the %d-byte limit", scope["method"], scope["path"], self.max_bytes)
         response = error_response(413, f"request body is over the {self.max_bytes}-byte limit")
         await response(scope, receive, send)
 

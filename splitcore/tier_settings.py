@@ -13,6 +13,7 @@ from pydantic_settings import BaseSettings
 
 from splitcore.batching import BatchLimits
 from splitcore.defaults import DEFAULT_MODEL_DIR
+from splitcore.logs import LogFormat
 from splitcore.plan import BackendName
 
 
@@ -35,6 +36,9 @@ class TierSettings(BaseSettings):
     body_idle_timeout_s: float = Field(default=10.0, gt=0,
         description="longest wait for the next piece of a request body; then 408")
     log_level: str = Field(default="info", description="logging level")
+    log_format: LogFormat = Field(default="plain", description="log lines as plain text or JSON objects")
+    log_refused_bodies: bool = Field(default=False,
+        description="debug: a request refused as invalid logs its body too (prompt text included)")
     max_batch: int = Field(default=64, ge=1, description="sessions whose steps run in one batched forward, at most")
     max_batch_tokens: int = Field(default=1024, ge=1,
         description="positions in one batched forward, at most (a decode step counts one)")

@@ -71,3 +71,24 @@ def test_a_certificate_without_its_key_is_refused_before_serving(capsys: pytest.
     with pytest.raises(SystemExit) as exit_:
         main(["serve", "cloud", "--ssl-certfile", "cloud.pem", "--port", "1"])
     assert exit_.value.code == 2 and "--ssl-certfile needs --ssl-keyfile" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("flags", "says"), [
+    (["--bandwidth", "fast"], "'fast' is not a bandwidth"),
+    (["--rtt", "soon"], "'soon' is not a duration"),
+    (["--bandwidth", "0mbit"], "must be more than 0"),
+    (["--edge-profile", "missing.json"], "cannot be read"),
+    (["--edge-profile", "README.md"], "is not a profile"),
+    (["--cloud-profile", "pyproject.toml"], "is not a profile"),
+    (["--workload", "lots"], "workload"),
+])
+def test_plan_answers_bad_input_with_one_line_and_exit_2(flags: list[str], says: str) -> None:
+    root = Path(__file__).resolve().parents[1]
+    given = {"--edge-profile": str(root / "profiles/edge-1thread-default.json"),
+             "--cloud-profile": str(root / "profiles/cloud-default.json"), "--bandwidth": "10mbit", "--rtt": "20ms"}
+    given |= dict(zip(flags[::2], flags[1::2], strict=True))
+    result = subprocess.run([sys.executable, "-m", "edgesplit.cli", "plan", *[x for kv in given.items() for x in kv]],
+                            capture_output=True, text=True, timeout=120, cwd=root)
+    assert result.returncode == 2, result.stderr
+    assert says in result.stderr and "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1

@@ -199,7 +199,8 @@ def test_with_fallback_a_down_cloud_still_serves_the_unsplit_models_tokens(model
     loaded = models["gpt2"]
     settings = EdgeSettings(cloud_url=f"http://127.0.0.1:{free_port()}", cut="1:3", cloud_connect_timeout_s=0.5)
     with LoopbackServer(create_edge(settings, loaded)) as url:
-        assert httpx.get(f"{url}/health").status_code == 503  # not ready: the plan's cloud is not there
+        health = httpx.get(f"{url}/health")  # the plan's cloud is not there: fallback serves on the edge alone
+        assert health.status_code == 200 and health.json()["detail"].startswith("degraded, serving edge-only")
         out = httpx.post(f"{url}/v1/completions", json={"prompt": PROMPT, "max_tokens": 6, "temperature": 0},
                          timeout=30).json()
         assert out["choices"][0]["text"] == reference_text(loaded, PROMPT, 6)

@@ -41,7 +41,7 @@ def build_engine(settings: CloudSettings, loaded: LoadedModel | None = None,
 
     A model passed in is owned from then on: the blocks outside `settings.layers` are freed in place.
     """
-    loaded = loaded or load_checkpoint(settings.model_dir)
+    loaded = settings.named(loaded or load_checkpoint(settings.model_dir))
     held = None
     if settings.layers:
         held = parse_cut(settings.layers, loaded.layered.num_layers).cloud_layers
@@ -63,7 +63,7 @@ def create_app(settings: CloudSettings, loaded: LoadedModel | None = None) -> Fa
         if settings.threads:
             torch.set_num_threads(settings.threads)
         app.state.engine = await run_in_threadpool(build_engine, settings, loaded, metrics.batches.observe)
-        metrics.watch(app.state.engine.store)
+        metrics.watch(app.state.engine)
         store = app.state.engine.store
         tasks = [asyncio.create_task(_sweep_forever(store, app.state.engine)),
                  asyncio.create_task(release_forever(lambda: store.freed, store.stepping))]
@@ -76,7 +76,8 @@ def create_app(settings: CloudSettings, loaded: LoadedModel | None = None) -> Fa
     tokens = EdgeTokens.parse(settings.edge_tokens, settings.auth_token)
     app = FastAPI(title="edgesplit cloud", lifespan=lifespan)
     install_error_handlers(app, settings.log_refused_bodies)
-    install_metrics_route(app, metrics.registry)
+    install_metrics_route(app, metrics.registry,
+                          lambda: app.state.engine.loaded.name if hasattr(app.state, "engine") else "")
     app.add_middleware(BodyLimit, max_bytes=settings.max_frame_bytes, idle_s=settings.body_idle_timeout_s,
                        total_s=settings.body_timeout_s)  # every route, JSON ones too
     app.add_middleware(EdgeAuth, tokens=tokens)  # who calls is known before any body is read

@@ -75,7 +75,7 @@ def create_app(settings: EdgeSettings, loaded: LoadedModel | None = None) -> Fas
     metrics = EdgeMetrics()
     app = FastAPI(title="edgesplit edge", lifespan=lifespan)
     install_error_handlers(app, settings.log_refused_bodies)
-    install_metrics_route(app, metrics.registry)
+    install_metrics_route(app, metrics.registry, lambda: _served_name(app))
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes, idle_s=settings.body_idle_timeout_s,
                        total_s=settings.body_timeout_s)
     app.add_middleware(RequestIds)  # outermost: every line a request logs carries its id
@@ -139,6 +139,11 @@ def create_app(settings: EdgeSettings, loaded: LoadedModel | None = None) -> Fas
         return JSONResponse(body, status_code=503 if status == "unavailable" else 200)
 
     return app
+
+
+def _served_name(app: FastAPI) -> str:
+    runtime: EdgeRuntime | None = getattr(app.state, "runtime", None)
+    return runtime.loaded.name if runtime is not None else ""
 
 
 async def _probe_when_idle(runtime: EdgeRuntime) -> None:

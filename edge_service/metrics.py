@@ -10,7 +10,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from edge_service.orchestrator import Finished
 from splitcore.errors import CloudUnavailableError, EdgesplitError
-from splitcore.metrics import LATENCY_BUCKETS_S, BatchMetrics
+from splitcore.metrics import LATENCY_BUCKETS_S, TOKEN_BUCKETS, BatchMetrics
 
 
 @dataclass(frozen=True)
@@ -40,7 +40,18 @@ class EdgeMetrics:
                                          ["endpoint"], buckets=LATENCY_BUCKETS_S, registry=r)
         self.requests = Counter("edgesplit_edge_requests", "Generations by endpoint and outcome",
                                 ["endpoint", "outcome"], registry=r)
-        self.output_tokens = Counter("edgesplit_edge_output_tokens", "Generated tokens", registry=r)
+        self.generation_tokens = Counter("edgesplit_edge_generation_tokens", "Generated tokens (as vLLM's)",
+                                         registry=r)
+        self.prompt_tokens = Counter("edgesplit_edge_prompt_tokens", "Prompt tokens of finished requests (as vLLM's)",
+                                     registry=r)
+        self.request_prompt = Histogram("edgesplit_edge_request_prompt_tokens", "Prompt length of each request",
+                                        buckets=TOKEN_BUCKETS, registry=r)
+        self.request_generation = Histogram("edgesplit_edge_request_generation_tokens",
+                                            "Generated tokens of each request", buckets=TOKEN_BUCKETS, registry=r)
+        self.running = Gauge("edgesplit_edge_num_requests_running", "Generations past their first token",
+                             registry=r)
+        self.waiting = Gauge("edgesplit_edge_num_requests_waiting", "Generations not yet at their first token "
+                             "(tokenising, prefill, waiting for the cloud)", registry=r)
         self.link_bytes = Counter("edgesplit_edge_link_bytes", "Bytes the edge sent to and received from the cloud",
                                   ["direction"], registry=r)
         self.active = Gauge("edgesplit_edge_active_requests", "Generations running now", registry=r)
@@ -48,7 +59,8 @@ class EdgeMetrics:
                                     ["reason"], registry=r)
         self.cloud_errors = Counter("edgesplit_edge_cloud_errors", "Cloud calls that failed, by kind",
                                     ["kind"], registry=r)
-        self.bandwidth = Gauge("edgesplit_edge_link_bandwidth_bps", "Estimated link bandwidth, bits/s", registry=r)
+        self.bandwidth = Gauge("edgesplit_edge_link_bandwidth_bits_per_second", "Estimated link bandwidth, each way",
+                               registry=r)
         self.rtt = Gauge("edgesplit_edge_link_rtt_seconds", "Estimated link round-trip time", registry=r)
         self.fallbacks = Counter("edgesplit_edge_fallbacks", "Generations finished on the edge alone after a cloud "
                                  "failure (or while the cloud was backed off)", registry=r)
@@ -63,11 +75,19 @@ class EdgeMetrics:
     def begin(self) -> None:
         self.in_flight += 1
         self.active.inc()
+        self.waiting.inc()
 
-    def end(self) -> None:
+    def first_token(self) -> None:
+        """A generation begun with `begin` has its first token (or ended before one)."""
+        self.waiting.dec()
+        self.running.inc()
+
+    def end(self, started: bool = True) -> None:
+        """A generation begun with `begin` ended; `started`: it had reached `first_token`."""
         self.in_flight -= 1
         self.ended += 1
         self.active.dec()
+        (self.running if started else self.waiting).dec()
 
     def finished(self, done: Finished, endpoint: str) -> None:
         """Record one generation that ran to its end (or was cancelled by its client)."""
@@ -76,7 +96,10 @@ class EdgeMetrics:
             self.inter_token.observe(gap / 1000)
         self.request_latency.labels(endpoint).observe(done.total_ms / 1000)
         self.requests.labels(endpoint, done.finish_reason).inc()
-        self.output_tokens.inc(len(done.token_ids))
+        self.generation_tokens.inc(len(done.token_ids))
+        self.prompt_tokens.inc(done.prompt_tokens)
+        self.request_prompt.observe(done.prompt_tokens)
+        self.request_generation.observe(len(done.token_ids))
         if done.fallback:
             self.fallbacks.inc()
         self.replays.inc(done.replays)

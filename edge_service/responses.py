@@ -73,6 +73,7 @@ class Responder:
         self.echo = echo  # the prompt's text, sent before the generated text (completions' `echo`)
         self.continuous_usage = continuous_usage  # usage in every stream chunk (vLLM's continuous_usage_stats)
         self._offset = 0  # characters of completion text so far: the legacy logprobs' text_offset
+        self._first_seen = False  # the generation has produced its first event (waiting -> running)
         self.metrics = metrics or EdgeMetrics()
         self.model_name = model_name
         self.endpoint = endpoint
@@ -141,6 +142,18 @@ class Responder:
             chunk = ChatCompletionStreamResponse(choices=stream_choices, **envelope)
         return _sse(chunk.model_dump())
 
+    def _first(self) -> None:
+        """The generation's first event is out: it moves from waiting to running (metrics)."""
+        if not self._first_seen:
+            self._first_seen = True
+            self.metrics.first_token()
+
+    def _marking_first(self, events: Generator[Piece | Finished, None, None]
+                       ) -> Generator[Piece | Finished, None, None]:
+        for event in events:
+            self._first()
+            yield event
+
     async def body(self, request: GenerationRequest, disconnected: Callable[[], Awaitable[bool]]
                    ) -> CompletionResponse | ChatCompletionResponse:
         """The whole generation as one response body; a caller who hangs up cancels it, as a stream's does.
@@ -152,7 +165,8 @@ class Responder:
         cancel = threading.Event()
         self.metrics.begin()
         try:
-            work = asyncio.ensure_future(run_in_threadpool(lambda: list(self.orchestrator.generate(request, cancel))))
+            work = asyncio.ensure_future(run_in_threadpool(
+                lambda: list(self._marking_first(self.orchestrator.generate(request, cancel)))))
             while not (await asyncio.wait({work}, timeout=DISCONNECT_POLL_S))[0]:
                 if await disconnected():
                     cancel.set()
@@ -162,7 +176,7 @@ class Responder:
             self.metrics.failed(exc, self.endpoint)
             raise
         finally:
-            self.metrics.end()
+            self.metrics.end(self._first_seen)
         done = events[-1]
         assert isinstance(done, Finished)
         if cancel.is_set():
@@ -183,8 +197,9 @@ class Responder:
         self.metrics.begin()
         try:
             head = await run_in_threadpool(next, events)
+            self._first()
         except BaseException as exc:
-            self.metrics.end()
+            self.metrics.end(self._first_seen)
             self.metrics.failed(exc, self.endpoint)
             await run_in_threadpool(events.close)
             raise
@@ -233,7 +248,7 @@ class Responder:
             log.warning("request %s failed mid-stream: %s", self.id, exc)
             yield _sse(error_body(str(exc), exc.error_type, code=exc.status_code))
         finally:
-            self.metrics.end()
+            self.metrics.end(self._first_seen)
             if not ended:  # the client hung up before the end
                 self.metrics.disconnected(self.endpoint)
             cancel.set()

@@ -67,7 +67,7 @@ class EdgeRuntime:
     def build(cls, settings: EdgeSettings, loaded: LoadedModel | None = None,
               metrics: EdgeMetrics | None = None) -> EdgeRuntime:
         """Load the model, connect the cloud client, and start on the configured plan (or search one)."""
-        loaded = loaded or load_checkpoint(settings.model_dir)
+        loaded = settings.named(loaded or load_checkpoint(settings.model_dir))
         n = loaded.layered.num_layers
         metrics = metrics or EdgeMetrics()
         estimator = LinkEstimator()

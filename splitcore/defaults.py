@@ -2,11 +2,21 @@
 
 import contextlib
 import os
+import sysconfig
 import threading
 from contextlib import AbstractContextManager
 from pathlib import Path
 
-DEFAULT_MODEL_DIR = Path(__file__).resolve().parent.parent / "models" / "default"  # the checkpoint the project ships
+
+def _shipped_model() -> Path:
+    """The checkpoint the project ships: beside the code in a checkout (or an editable install), else where `pip
+    install` put it (pyproject's data-files: `<prefix>/share/edgesplit/models/default`)."""
+    checkout = Path(__file__).resolve().parent.parent / "models" / "default"
+    installed = Path(sysconfig.get_path("data")) / "share" / "edgesplit" / "models" / "default"
+    return checkout if (checkout / "config.json").is_file() or not (installed / "config.json").is_file() else installed
+
+
+DEFAULT_MODEL_DIR = _shipped_model()
 MIB = 2**20  # bytes in a mebibyte: settings and flags give sizes in MiB
 
 

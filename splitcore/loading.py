@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -96,13 +97,46 @@ def load_checkpoint(path: str | Path, dtype: torch.dtype = torch.float32) -> Loa
         UserError: the directory is missing or is not a checkpoint.
         UnsupportedModelError: the architecture is not one edgesplit can cut.
     """
-    path = Path(path)
+    path, name = resolve_model_dir(path)
     config = read_config(path)
     model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, local_files_only=True)
     tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
     layered = wrap(model)
     log.info("loaded %s (%s, %d blocks, hidden %d)", path, config.model_type, layered.num_layers, layered.hidden_size)
-    return _loaded(layered, tokenizer, path.name)
+    return _loaded(layered, tokenizer, name)
+
+
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+def resolve_model_dir(given: str | Path) -> tuple[Path, str]:
+    """The checkpoint directory `given` names, and the model's name: a directory (its name), a Hugging Face cache
+    snapshot (`.../models--org--name/snapshots/<rev>`) or repository cache (`.../models--org--name`, its
+    `refs/main`), or a hub id (`org/name`) already in the local cache (`HF_HOME`); nothing is downloaded.
+
+    Raises:
+        UserError: none of those, with what to do.
+    """
+    path = Path(given)
+    repo = next((p for p in (path, *path.parents) if p.name.startswith("models--")), None)
+    name = repo.name.removeprefix("models--").replace("--", "/") if repo is not None else path.name
+    if (path / "config.json").is_file():
+        return path, name
+    if repo == path and (path / "refs" / "main").is_file():  # a repository's cache: its main revision
+        snapshot = path / "snapshots" / (path / "refs" / "main").read_text().strip()
+        if (snapshot / "config.json").is_file():
+            return snapshot, name
+    if not path.exists() and HUB_ID.match(str(given)):
+        from huggingface_hub import snapshot_download
+        from huggingface_hub.errors import LocalEntryNotFoundError
+
+        try:
+            return Path(snapshot_download(str(given), local_files_only=True)), str(given)
+        except (LocalEntryNotFoundError, OSError, ValueError) as exc:
+            raise UserError(f"{given} is not a directory, and the hub model {given!r} is not in the local Hugging "
+                            f"Face cache ({exc.__class__.__name__}); download it where there is a network "
+                            f"(hf download {given}) and copy the cache, or pass the checkpoint directory") from exc
+    return path, name
 
 
 def from_config(config: PretrainedConfig, seed: int = 0, tokenizer: PreTrainedTokenizerBase | None = None,
@@ -121,7 +155,7 @@ def read_config(path: str | Path) -> PretrainedConfig:
         UserError: the directory is missing or is not a checkpoint.
         UnsupportedModelError: the architecture is not one edgesplit can cut.
     """
-    path = Path(path)
+    path = resolve_model_dir(path)[0]
     if not (path / "config.json").is_file():
         raise UserError(f"{path} is not a Hugging Face checkpoint directory (no config.json)")
     config = AutoConfig.from_pretrained(path, local_files_only=True)

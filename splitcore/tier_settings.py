@@ -6,7 +6,9 @@ field here is one flag of either `serve` command (`edgesplit.flags`).
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pydantic import Field
 from pydantic_settings import BaseSettings
@@ -16,6 +18,9 @@ from splitcore.defaults import DEFAULT_MODEL_DIR
 from splitcore.logs import LogFormat
 from splitcore.plan import BackendName
 
+if TYPE_CHECKING:
+    from splitcore.loading import LoadedModel
+
 
 class TierSettings(BaseSettings):
     """The fields both tiers' settings have, with the same meaning."""
@@ -23,6 +28,9 @@ class TierSettings(BaseSettings):
     model_dir: Path = Field(default=DEFAULT_MODEL_DIR,
         description="local Hugging Face checkpoint directory (weights, config; the edge's tokenizer)",
         json_schema_extra={"flags": ["--model"]})
+    served_model_name: str | None = Field(default=None, max_length=256,
+        description="the model's name in the API (/v1/models, requests' model) and metrics; default: the "
+                    "checkpoint's (its directory, or the hub id)")
     host: str = Field(default="127.0.0.1", description="address to listen on")
     threads: int | None = Field(default=None, description="torch intra-op threads; default: torch's choice (all cores)")
     backend: BackendName = Field(default="torch",
@@ -47,6 +55,10 @@ class TierSettings(BaseSettings):
     one_thread_below_mmacs: float = Field(default=32.0, ge=0,
         description="a forward whose positions x one block's parameters is below this many million runs on one "
                     "intra-op thread (waking the others after an idle wait costs more than they save); 0: never")
+
+    def named(self, loaded: LoadedModel) -> LoadedModel:
+        """`loaded` under `served_model_name` when one is set (a copy: the model itself is shared)."""
+        return dataclasses.replace(loaded, name=self.served_model_name) if self.served_model_name else loaded
 
     def batch_limits(self) -> BatchLimits:
         """The torch runner's batch limits from these settings."""

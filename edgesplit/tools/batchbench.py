@@ -55,6 +55,7 @@ from profiling.link_estimator import Link
 from profiling.profile import Profile
 from splitcore.codec import Dtype
 from splitcore.loading import LoadedModel, load_checkpoint
+from splitcore.metrics import sample_totals
 from splitcore.plan import Plan as SplitPlan
 from splitcore.ranges import LayerRange
 from splitcore.schema import SessionMeta
@@ -206,11 +207,7 @@ async def _cloud_counters(url: str) -> dict[str, float]:
     """The cloud's cumulative step and forward figures from its `/metrics`."""
     async with httpx.AsyncClient(base_url=url, timeout=10) as client:
         text = (await client.get("/metrics")).text
-    values = {}
-    for line in text.splitlines():
-        name, _, value = line.partition(" ")
-        if name in _COUNTERS:
-            values[name] = float(value)
+    values = sample_totals(text)
     return {name: values.get(name, 0.0) for name in _COUNTERS}
 
 

@@ -24,6 +24,7 @@ import openai
 from openai import AsyncOpenAI
 
 from splitcore.defaults import MIB
+from splitcore.metrics import sample_totals
 
 
 @dataclass
@@ -198,7 +199,5 @@ class MemorySampler:
 
 
 def _rss_mib(text: str) -> float | None:
-    for line in text.splitlines():
-        if line.startswith("process_resident_memory_bytes "):
-            return float(line.split()[1]) / MIB
-    return None
+    rss = sample_totals(text).get("process_resident_memory_bytes")
+    return rss / MIB if rss is not None else None

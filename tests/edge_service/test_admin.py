@@ -122,19 +122,38 @@ def test_bandwidth_history_and_metrics_are_served(urls: tuple[str, str], models:
     assert bw["estimate"]["samples"] > 0 and len(bw["history"]) >= 1
     requests = httpx.get(edge + "/admin/requests", headers=AUTH).json()["requests"]
     assert requests and requests[-1]["output_tokens"] >= 1
-    text = httpx.get(edge + "/metrics").text
-    for name in ["edgesplit_edge_time_to_first_token_seconds_bucket", "edgesplit_edge_inter_token_latency_seconds",
-                 "edgesplit_edge_request_duration_seconds", 'edgesplit_edge_link_bytes_total{direction="sent"}',
-                 "edgesplit_edge_active_requests 0.0", "edgesplit_edge_plan_changes_total",
-                 "edgesplit_edge_link_bandwidth_bps"]:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    def samples(url: str) -> dict[str, list]:
+        found: dict[str, list] = {}
+        for family in text_string_to_metric_families(httpx.get(url + "/metrics").text):
+            for sample in family.samples:
+                found.setdefault(sample.name, []).append(sample)
+        return found
+
+    text = samples(edge)
+    for name in ["edgesplit_edge_time_to_first_token_seconds_bucket", "edgesplit_edge_inter_token_latency_seconds_sum",
+                 "edgesplit_edge_request_duration_seconds_count", "edgesplit_edge_link_bytes_total",
+                 "edgesplit_edge_plan_changes_total", "edgesplit_edge_link_bandwidth_bits_per_second",
+                 "edgesplit_edge_prompt_tokens_total", "edgesplit_edge_generation_tokens_total",
+                 "edgesplit_edge_request_prompt_tokens_bucket", "edgesplit_edge_request_generation_tokens_bucket",
+                 "edgesplit_edge_num_requests_running", "edgesplit_edge_num_requests_waiting",
+                 "edgesplit_edge_batch_size_bucket"]:
         assert name in text, name
-    cloud_text = httpx.get(cloud + "/metrics").text
+    assert [s.value for s in text["edgesplit_edge_active_requests"]] == [0.0]
+    assert [s.value for s in text["edgesplit_edge_num_requests_running"]] == [0.0]
+    assert [s.value for s in text["edgesplit_edge_num_requests_waiting"]] == [0.0]
+    assert text["edgesplit_edge_generation_tokens_total"][0].value >= 1
+    assert all(s.labels["model_name"] == models["gpt2"].name for series in text.values() for s in series)
+    cloud_text = samples(cloud)
     for name in ["edgesplit_cloud_step_duration_seconds_bucket", "edgesplit_cloud_active_sessions",
-                 'edgesplit_cloud_link_bytes_total{direction="received"}', "edgesplit_cloud_cache_bytes",
+                 "edgesplit_cloud_link_bytes_total", "edgesplit_cloud_cache_bytes",
                  "edgesplit_cloud_batch_size_bucket", "edgesplit_cloud_batch_queue_wait_seconds_bucket",
-                 "edgesplit_cloud_batch_current_size", "edgesplit_cloud_batch_forward_seconds_bucket"]:
+                 "edgesplit_cloud_batch_current_size", "edgesplit_cloud_batch_forward_seconds_bucket",
+                 "edgesplit_cloud_session_evictions_total", "edgesplit_cloud_kv_cache_usage_ratio",
+                 "edgesplit_cloud_num_requests_running", "edgesplit_cloud_num_requests_waiting"]:
         assert name in cloud_text, name
-    assert "edgesplit_edge_batch_size_bucket" in text
+    assert {s.labels["direction"] for s in cloud_text["edgesplit_cloud_link_bytes_total"]} >= {"received"}
     batching = httpx.get(edge + "/admin/batching", headers=AUTH).json()
     assert batching["edge"]["batch_size"] >= 1  # this edge runs every block ("edge" cut)
     assert batching["cloud"]["batch_size"] >= 0 and "sessions" in batching["cloud"]

@@ -93,8 +93,10 @@ def test_the_cloud_holds_no_session_after_requests_finish(stack: dict) -> None:
     ({"prompt": [10**7]}, "token ids"),
     ({"prompt": "x " * 600}, "the limit is"),
     ({"prompt": [5] * 500, "max_tokens": 100}, "positions"),
-    ({"prompt": PROMPT, "logprobs": 3}, "not supported"),
-    ({"prompt": PROMPT, "unknown_field": 1}, "unknown_field"),
+    ({"prompt": PROMPT, "best_of": 3}, "best_of"),
+    ({"prompt": PROMPT, "logprobs": 50}, "logprobs"),
+    ({"prompt": PROMPT, "presence_penalty": 1.0}, "presence_penalty"),
+    ({"prompt": PROMPT, "echo": True, "logprobs": 1}, "echo"),
 ])
 def test_bad_completion_requests_get_a_400_in_the_openai_error_shape(stack: dict, body: dict, fragment: str) -> None:
     response = httpx.post(f"{stack['edges']['1:3']}/v1/completions", json=body, timeout=30)

@@ -1,14 +1,11 @@
 FROM python:3.11-slim
 WORKDIR /app
-COPY pyproject.toml README.md ./
-COPY splitcore splitcore
-COPY edge_service edge_service
-COPY cloud_service cloud_service
-COPY partitioner partitioner
-COPY edgesplit edgesplit
-COPY models models
-# Point PIP_EXTRA_INDEX_URL at a CPU-only torch index to keep the image small; plain PyPI works too.
-ARG PIP_EXTRA_INDEX_URL=""
-RUN pip install --no-cache-dir -e .
+# The CPU build of torch first, from PyTorch's CPU index: the default index's torch==2.13.0 is the CUDA build
+# (about 6 GB). pyproject pins the same version, so the install below keeps this one.
+RUN pip install --no-cache-dir --index-url https://download.pytorch.org/whl/cpu torch==2.13.0
+COPY . .
+# A plain install: code, and the shipped model under /usr/local/share/edgesplit (the default --model).
+RUN pip install --no-cache-dir . && rm -rf /app
+WORKDIR /
 EXPOSE 8000 8001
 ENTRYPOINT ["edgesplit"]

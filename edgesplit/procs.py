@@ -47,10 +47,18 @@ def serve(tier: str, args: list[str], port: int, log_path: Path | None = None,
     `cpus` pins the process to those cores, so two tiers on one machine stand for two machines.
     """
     cmd = [sys.executable, "-m", "edgesplit.cli", "serve", tier, *args, "--port", str(port)]
+    with serve_command(cmd, log_path, env, cpus) as proc:
+        yield proc
+
+
+@contextmanager
+def serve_command(cmd: list[str], log_path: Path | None = None, env: dict[str, str] | None = None,
+                  cpus: set[int] | None = None, cwd: Path | None = None) -> Iterator[subprocess.Popen]:
+    """Run the server `cmd` until the block ends (SIGTERM, then SIGKILL after 15 s); output to `log_path`."""
     out = open(log_path, "w") if log_path else subprocess.DEVNULL  # noqa: SIM115  # closed below
     pin = (lambda: os.sched_setaffinity(0, cpus)) if cpus else None
     proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})},
-                            preexec_fn=pin)  # noqa: PLW1509  # runs only the affinity call
+                            preexec_fn=pin, cwd=cwd)  # noqa: PLW1509  # runs only the affinity call
     try:
         yield proc
     finally:

@@ -33,16 +33,38 @@ def test_compose_runs_the_makefile_services_with_health_checks() -> None:
     assert flag(edge, "--port") == _make_var("EDGE_PORT", makefile)
     assert flag(edge, "--cloud") == f"http://cloud:{_make_var('CLOUD_PORT', makefile)}"
     assert flag(edge, "--cut") == _make_var("CUT", makefile)
-    assert flag(edge, "--model") == flag(cloud, "--model") == _make_var("MODEL", makefile)
+    assert flag(edge, "--model") == flag(cloud, "--model") == "/model"
+    for service in services.values():  # the mounted checkpoint: the Makefile's model unless the user names one
+        (mount,) = service["volumes"]
+        assert mount["target"] == "/model" and mount["read_only"]
+        assert mount["source"] == "${EDGESPLIT_MODEL_DIR:-./" + _make_var("MODEL", makefile) + "}"
     serve_edge = re.search(r"^serve-edge:.*\n\t(.+)$", makefile, re.M)
     assert serve_edge and f"--codec {flag(edge, '--codec')}" in serve_edge.group(1)
 
 
-def test_compose_ports_match_the_commands() -> None:
+def test_compose_publishes_the_edge_and_keeps_the_cloud_on_its_network() -> None:
     compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
-    for service in compose["services"].values():
-        port = service["command"][service["command"].index("--port") + 1]
-        assert service["ports"] == [f"{port}:{port}"]
+    port = lambda service: service["command"][service["command"].index("--port") + 1]  # noqa: E731
+    edge, cloud = compose["services"]["edge"], compose["services"]["cloud"]
+    assert edge["ports"] == [f"{port(edge)}:{port(edge)}"]
+    assert "ports" not in cloud and cloud["expose"] == [port(cloud)]
+
+
+def test_the_cloud_never_runs_open_in_compose() -> None:
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    token = compose["services"]["cloud"]["environment"]["CLOUD_AUTH_TOKEN"]
+    assert token.startswith("${EDGESPLIT_CLOUD_TOKEN:?")  # compose refuses to start without it
+
+
+def test_the_image_installs_the_cpu_build_of_the_pinned_torch_first() -> None:
+    import tomllib
+
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    pinned = next(d for d in tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+                  if d.startswith("torch=="))
+    torch_line = next(line for line in dockerfile.splitlines() if line.startswith("RUN") and "torch==" in line)
+    assert "download.pytorch.org/whl/cpu" in torch_line and torch_line.rstrip().endswith(pinned)
+    assert dockerfile.index(torch_line) < dockerfile.index("pip install --no-cache-dir .")
 
 
 def test_the_cli_parses_every_flag_compose_passes() -> None:

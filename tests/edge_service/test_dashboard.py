@@ -37,6 +37,9 @@ def test_the_dashboard_draws_the_plan_and_repartitions_from_its_form(models: dic
                 page = browser.new_page(viewport={"width": 1150, "height": 1300})
                 first = page.goto(f"{url}/admin/dashboard")
                 assert first is not None and first.status == 401
+                page.fill("#token", "not-the-token")
+                page.click("#sign-in")
+                expect(page.locator("#message")).to_contain_text("wrong", timeout=15_000)  # back at the form
                 page.fill("#token", "dash-token")
                 page.click("#sign-in")
                 page.wait_for_url(f"{url}/admin/dashboard")
@@ -47,6 +50,11 @@ def test_the_dashboard_draws_the_plan_and_repartitions_from_its_form(models: dic
                 expect(page.locator("#cost-bars rect").first).to_be_visible(timeout=30_000)
                 expect(page.locator("#summary")).to_contain_text("edge [0, 1) -> cloud [1, 3)")
                 expect(page.locator("#summary")).to_contain_text("batch: cloud 0 (of 0 sessions), edge 0")
+                expect(page.locator("#cost-bars [data-axis='ms per decode step']")).to_have_count(1)
+                expect(page.locator("#request-chart [data-axis='requests per 10 s']")).to_have_count(1)
+                expect(page.locator("#request-chart [data-axis='minutes ago']")).to_have_count(1)
+                expect(page.locator("#bandwidth-chart [data-axis='round trip, ms']")).to_have_count(1, timeout=15_000)
+                expect(page.locator("#bandwidth-chart [data-axis='bandwidth, Mbit/s (log)']")).to_have_count(1)
                 page.screenshot(path=str(ARTIFACTS / "dashboard.png"), full_page=True)
 
                 page.fill("#cut", "2:4")
@@ -59,6 +67,9 @@ def test_the_dashboard_draws_the_plan_and_repartitions_from_its_form(models: dic
                 page.click("#apply-cut")
                 expect(page.locator("#status")).to_contain_text("refused", timeout=15_000)
                 page.screenshot(path=str(ARTIFACTS / "dashboard-after-repartition.png"), full_page=True)
+                page.click("#sign-out button")
+                page.wait_for_url(f"{url}/admin/login")
+                assert page.goto(f"{url}/admin/dashboard").status == 401  # type: ignore[union-attr]
             finally:
                 browser.close()
 

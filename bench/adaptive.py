@@ -68,7 +68,8 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="edgesplit-adaptive-"))
     model = ROOT / DEFAULT_MODEL_DIR
     common = ["--edge-profile", str(ROOT / "profiles/edge-1thread-default.json"), "--emulate-slowdown",
-              str(args.slowdown), "--threads", "1", "--probe-interval-s", "1", "--workload", f"32:{args.max_tokens}"]
+              str(args.slowdown), "--threads", "1", "--probe-interval-s", "1", "--workload", f"32:{args.max_tokens}",
+              "--probe-max-interval-s", "1", "--probe-budget-bytes-per-s", "1e9"]  # probe every idle second, as before
     cloud_args = ["--threads", "1", "--profile", str(ROOT / "profiles/cloud-default.json")]
     fast = PHASES[0][1:]
     with deployment(model, ["--plan", "auto", "--max-codec-loss", "0", *common], work / "adaptive",

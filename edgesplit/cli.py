@@ -160,7 +160,8 @@ def _status(args: argparse.Namespace) -> None:
         return
     plan, batching, requests = (admin[k].json() for k in ("plan", "batching", "requests"))
     link = plan["link"]
-    print(f"  link estimate: {link['bandwidth_bps'] / 1e6:.1f} Mbit/s, RTT {link['rtt_ms']:.2f} ms "
+    least = "" if link.get("bandwidth_resolved", True) else "at least "
+    print(f"  link estimate: {least}{link['bandwidth_bps'] / 1e6:.1f} Mbit/s, RTT {link['rtt_ms']:.2f} ms "
           f"(confidence {link['confidence']:.2f}, {link['samples']} exchanges)")
     print(f"  plan changes: {len(plan.get('changes', []))}; adaptive: {plan.get('adaptive')}")
     cloud = batching.get("cloud")

@@ -12,6 +12,7 @@ after the link changes the estimate follows within that horizon instead of avera
 
 from __future__ import annotations
 
+import math
 import statistics
 import threading
 import time
@@ -49,6 +50,9 @@ class LinkEstimate:
     rtt_ms: float
     confidence: float  # 0 (a guess) to 1 (many samples of well-spread sizes)
     samples: int
+    # False when the recent exchanges could not measure the bandwidth (one size only, or a link so fast their
+    # transfer times are lost in the jitter): it is then the last measured one, or a lower bound
+    bandwidth_resolved: bool = True
 
     def as_link(self) -> Link:
         return Link(bandwidth_bps=self.bandwidth_bps, rtt_ms=self.rtt_ms)
@@ -62,7 +66,7 @@ class LinkEstimator:
         self._samples: deque[Sample] = deque(maxlen=window)
         self._lock = threading.Lock()
         self._clock = clock
-        self._prior = LinkEstimate(prior_bandwidth_bps, prior_rtt_ms, 0.0, 0)
+        self._prior = LinkEstimate(prior_bandwidth_bps, prior_rtt_ms, 0.0, 0, bandwidth_resolved=False)
         self.max_age_s = max_age_s  # exchanges older than this no longer count (unless too few are newer)
         self.min_recent = min_recent  # the newest this many always count, however old
         self.bytes_observed = 0  # both ways, every exchange since start
@@ -86,34 +90,54 @@ class LinkEstimator:
         if len(set(xs)) < 2 or max(xs) < 2 * min(xs):  # sizes too alike: only the RTT is known
             known = self._bandwidth_bps  # the last bandwidth seen from well-spread sizes, else the prior
             rtt = statistics.median(ys) - statistics.median(xs) * 8 / known * 1000
-            return LinkEstimate(known, max(0.0, rtt), min(0.3, len(samples) / 30), len(samples))
-        slope, intercept = statistics.linear_regression(xs, ys)
+            return LinkEstimate(known, max(0.0, rtt), min(0.3, len(samples) / 30), len(samples),
+                                bandwidth_resolved=False)
         spread = min(1.0, (max(xs) / min(xs)) / 100)
         confidence = min(1.0, len(samples) / 30) * (0.5 + 0.5 * spread)
-        error = _slope_error(xs, ys, slope, intercept)
-        if slope > 2 * error:  # the larger exchanges take measurably longer: the slope is the bandwidth
+        # The bandwidth from the lower envelope: the quickest exchange of each size class. Queueing, scheduling
+        # and a busy peer only ever add time, so the quickest are the link itself; a least-squares line through
+        # every exchange let one slow prefill pull a fast link's estimate down by 10x (loopback, 8 Mbit/s).
+        envelope = _envelope(samples)
+        slope = statistics.linear_regression(*zip(*envelope, strict=True))[0] if len(envelope) >= 2 else 0.0
+        jitter = _jitter(samples)
+        rise = slope * (envelope[-1][0] - envelope[0][0]) if len(envelope) >= 2 else 0.0
+        resolved = slope > 0 and rise > jitter
+        if resolved:  # the larger exchanges take measurably longer: the slope is the bandwidth
             self._bandwidth_bps = 8 / (slope / 1000)
-            return LinkEstimate(self._bandwidth_bps, max(0.0, intercept), confidence, len(samples))
-        # Their extra time is lost in the noise (a fast link, loopback): the link is at least as fast as a slope
-        # one standard error above the fit says; the bandwidth seen last (or the prior) stands unless slower.
-        floor = 8 / ((slope + error) / 1000) if slope + error > 0 else self._bandwidth_bps
-        self._bandwidth_bps = max(self._bandwidth_bps, floor)
-        rtt = statistics.median(ys) - statistics.median(xs) * 8 / self._bandwidth_bps * 1000
-        return LinkEstimate(self._bandwidth_bps, max(0.0, rtt), confidence / 2, len(samples))
+        else:
+            # Their extra time is lost in the jitter (a fast link, loopback): the link carries the size spread in
+            # less than the jitter at most; the bandwidth seen last (or the prior) stands unless slower than that.
+            if jitter > 0 and len(envelope) >= 2:
+                floor = (envelope[-1][0] - envelope[0][0]) * 8 / (jitter / 1000)
+                self._bandwidth_bps = max(self._bandwidth_bps, floor)
+            confidence /= 2
+        # The round trip of a typical exchange, each one's transfer at this bandwidth taken off.
+        rtt = statistics.median(y - x * 8 / self._bandwidth_bps * 1000 for x, y in zip(xs, ys, strict=True))
+        return LinkEstimate(self._bandwidth_bps, max(0.0, rtt), confidence, len(samples), resolved)
 
     def idle_for_s(self) -> float:
         with self._lock:
             return self._clock() - self._samples[-1].at_s if self._samples else float("inf")
 
 
-def _slope_error(xs: list[float], ys: list[float], slope: float, intercept: float) -> float:
-    """The standard error of a least-squares slope (0 with too few points to tell)."""
-    if len(xs) < 3:
-        return 0.0
-    mean = statistics.fmean(xs)
-    sxx = sum((x - mean) ** 2 for x in xs)
-    residual = sum((y - intercept - slope * x) ** 2 for x, y in zip(xs, ys, strict=True)) / (len(xs) - 2)
-    return (residual / sxx) ** 0.5 if sxx > 0 else 0.0
+def _envelope(samples: list[Sample]) -> list[tuple[float, float]]:
+    """(bytes, transfer ms) of the quickest exchange in each half-octave of sizes, smallest first."""
+    quickest: dict[int, Sample] = {}
+    for s in samples:
+        k = int(2 * math.log2(max(s.bytes_total, 1)))
+        if k not in quickest or s.transfer_ms < quickest[k].transfer_ms:
+            quickest[k] = s
+    return [(float(quickest[k].bytes_total), quickest[k].transfer_ms) for k in sorted(quickest)]
+
+
+def _jitter(samples: list[Sample]) -> float:
+    """How much slower than the quickest a typical exchange of the commonest size class is (ms): the noise a
+    size's transfer time must rise above to be seen."""
+    classes: dict[int, list[float]] = {}
+    for s in samples:
+        classes.setdefault(int(2 * math.log2(max(s.bytes_total, 1))), []).append(s.transfer_ms)
+    commonest = max(classes.values(), key=len)
+    return statistics.median(commonest) - min(commonest) if len(commonest) >= 3 else 0.0
 
 
 def parse_bandwidth(text: str) -> float:

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 import sysconfig
@@ -28,7 +29,10 @@ def test_pip_install_outside_the_checkout_serves_the_shipped_model(tmp_path: Pat
     # The dependencies come from this environment (installing torch again would only copy it); edgesplit itself,
     # its code and its model, is what `pip install` puts in the new one.
     Path(site, "_edgesplit_deps.pth").write_text(sysconfig.get_path("purelib") + "\n")
-    subprocess.run([venv / "bin" / "pip", "install", "--quiet", "--no-deps", str(ROOT)], check=True, cwd=tmp_path)
+    source = tmp_path / "source"  # a copy: pip builds in the source tree, and the checkout stays as it is
+    shutil.copytree(ROOT, source, ignore=shutil.ignore_patterns(".git", ".venv", "build", "*.egg-info", "__pycache__",
+                                                                "test-artifacts", "results", ".*_cache"))
+    subprocess.run([venv / "bin" / "pip", "install", "--quiet", "--no-deps", str(source)], check=True, cwd=tmp_path)
     edgesplit = str(venv / "bin" / "edgesplit")
     cloud_port, edge_port = free_port(), free_port()
     cloud_cmd = [edgesplit, "serve", "cloud", "--port", str(cloud_port)]

@@ -77,3 +77,26 @@ def test_decode_only_traffic_keeps_the_bandwidth_last_measured_not_the_prior() -
         est.observe(*exchange(830, 8e6, 20.0))
     e = est.estimate()
     assert e.bandwidth_bps == pytest.approx(8e6, rel=1e-6) and e.rtt_ms == pytest.approx(20.0, abs=1e-6)
+
+
+def test_a_slow_exchange_does_not_drag_a_measured_bandwidth_down() -> None:
+    est = LinkEstimator()
+    sizes = [1200] * 19 + [40_000]  # a generation: decode steps and one prefill
+    for i, nbytes in enumerate(sizes * 4):
+        _, elapsed, _ = exchange(nbytes, 10e6, 20.0)
+        est.observe(nbytes, elapsed + (30.0 if i == 19 else 0.2 * (i % 3)))  # one prefill waited 30 ms more
+    e = est.estimate()
+    assert e.bandwidth_resolved and e.bandwidth_bps == pytest.approx(10e6, rel=0.1)
+    assert e.rtt_ms == pytest.approx(20.2, abs=0.3)
+
+
+def test_on_a_link_too_fast_for_the_frames_the_bandwidth_is_a_lower_bound() -> None:
+    est = LinkEstimator(prior_bandwidth_bps=100e6)
+    for i in range(60):  # 20 Gbit/s: 150 kB take 0.06 ms, less than the 0.3 ms jitter of each exchange
+        nbytes = 150_000 if i % 10 == 0 else 1200
+        _, elapsed, _ = exchange(nbytes, 20e9, 1.0)
+        est.observe(nbytes, elapsed + 0.1 * (i % 4))
+    e = est.estimate()
+    assert not e.bandwidth_resolved
+    assert e.bandwidth_bps >= (150_000 - 1200) * 8 / 0.3e-3 * 0.99  # what the jitter allows, at least
+    assert e.rtt_ms == pytest.approx(1.1, abs=0.15)

@@ -147,22 +147,25 @@ def _served_name(app: FastAPI) -> str:
 
 
 async def _probe_when_idle(runtime: EdgeRuntime) -> None:
-    """`--plan auto`: keep the link estimate fresh while no request crosses the link (real exchanges teach it
-    otherwise), without spending a metered link: after each idle probe the wait doubles, up to
-    `probe_max_interval_s`, and is at least what keeps the average under `probe_budget_bytes_per_s`; the first
-    real exchange brings it back to `probe_interval_s`. A static plan never probes (it has nothing to decide).
+    """`--plan auto`: keep the link estimate fresh while no frame crosses the link (real exchanges teach it
+    otherwise), without spending an idle device's link: every `probe_interval_s` while requests are being served
+    (an edge-only plan must see the link recover to go back to a split), and while none are, a wait that doubles
+    after each probe, up to `probe_max_interval_s`, and is at least what keeps the average under
+    `probe_budget_bytes_per_s`. A static plan never probes (it has nothing to decide).
 
     The large probe is sized to take about 50 ms on the estimated link, so a slow link is not flooded.
     """
     from profiling.link_estimator import PROBE_SMALL, probe_link, probe_size
 
-    settings = runtime.settings
+    settings, metrics = runtime.settings, runtime.metrics
     if not runtime.replanner.adaptive:
         return
-    wait = settings.probe_interval_s
+    wait, ended = settings.probe_interval_s, metrics.ended
     while True:
         await asyncio.sleep(wait)
-        if runtime.link.idle_for_s() < wait:  # real traffic since: it keeps the estimate fresh
+        serving = metrics.in_flight > 0 or metrics.ended != ended
+        ended = metrics.ended
+        if runtime.link.idle_for_s() < wait:  # frames crossed since: they keep the estimate fresh
             wait = settings.probe_interval_s
             continue
         large = probe_size(runtime.link.estimate().bandwidth_bps)
@@ -170,8 +173,8 @@ async def _probe_when_idle(runtime: EdgeRuntime) -> None:
             await run_in_threadpool(probe_link, runtime.cloud.probe, runtime.link, 1, large)
         except EdgesplitError as exc:  # an unreachable cloud is reported by /health, not here
             log.debug("idle link probe failed: %s", exc)
-        wait = min(settings.probe_max_interval_s,
-                   max(2 * wait, (PROBE_SMALL + large) / settings.probe_budget_bytes_per_s))
+        backed_off = max(2 * wait, (PROBE_SMALL + large) / settings.probe_budget_bytes_per_s)
+        wait = settings.probe_interval_s if serving else min(settings.probe_max_interval_s, backed_off)
 
 
 async def _replan_forever(runtime: EdgeRuntime) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 import time
 import uuid
 from pathlib import Path
@@ -15,6 +14,7 @@ from edgesplit.procs import free_port, serve, wait_healthy
 from splitcore.codec import Dtype
 from splitcore.defaults import DEFAULT_MODEL_DIR
 from splitcore.loading import load_checkpoint
+from splitcore.metrics import sample_totals
 from splitcore.ranges import LayerRange
 from splitcore.schema import SessionMeta
 from splitcore.wire import MEDIA_TYPE, FrameCodec
@@ -23,9 +23,7 @@ pytestmark = pytest.mark.e2e  # spawns processes, drives a browser or fuzzes: ou
 
 
 def rss_mib(url: str) -> float:
-    match = re.search(r"^process_resident_memory_bytes (\S+)$", httpx.get(f"{url}/metrics").text, re.M)
-    assert match is not None
-    return float(match.group(1)) / 2**20
+    return sample_totals(httpx.get(f"{url}/metrics").text)["process_resident_memory_bytes"] / 2**20
 
 
 def test_after_a_burst_of_sessions_the_clouds_memory_comes_back(tmp_path: Path) -> None:

@@ -78,7 +78,7 @@ class EdgeMetrics:
         self.waiting.inc()
 
     def first_token(self) -> None:
-        """A generation begun with `begin` has its first token (or ended before one)."""
+        """A generation begun with `begin` has its first token: it moves from waiting to running."""
         self.waiting.dec()
         self.running.inc()
 

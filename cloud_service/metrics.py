@@ -10,10 +10,10 @@ from prometheus_client.core import CounterMetricFamily
 from prometheus_client.registry import Collector
 
 from cloud_service.sessions import SessionStore
+from splitcore.metrics import LATENCY_BUCKETS_S, BatchMetrics
 
 if TYPE_CHECKING:
     from cloud_service.engine import ShardEngine
-from splitcore.metrics import LATENCY_BUCKETS_S, BatchMetrics
 
 
 class CloudMetrics:

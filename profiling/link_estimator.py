@@ -120,11 +120,16 @@ class LinkEstimator:
             return self._clock() - self._samples[-1].at_s if self._samples else float("inf")
 
 
+def _size_class(nbytes: int) -> int:
+    """Which half-octave of sizes an exchange of `nbytes` falls in."""
+    return int(2 * math.log2(max(nbytes, 1)))
+
+
 def _envelope(samples: list[Sample]) -> list[tuple[float, float]]:
     """(bytes, transfer ms) of the quickest exchange in each half-octave of sizes, smallest first."""
     quickest: dict[int, Sample] = {}
     for s in samples:
-        k = int(2 * math.log2(max(s.bytes_total, 1)))
+        k = _size_class(s.bytes_total)
         if k not in quickest or s.transfer_ms < quickest[k].transfer_ms:
             quickest[k] = s
     return [(float(quickest[k].bytes_total), quickest[k].transfer_ms) for k in sorted(quickest)]
@@ -135,7 +140,7 @@ def _jitter(samples: list[Sample]) -> float:
     size's transfer time must rise above to be seen."""
     classes: dict[int, list[float]] = {}
     for s in samples:
-        classes.setdefault(int(2 * math.log2(max(s.bytes_total, 1))), []).append(s.transfer_ms)
+        classes.setdefault(_size_class(s.bytes_total), []).append(s.transfer_ms)
     commonest = max(classes.values(), key=len)
     return statistics.median(commonest) - min(commonest) if len(commonest) >= 3 else 0.0
 

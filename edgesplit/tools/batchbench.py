@@ -35,7 +35,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import json
 import statistics
 import subprocess
 import sys
@@ -50,6 +49,7 @@ import torch
 
 from edgesplit.procs import free_port, serve, wait_healthy
 from edgesplit.tools.checkpoints import model_dir
+from edgesplit.tools.reports import write_report
 from partitioner.costmodel import Estimate, Workload, predict
 from profiling.link_estimator import Link
 from profiling.profile import Profile
@@ -361,9 +361,8 @@ def main(argv: list[str] | None = None) -> None:
     for name in args.models:
         path = model_dir(name, work)
         results.append(bench_model(path, name, args, work))
-    report = {"args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}, "models": results}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=1))
+    report: dict = {"models": results}
+    write_report(args, report)
     from edgesplit.tools.batchplot import plot  # matplotlib only when writing the report
 
     print(f"report: {args.out}; plot: {plot(report, args.out.with_suffix('.png'))}")

@@ -23,6 +23,7 @@ from pathlib import Path
 
 from edgesplit.procs import free_port, serve, wait_healthy
 from edgesplit.tools.loadgen import MemorySampler, Stage, prompt_ids, run_stage, summarise
+from edgesplit.tools.reports import write_report
 from splitcore.defaults import DEFAULT_MODEL_DIR
 
 
@@ -130,9 +131,7 @@ def main(argv: list[str] | None = None) -> None:
             wait_healthy(f"{edge}/health", proc)
             print(f"spawned cloud {cloud} and edge {edge} (cut {args.cut}); logs in {logs}", flush=True)
         report = asyncio.run(run_all(args, edge, cloud))
-    report["args"] = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=1))
+    write_report(args, report)
     print(f"memory (MiB): {json.dumps(report['memory_summary'])}")
     from edgesplit.tools.loadplot import plot  # matplotlib only when writing the report
 

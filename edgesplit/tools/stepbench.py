@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import statistics
 import tempfile
 import time
@@ -29,6 +28,7 @@ import torch
 from edge_service.channel_client import FrameChannel
 from edgesplit.procs import free_port, serve, wait_healthy
 from edgesplit.tools.checkpoints import model_dir
+from edgesplit.tools.reports import write_report
 from splitcore.loading import load_checkpoint
 from splitcore.wire import HEADER_BYTES
 
@@ -165,9 +165,7 @@ def main(argv: list[str] | None = None) -> None:
     for name in args.models:
         path = model_dir(name, work)
         rows.append(bench_model(name, path, CUTS.get(name, "2"), args, work))
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    report = {"args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}, "rows": rows}
-    args.out.write_text(json.dumps(report, indent=1))
+    write_report(args, {"rows": rows})
     print(f"report: {args.out}")
 
 

@@ -10,8 +10,11 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
 
+import httpx
 import uvicorn
 from fastapi import FastAPI
+from prometheus_client.parser import text_string_to_metric_families
+from prometheus_client.samples import Sample
 
 from cloud_service.app import create_app as create_cloud
 from cloud_service.settings import CloudSettings
@@ -47,6 +50,15 @@ class LoopbackServer:
                  tb: TracebackType | None) -> None:
         self.server.should_exit = True
         self.thread.join(timeout=30)
+
+
+def metric_samples(url: str) -> dict[str, list[Sample]]:
+    """Each sample name on `url`'s /metrics with its samples (labels and value), as Prometheus parses them."""
+    found: dict[str, list[Sample]] = {}
+    for family in text_string_to_metric_families(httpx.get(f"{url}/metrics").text):
+        for sample in family.samples:
+            found.setdefault(sample.name, []).append(sample)
+    return found
 
 
 @dataclass(frozen=True)

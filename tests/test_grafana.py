@@ -7,21 +7,16 @@ import re
 from pathlib import Path
 
 import httpx
-from prometheus_client.parser import text_string_to_metric_families
 
 from splitcore.loading import LoadedModel
-from tests.servers import edge_and_cloud
+from tests.servers import edge_and_cloud, metric_samples
 
 DASHBOARD = Path(__file__).resolve().parents[1] / "deploy" / "grafana-dashboard.json"
 
 
 def _exported(url: str) -> dict[str, set[str]]:
     """Each sample name on `url`'s /metrics, with the label names it carries."""
-    found: dict[str, set[str]] = {}
-    for family in text_string_to_metric_families(httpx.get(f"{url}/metrics").text):
-        for sample in family.samples:
-            found.setdefault(sample.name, set()).update(sample.labels)
-    return found
+    return {name: {label for s in samples for label in s.labels} for name, samples in metric_samples(url).items()}
 
 
 def test_every_series_the_dashboard_queries_is_exported_with_its_model(models: dict[str, LoadedModel]) -> None:

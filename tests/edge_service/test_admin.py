@@ -12,7 +12,7 @@ from edge_service.settings import EdgeSettings
 from splitcore.loading import LoadedModel
 from splitcore.testing import reference_text
 from tests.fakes import Clock
-from tests.servers import LoopbackServer, edge_and_cloud
+from tests.servers import LoopbackServer, edge_and_cloud, metric_samples
 
 TOKEN = "s3cret-admin-token"
 AUTH = {"authorization": f"Bearer {TOKEN}"}
@@ -122,16 +122,7 @@ def test_bandwidth_history_and_metrics_are_served(urls: tuple[str, str], models:
     assert bw["estimate"]["samples"] > 0 and len(bw["history"]) >= 1
     requests = httpx.get(edge + "/admin/requests", headers=AUTH).json()["requests"]
     assert requests and requests[-1]["output_tokens"] >= 1
-    from prometheus_client.parser import text_string_to_metric_families
-
-    def samples(url: str) -> dict[str, list]:
-        found: dict[str, list] = {}
-        for family in text_string_to_metric_families(httpx.get(url + "/metrics").text):
-            for sample in family.samples:
-                found.setdefault(sample.name, []).append(sample)
-        return found
-
-    text = samples(edge)
+    text = metric_samples(edge)
     for name in ["edgesplit_edge_time_to_first_token_seconds_bucket", "edgesplit_edge_inter_token_latency_seconds_sum",
                  "edgesplit_edge_request_duration_seconds_count", "edgesplit_edge_link_bytes_total",
                  "edgesplit_edge_plan_changes_total", "edgesplit_edge_link_bandwidth_bits_per_second",
@@ -145,7 +136,7 @@ def test_bandwidth_history_and_metrics_are_served(urls: tuple[str, str], models:
     assert [s.value for s in text["edgesplit_edge_num_requests_waiting"]] == [0.0]
     assert text["edgesplit_edge_generation_tokens_total"][0].value >= 1
     assert all(s.labels["model_name"] == models["gpt2"].name for series in text.values() for s in series)
-    cloud_text = samples(cloud)
+    cloud_text = metric_samples(cloud)
     for name in ["edgesplit_cloud_step_duration_seconds_bucket", "edgesplit_cloud_active_sessions",
                  "edgesplit_cloud_link_bytes_total", "edgesplit_cloud_cache_bytes",
                  "edgesplit_cloud_batch_size_bucket", "edgesplit_cloud_batch_queue_wait_seconds_bucket",

@@ -7,7 +7,6 @@ Both tiers run the shipped model with the cloud's shard API behind a bearer toke
 from __future__ import annotations
 
 import json
-import re
 import signal
 import subprocess
 import time
@@ -17,11 +16,13 @@ from pathlib import Path
 
 import httpx
 import pytest
+from prometheus_client.samples import Sample
 
 from edgesplit.procs import free_port, serve, wait_healthy
 from splitcore.defaults import DEFAULT_MODEL_DIR
 from splitcore.loading import LoadedModel, load_checkpoint
 from splitcore.testing import reference_text
+from tests.servers import metric_samples
 
 pytestmark = pytest.mark.e2e  # spawns processes, drives a browser or fuzzes: out of the fast loop (-m 'not e2e')
 
@@ -133,18 +134,16 @@ def test_clients_hanging_up_mid_stream_free_both_tiers(tmp_path: Path) -> None:
                         break  # hang up mid-stream
         deadline = time.monotonic() + 10
         while True:
-            edge_active = _gauge(httpx.get(f"{edge}/metrics").text, "edgesplit_edge_active_requests")
-            cloud_metrics = httpx.get(f"http://127.0.0.1:{port}/metrics").text
+            edge_active = _gauge(metric_samples(edge), "edgesplit_edge_active_requests")
+            cloud_metrics = metric_samples(f"http://127.0.0.1:{port}")
             cloud_sessions = _gauge(cloud_metrics, "edgesplit_cloud_active_sessions")
             cloud_steps = _gauge(cloud_metrics, "edgesplit_cloud_in_flight_steps")
             if edge_active == 0 and cloud_sessions == 0 and cloud_steps == 0:
                 break
             assert time.monotonic() < deadline, f"still {edge_active} requests on the edge, {cloud_sessions} sessions"
             time.sleep(0.2)
-        disconnected = re.search(
-            r'edgesplit_edge_requests_total\{[^}]*outcome="disconnected"[^}]*\} (\S+)',
-            httpx.get(f"{edge}/metrics").text)
-        assert disconnected and float(disconnected.group(1)) == 4
+        requests = metric_samples(edge)["edgesplit_edge_requests_total"]
+        assert [s.value for s in requests if s.labels["outcome"] == "disconnected"] == [4]
 
 
 def test_the_cloud_refuses_edges_without_its_token(tmp_path: Path) -> None:
@@ -174,10 +173,9 @@ def _wait_answer(url: str, proc: subprocess.Popen) -> httpx.Response:
     raise TimeoutError(url)
 
 
-def _gauge(text: str, name: str) -> float:
-    match = re.search(rf"^{name}(?:{{[^}}]*}})? (\S+)$", text, re.M)
-    assert match, name
-    return float(match.group(1))
+def _gauge(samples: dict[str, list[Sample]], name: str) -> float:
+    (sample,) = samples[name]
+    return sample.value
 
 
 

@@ -14,15 +14,14 @@ import pytest
 from edgesplit.tools.linkbench import LINKS
 from edgesplit.tools.linkemu import LinkEmulator
 from splitcore.loading import LoadedModel
-from tests.servers import LoopbackServer, edge_and_cloud
+from tests.servers import LoopbackServer, edge_and_cloud, metric_samples
 
 PROMPTS = [list(range(10, 10 + n)) for n in (8, 120, 16, 200, 40, 160)]
 
 
 def _probe_bytes(url: str, tier: str) -> float:
-    metrics = httpx.get(f"{url}/metrics").text
-    line = next(x for x in metrics.splitlines() if x.startswith(f"edgesplit_{tier}_link_probe_bytes_total"))
-    return float(line.split()[-1])
+    (sample,) = metric_samples(url)[f"edgesplit_{tier}_link_probe_bytes_total"]
+    return sample.value
 
 
 @pytest.mark.e2e

@@ -69,12 +69,12 @@ class EdgeMetrics:
         self.replays = Counter("edgesplit_edge_replays", "Cloud caches rebuilt by replaying a prefix", registry=r)
         self.batches = BatchMetrics(r, "edge")
         self.in_flight = 0  # generations running now (the admission limit reads it)
+        self.active.set_function(lambda: self.in_flight)
         self.ended = 0  # generations ended since start, for giving their memory back (`splitcore.memory`)
         self.cut = Gauge("edgesplit_edge_plan_cut", "Current plan's cut points", ["point"], registry=r)
 
     def begin(self) -> None:
         self.in_flight += 1
-        self.active.inc()
         self.waiting.inc()
 
     def first_token(self) -> None:
@@ -86,7 +86,6 @@ class EdgeMetrics:
         """A generation begun with `begin` ended; `started`: it had reached `first_token`."""
         self.in_flight -= 1
         self.ended += 1
-        self.active.dec()
         (self.running if started else self.waiting).dec()
 
     def finished(self, done: Finished, endpoint: str) -> None:

@@ -30,13 +30,22 @@ def wait_healthy(url: str, proc: subprocess.Popen, timeout_s: float = 120.0) -> 
             raise RuntimeError(f"process exited with {proc.returncode} before {url} was healthy")
         try:
             response = httpx.get(url, timeout=2.0)
-            if response.status_code == 200 and '"degraded"' not in response.text:
+            if response.status_code == 200 and _status(response) != "degraded":
                 return
             last = response.text[:200]
         except httpx.TransportError as exc:  # not listening yet
             last = str(exc)
         time.sleep(0.3)
     raise TimeoutError(f"{url} not healthy after {timeout_s:.0f} s: {last}")
+
+
+def _status(response: httpx.Response) -> str | None:
+    """The `status` field of a health answer (None when it has none)."""
+    try:
+        body = response.json()
+    except ValueError:
+        return None
+    return body.get("status") if isinstance(body, dict) else None
 
 
 @contextmanager

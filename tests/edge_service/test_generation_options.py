@@ -54,3 +54,30 @@ def test_logprobs_with_the_head_in_the_cloud_are_refused_naming_the_field(models
         _run(loaded, Plan(num_layers=4, cut_a=1, cut_b=4, head="cloud", codec="fp32"), logprobs=2)
     assert refused.value.param == "logprobs"
     assert len(_run(loaded, Plan(num_layers=4, cut_a=1, cut_b=3, codec="fp32"), logprobs=2).logprobs) == 8
+
+
+def test_an_exchange_that_opened_the_cloud_connection_is_not_a_link_sample(models: dict[str, LoadedModel]) -> None:
+    import time
+
+    loaded = models["gpt2"]
+    engine = in_process_cloud(loaded)
+    seen: list[int] = []
+
+    class Reconnecting:  # a cloud link whose connection opens during every other exchange
+        connected_at = 0.0
+        calls = 0
+
+        def forward(self, frame: bytes, *, timeout_s: float | None = None) -> bytes:
+            self.calls += 1
+            if self.calls % 2:
+                self.connected_at = time.perf_counter()
+            return engine.forward(frame)
+
+        def end_session(self, session: object) -> None:
+            engine.end_session(session)  # type: ignore[arg-type]
+
+    link = Reconnecting()
+    orchestrator = Orchestrator(loaded, Plan(num_layers=4, cut_a=1, cut_b=3, codec="fp32"), link,
+                                link_observer=lambda nbytes, ms, compute: seen.append(nbytes))
+    list(orchestrator.generate(GenerationRequest(prompt_ids=PROMPT, max_tokens=6)))
+    assert link.calls == 6 and len(seen) == 3  # the three exchanges that did not open a connection

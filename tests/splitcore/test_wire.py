@@ -103,3 +103,14 @@ def test_limits_are_configurable() -> None:
         codec.decode(encode(FrameCodec(Dtype.FP32), torch.randn(5, 8)))
     assert codec.decode(encode(FrameCodec(Dtype.FP32), torch.randn(4, 8))).tensor.shape == (4, 8)
     assert struct.calcsize("<4sBBBB16sIHHIIIIHIf") == HEADER_BYTES
+
+
+def test_an_answer_encoded_since_a_moment_reports_the_time_from_then_through_its_own_encoding() -> None:
+    import time
+
+    codec = FrameCodec(Dtype.INT8, zstd_level=3)
+    received = time.perf_counter() - 0.05  # the frame came in 50 ms ago
+    before = time.perf_counter()
+    frame = codec.decode(codec.encode(uuid.uuid4(), 0, LayerRange(start=0, end=1), torch.randn(64, 256),
+                                      since=received))
+    assert (before - received) * 1000 <= frame.compute_ms <= (time.perf_counter() - received) * 1000 + 0.01

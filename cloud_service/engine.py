@@ -193,6 +193,7 @@ class ShardEngine:
                                        "after its answer")
         try:
             self._check_step(session, frame)
+            session.step_start = session.state.position
             x = {"input_ids": frame.tensor} if frame.kind == Kind.TOKENS else {"hidden": frame.tensor}
             future = runner.batcher.submit(session.state, frame.layers, head=Flags.HEAD in frame.flags, **x)
         except BaseException:
@@ -268,9 +269,17 @@ class ShardEngine:
             return self._step(session, frame, received)
 
     def _check_step(self, session: CloudSession, frame: Frame) -> None:
+        """Refuse a frame that does not continue the session; apply a valid rollback first."""
         sid = short_id(session.id)
         if frame.layers != session.layers:
             raise SessionConflictError(f"session {sid} runs blocks {session.layers}, not {frame.layers}")
+        if Flags.ROLLBACK in frame.flags:
+            held = session.state.position
+            if not session.step_start < frame.position <= held:
+                raise SessionConflictError(
+                    f"session {sid} cannot roll back to position {frame.position}: its last step ran positions "
+                    f"{session.step_start} to {held - 1}, so a rollback keeps {session.step_start + 1} to {held}")
+            session.runner.rollback(session.state, frame.position)
         if frame.position != session.state.position:
             raise SessionConflictError(f"session {sid} is at position {session.state.position}, frame starts at "
                                        f"{frame.position}")
@@ -279,6 +288,7 @@ class ShardEngine:
 
     def _step(self, session: CloudSession, frame: Frame, started: float) -> bytes:
         self._check_step(session, frame)
+        session.step_start = session.state.position
         runner = session.runner
         x = {"input_ids": frame.tensor} if frame.kind == Kind.TOKENS else {"hidden": frame.tensor}
         if Flags.HEAD in frame.flags:

@@ -39,6 +39,7 @@ class CloudSession:
     owner: str = ""  # the edge that opened it (its token's name, or its address): the only one that may use it
     lock: threading.Lock = field(default_factory=threading.Lock)
     last_used: float = 0.0
+    step_start: int = 0  # where its latest step began: a rollback may cut back to just after it, no further
 
 
 class SessionStore:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+from edge_service.speculation import SpeculationStats
 from splitcore.plan import Plan
 from splitcore.schema import SamplingParams
 
@@ -81,3 +82,4 @@ class Finished:
     fallback: str | None = None  # why the generation finished on the edge alone, if it did
     replays: int = 0  # times the cloud's cache was rebuilt by replaying the prefix
     logprobs: list[TokenChoice] = field(default_factory=list)  # one per token, when asked for
+    speculation: SpeculationStats | None = None  # what drafting did, when the generation could draft

@@ -68,6 +68,12 @@ class EdgeMetrics:
                                    registry=r)
         self.replays = Counter("edgesplit_edge_replays", "Cloud caches rebuilt by replaying a prefix", registry=r)
         self.batches = BatchMetrics(r, "edge")
+        self.spec_acceptance = Histogram("edgesplit_edge_speculation_acceptance_ratio",
+                                         "Drafts the cloud's verify accepted, per speculating generation",
+                                         buckets=(0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0), registry=r)
+        self.spec_tokens = Histogram("edgesplit_edge_speculation_tokens_per_round_trip",
+                                     "Tokens each verify round gave, averaged per speculating generation",
+                                     buckets=(1.0, 1.25, 1.5, 2.0, 2.5, 3.0, 4.0, 5.0, 7.0, 9.0, 17.0), registry=r)
         self.in_flight = 0  # generations running now (the admission limit reads it)
         self.active.set_function(lambda: self.in_flight)
         self.ended = 0  # generations ended since start, for giving their memory back (`splitcore.memory`)
@@ -101,6 +107,10 @@ class EdgeMetrics:
         self.request_generation.observe(len(done.token_ids))
         if done.fallback:
             self.fallbacks.inc()
+        spec = done.speculation
+        if spec is not None and spec.round_trips:
+            self.spec_acceptance.observe(spec.accepted / spec.drafted if spec.drafted else 0.0)
+            self.spec_tokens.observe((spec.accepted + spec.round_trips) / spec.round_trips)
         self.replays.inc(done.replays)
         self.recent.append(RequestRecord(time.time(), endpoint, done.finish_reason, done.time_to_first_token_ms,
                                          done.total_ms, len(done.token_ids)))

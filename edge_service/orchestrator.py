@@ -21,6 +21,7 @@ import torch
 
 from edge_service.breaker import CloudBreaker
 from edge_service.generation import Finished, FinishReason, GenerationRequest, LinkStats, Piece, TokenChoice
+from edge_service.speculation import DepthTuner, SpeculationStats, speculate
 from edge_service.textstream import TextStream
 from splitcore.backends import Runner, Runners, State
 from splitcore.codec import DTYPE_BY_NAME
@@ -70,6 +71,10 @@ class _Context:
     replays: int = 0
     top_logprobs: int | None = None  # alternatives to record per token; None: no log-probabilities
     logprobs: list[TokenChoice] = field(default_factory=list)
+    spec: SpeculationStats | None = None  # set when this generation may speculate (`edge_service.speculation`)
+    draft: State | None = None  # the draft's cache of the back blocks (fed the front's outputs, not the cloud's)
+    draft_lag: list[torch.Tensor] = field(default_factory=list)  # front outputs (n, hidden) the draft has not run
+    rollback: bool = False  # the cloud holds rejected drafts: the next frame cuts them (Flags.ROLLBACK)
 
 
 class Orchestrator:
@@ -79,7 +84,7 @@ class Orchestrator:
                  link_observer: Callable[[int, float, float], None] | None = None, slowdown: float = 1.0,
                  fallback: bool = False, step_timeout_s: float | None = None,
                  breaker: CloudBreaker | None = None, max_concurrent_steps: int | None = None,
-                 runners: Runners | None = None) -> None:
+                 runners: Runners | None = None, speculate: int | str = 0) -> None:
         assert loaded.tokenizer is not None, "the edge owns the tokenizer"
         assert slowdown >= 1.0, "the emulated slowdown stretches compute; it cannot speed it up"
         self.tokenizer = loaded.tokenizer
@@ -96,6 +101,9 @@ class Orchestrator:
         self.step_timeout_s = step_timeout_s  # a decode step slower than this counts as a stalled cloud
         self.breaker = breaker or CloudBreaker()
         self.eos_ids = _eos_ids(loaded)
+        # Drafts per round: a fixed depth (0: none), or "auto" (`DepthTuner`: what the measured rounds favour)
+        self.speculate = speculate
+        self.tuner = DepthTuner() if speculate == "auto" else None
         self.plan = plan
         self.set_plan(plan)
 
@@ -138,10 +146,15 @@ class Orchestrator:
         ends = set(request.stop_token_ids) | (set() if request.ignore_eos else self.eos_ids)
         told = 0  # log-probabilities already sent with a piece
         try:
-            token = self._advance(ctx, torch.tensor(request.prompt_ids), request.prompt_ids)
+            pending = self._advance(ctx, torch.tensor(request.prompt_ids), request.prompt_ids)
             last = time.perf_counter()
             first_token_ms = (last - started) * 1000
             while True:
+                token = pending.pop(0)
+                if tokens:
+                    now = time.perf_counter()
+                    gaps.append((now - last) * 1000)
+                    last = now
                 tokens.append(token)
                 if token in ends:
                     reason = "stop"
@@ -157,20 +170,29 @@ class Orchestrator:
                 if cancel is not None and cancel.is_set():
                     reason = "cancelled"
                     break
-                token = self._advance(ctx, torch.tensor([token]), [*request.prompt_ids, *tokens])
-                now = time.perf_counter()
-                gaps.append((now - last) * 1000)
-                last = now
+                if not pending:
+                    pending = self._advance(ctx, torch.tensor([token]), [*request.prompt_ids, *tokens],
+                                            self._depth(ctx, request.max_tokens - len(tokens)))
             if piece := text.flush():
                 yield Piece(piece, len(tokens), tuple(ctx.logprobs[told:]))
         finally:
             if ctx.opened:
                 self.cloud.end_session(ctx.session)  # type: ignore[union-attr]
         yield Finished(reason, len(request.prompt_ids), tokens, ctx.plan, ctx.link, first_token_ms,
-                       (time.perf_counter() - started) * 1000, gaps, ctx.fallback, ctx.replays, ctx.logprobs)
+                       (time.perf_counter() - started) * 1000, gaps, ctx.fallback, ctx.replays, ctx.logprobs,
+                       ctx.spec)
 
-    def _advance(self, ctx: _Context, ids: torch.Tensor, prefix: list[int]) -> int:
-        """One step that survives the cloud: `prefix` is every token id so far, `ids` included.
+    def _depth(self, ctx: _Context, room: int) -> int:
+        """Drafts for the next round: none unless this generation speculates, and never more than the tokens it
+        may still produce after the round's own one."""
+        if ctx.draft is None or not ctx.plan.uses_cloud:
+            return 0
+        wanted = self.tuner.depth() if self.tuner is not None else int(self.speculate)
+        return max(0, min(wanted, room - 1))
+
+    def _advance(self, ctx: _Context, ids: torch.Tensor, prefix: list[int], depth: int = 0) -> list[int]:
+        """One step (or, with `depth` > 0, one speculative round from the latest token) that survives the cloud:
+        `prefix` is every token id so far, `ids` included; the next tokens.
 
         A session the cloud lost (it restarted, or dropped the session) is rebuilt by replaying the prefix on the
         same plan. A cloud that fails, stalls or refuses, when fallback is allowed, is left for good: the prefix
@@ -179,10 +201,11 @@ class Orchestrator:
         """
         for _ in range(3):  # at most: a replay, then a fallback
             try:
-                token = self._step(ctx, ids, len(prefix))
+                tokens = (speculate(self, ctx, int(ids[-1]), depth) if depth
+                          else [self._step(ctx, ids, len(prefix))])
                 if ctx.plan.uses_cloud:
                     self.breaker.succeeded()
-                return token
+                return tokens
             except (CloudSessionLostError, SessionNotFoundError) as exc:
                 if ctx.replays:  # lost again straight after a replay: treat as a failing cloud
                     self._fall_back(ctx, exc)
@@ -193,7 +216,7 @@ class Orchestrator:
                     ctx.replays += 1
             except (CloudUnavailableError, CapacityError) as exc:
                 self._fall_back(ctx, exc)
-            ids = torch.tensor(prefix)
+            ids, depth = torch.tensor(prefix), 0  # the accepted prefix only: a round's drafts are gone with it
         raise CloudUnavailableError("the cloud failed again after a replay and a fallback")  # not reached
 
     def _fall_back(self, ctx: _Context, exc: EdgesplitError) -> None:
@@ -210,9 +233,11 @@ class Orchestrator:
         The old cloud session is not ended here: the cloud may be the thing that failed, and waiting on it would
         stall the recovery; its TTL frees it.
         """
-        ctx.plan, ctx.session, ctx.position, ctx.opened = plan, uuid.uuid4(), 0, False
+        ctx.plan, ctx.session, ctx.position, ctx.opened, ctx.rollback = plan, uuid.uuid4(), 0, False, False
         ctx.runner = self.runners.get(plan.edge_backend)
         ctx.front, ctx.back = ctx.runner.new_state(), ctx.runner.new_state()
+        ctx.draft = ctx.runner.new_state() if ctx.draft is not None and _drafts(plan) else None
+        ctx.draft_lag.clear()
 
     def _context(self, request: GenerationRequest) -> _Context:
         plan = self.plan  # one read: a plan swapped mid-generation does not affect this one
@@ -231,11 +256,13 @@ class Orchestrator:
         meta = SessionMeta(sampling=sampling, codec=plan.codec, zstd_level=plan.zstd_level,
                            request_id=request.request_id, backend=plan.cloud_backend, weights_digest=expected)
         runner = self.runners.get(plan.edge_backend)
+        speculating = self.speculate not in (0, "off") and _drafts(plan)
         return _Context(plan=plan, session=uuid.uuid4(), runner=runner, front=runner.new_state(),
                         back=runner.new_state(),
                         codec=FrameCodec(DTYPE_BY_NAME[plan.codec], plan.zstd_level),
                         sampler=Sampler(sampling), meta=meta.model_dump_json().encode(), fallback=fallback,
-                        top_logprobs=request.logprobs)
+                        top_logprobs=request.logprobs, spec=SpeculationStats(0) if speculating else None,
+                        draft=runner.new_state() if speculating else None)
 
     @contextmanager
     def _device(self, runner: Runner) -> Iterator[None]:
@@ -263,6 +290,8 @@ class Orchestrator:
         if plan.cut_a > 0:
             with self._device(runner):
                 payload = runner.run(ctx.front, plan.edge_front, input_ids=ids)[0]  # (seq, hidden)
+            if ctx.draft is not None:
+                ctx.draft_lag.append(payload)  # the draft catches up on these before it next drafts
         else:
             payload = ids  # (seq,): the plan lets tokens leave the device
         answer = self._cross(ctx, payload)
@@ -271,21 +300,30 @@ class Orchestrator:
         with self._device(runner):
             return self._pick(ctx, runner.run_head(ctx.back, plan.edge_back, hidden=answer), position)
 
-    @staticmethod
-    def _pick(ctx: _Context, logits: torch.Tensor, position: int) -> int:
+    @classmethod
+    def _pick(cls, ctx: _Context, logits: torch.Tensor, position: int) -> int:
         """Sample the token at `position` from logits (1, vocab); record its log-probability when asked."""
         token = ctx.sampler(logits, position=position)
         if ctx.top_logprobs is not None:
-            logprobs = torch.log_softmax(logits[0].float(), dim=-1)
-            top = torch.topk(logprobs, ctx.top_logprobs) if ctx.top_logprobs else None
-            alternatives = tuple(zip(top.indices.tolist(), top.values.tolist(), strict=True)) if top else ()
-            ctx.logprobs.append(TokenChoice(token, float(logprobs[token]), alternatives))
+            cls._record(ctx, logits, token)
         return token
+
+    @staticmethod
+    def _record(ctx: _Context, logits: torch.Tensor, token: int) -> None:
+        """Record `token`'s log-probability under logits (1, vocab), and the top alternatives asked for."""
+        assert ctx.top_logprobs is not None
+        logprobs = torch.log_softmax(logits[0].float(), dim=-1)
+        top = torch.topk(logprobs, ctx.top_logprobs) if ctx.top_logprobs else None
+        alternatives = tuple(zip(top.indices.tolist(), top.values.tolist(), strict=True)) if top else ()
+        ctx.logprobs.append(TokenChoice(token, float(logprobs[token]), alternatives))
 
     def _cross(self, ctx: _Context, payload: torch.Tensor) -> torch.Tensor:
         """Send one step's activations to the cloud and return what it answers."""
         plan = ctx.plan
         flags = Flags.HEAD if plan.head == "cloud" else Flags.LAST_ROW if len(plan.edge_back) == 0 else Flags.NONE
+        if ctx.rollback:
+            flags |= Flags.ROLLBACK
+            ctx.rollback = False
         first = ctx.position == 0
         frame = ctx.codec.encode(ctx.session, ctx.position, plan.cloud_layers, payload, flags,
                                  meta=ctx.meta if first else b"")
@@ -311,6 +349,13 @@ class Orchestrator:
             link.decode_bytes_down += len(data)
             link.decode_steps += 1
         return answer.tensor
+
+
+def _drafts(plan: Plan) -> bool:
+    """Whether a generation on `plan` can speculate: the edge must embed the tokens (front blocks) and run the
+    back blocks and head (the draft skips only the cloud's middle), and the cloud must run something (an
+    edge-only plan has no round trip to save)."""
+    return plan.uses_cloud and plan.cut_a > 0 and plan.head == "edge" and len(plan.edge_back) > 0
 
 
 def _edge_only(plan: Plan) -> Plan:

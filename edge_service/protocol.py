@@ -251,6 +251,15 @@ class LinkUsage(StrictModel):
     decode_bytes_down_per_token: float
 
 
+class SpeculationUsage(StrictModel):
+    """The edge drafted, the cloud verified: how deep, how much was drafted and kept, in how many round trips."""
+
+    depth: int = Field(description="drafts in the deepest round")
+    drafted: int
+    accepted: int
+    round_trips: int = Field(description="verify rounds (each one exchange with the cloud)")
+
+
 class EdgesplitInfo(StrictModel):
     """edgesplit's own figures for one request: the plan it ran on, its timing and what crossed the link."""
 
@@ -263,6 +272,9 @@ class EdgesplitInfo(StrictModel):
     link: LinkUsage
     fallback: str | None = Field(description="why the edge finished alone, when it did")
     replays: int = Field(description="times a lost cloud session was rebuilt by replaying the prefix")
+    speculation: SpeculationUsage | None = Field(default=None,
+        description="what drafting did; absent when the generation could not draft (speculation off, or a plan "
+                    "without the edge's front and back blocks)")
 
 
 FinishReason = Literal["stop", "length"]

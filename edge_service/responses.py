@@ -32,6 +32,7 @@ from edge_service.protocol import (
     EdgesplitInfo,
     FinishReason,
     LinkUsage,
+    SpeculationUsage,
     TokenLogprob,
     TopLogprob,
     Usage,
@@ -57,7 +58,8 @@ def _extension(done: Finished) -> EdgesplitInfo:
     plan = done.plan
     return EdgesplitInfo(plan=plan.describe(), cut=[plan.cut_a, plan.cut_b], head=plan.head, codec=plan.codec,
                          time_to_first_token_ms=round(done.time_to_first_token_ms, 2), total_ms=round(done.total_ms, 2),
-                         link=LinkUsage(**done.link.as_dict()), fallback=done.fallback, replays=done.replays)
+                         link=LinkUsage(**done.link.as_dict()), fallback=done.fallback, replays=done.replays,
+                         speculation=SpeculationUsage(**done.speculation.as_dict()) if done.speculation else None)
 
 
 def _finish(done: Finished) -> FinishReason:

@@ -78,6 +78,7 @@ class EdgeRuntime:
         orchestrator = Orchestrator(loaded, plan, cloud, estimator.observe, slowdown=settings.emulate_slowdown,
                                     fallback=settings.fallback, step_timeout_s=settings.cloud_step_timeout_s,
                                     max_concurrent_steps=settings.max_concurrent_steps or usable_cores(),
+                                    speculate=settings.speculation_depth,
                                     runners=Runners(loaded.layered, settings.backend, settings.onnx_dir,
                                                     quantize=settings.onnx_quantize,
                                                     batching=settings.batch_limits(),

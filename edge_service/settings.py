@@ -77,6 +77,9 @@ class EdgeSettings(TierSettings):
     replan_confirmations: int = Field(default=2, ge=1, description="consecutive checks the move must last")
     replan_min_gain: float = Field(default=0.1, ge=0.0, lt=1.0,
         description="switch only if predicted this fraction faster")
+    speculate: str = Field(default="off", pattern=r"^(off|auto|[0-9]|1[0-6])$",
+        description="drafts per round trip: off, auto (what measured acceptance, draft and round times favour) or "
+                    "1-16; the edge drafts with its own blocks and the cloud verifies all of them in one exchange")
     emulate_slowdown: float = Field(default=1.0, ge=1.0,
         description="emulate a one-core device N x slower: compute takes turns")
     admin_token: SecretStr | None = Field(default=None,
@@ -99,6 +102,11 @@ class EdgeSettings(TierSettings):
         description="unbatched (ONNX Runtime) steps computed at once; default: one per core (torch steps batch)")
 
     _no_empty_tokens = field_validator("admin_token", "cloud_token", mode="before")(empty_is_none)
+
+    @property
+    def speculation_depth(self) -> int | str:
+        """`speculate` as the orchestrator takes it: a depth (0: off) or "auto"."""
+        return self.speculate if self.speculate == "auto" else 0 if self.speculate == "off" else int(self.speculate)
 
     @property
     def max_body_bytes(self) -> int:

@@ -39,6 +39,12 @@ class OrtState:
     position: int = 0
     cache_bytes: int = 0
 
+    def truncate(self, position: int) -> None:
+        """Roll back to `position` positions (at most the held ones)."""
+        assert 0 <= position <= self.position, f"cannot roll back to {position} from {self.position}"
+        self.kv = {i: (k[:, :, :position], v[:, :, :position]) for i, (k, v) in self.kv.items()}
+        self.position = position
+
     def measure(self) -> int:
         """Recount the bytes held by the cache arrays."""
         self.cache_bytes = sum(k.nbytes + v.nbytes for k, v in self.kv.values())
@@ -63,6 +69,10 @@ class Runner(Protocol):
                  input_ids: torch.Tensor | None = None) -> torch.Tensor: ...
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor: ...
+
+    def logits_all(self, hidden: torch.Tensor) -> torch.Tensor: ...
+
+    def rollback(self, state: State, position: int) -> None: ...
 
     def prepare(self, layers: LayerRange, embed: bool) -> None: ...
 
@@ -104,6 +114,19 @@ class TorchRunner:
     @torch.inference_mode()
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         return self.model.logits(hidden)
+
+    @torch.inference_mode()
+    def logits_all(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Logits of every position `(seq, vocab)` of hidden states `(1, seq, hidden)`."""
+        return self.model.logits_all(hidden)
+
+    def rollback(self, state: State, position: int) -> None:
+        """Drop the session's positions from `position` on (speculation's rejected drafts)."""
+        assert isinstance(state, TorchState), "a torch runner needs a torch session state"
+        if self.batcher is not None:
+            self.batcher.truncate(state, position)
+        else:
+            state.truncate(position)
 
     def prepare(self, layers: LayerRange, embed: bool) -> None:
         """Nothing to build: the modules are already in memory."""
@@ -156,6 +179,15 @@ class OrtRunner:
     def run_head(self, state: State, layers: LayerRange, hidden: torch.Tensor | None = None,
                  input_ids: torch.Tensor | None = None) -> torch.Tensor:
         return self.logits(self.run(state, layers, hidden=hidden, input_ids=input_ids))
+
+    def logits_all(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Logits of every position `(seq, vocab)`: the exported head takes one position, so one run each."""
+        return torch.cat([self.logits(hidden[:, i:i + 1]) for i in range(hidden.shape[1])])
+
+    def rollback(self, state: State, position: int) -> None:
+        """Drop the session's positions from `position` on (speculation's rejected drafts)."""
+        assert isinstance(state, OrtState), "an ONNX Runtime runner needs an ONNX Runtime session state"
+        state.truncate(position)
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         last = np.ascontiguousarray(hidden[:, -1:, :].float().numpy())  # (1, 1, hidden)

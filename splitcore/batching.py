@@ -178,6 +178,15 @@ class Batcher:
                 del self._running[key]
         return len(idle)
 
+    @torch.inference_mode()
+    def truncate(self, state: TorchState, position: int) -> None:
+        """Roll a session back to `position` positions between rounds: out of its running batch first (its keys
+        copied back to its own cache), then its cache cut. The caller holds the session: no step of it is queued."""
+        with self._rounds:
+            if state.slot is not None:
+                state.slot[0].leave(state)
+            state.truncate(position)
+
     @property
     def waiting(self) -> int:
         """Steps queued or partly run."""

@@ -44,6 +44,12 @@ class SessionKV:
         assert view is not None
         return view
 
+    def truncate(self, length: int) -> None:
+        """Keep the first `length` positions of every block (a speculative step's rejected positions dropped);
+        the storage stays, so the next step writes over them."""
+        for block, held in self.lengths.items():
+            self.lengths[block] = min(held, length)
+
     def _grow(self, block: int, like: torch.Tensor, needed: int) -> None:
         stored = self.keys.get(block)
         capacity = max(_MIN_CAPACITY, needed, 2 * (stored.shape[2] if stored is not None else 0))
@@ -78,6 +84,14 @@ class TorchState:
     position: int = 0
     cache_bytes: int = 0
     slot: tuple[Any, int] | None = None  # (the running batch `splitcore.slots.SlotBatch`, its row) while decoding
+
+    def truncate(self, position: int) -> None:
+        """Roll back to `position` positions (at most the held ones); the session must not hold a slot of a
+        running batch (`splitcore.batching.Batcher.truncate` takes it out first)."""
+        assert self.slot is None, "a session in a running batch is rolled back through its batcher"
+        assert 0 <= position <= self.position, f"cannot roll back to {position} from {self.position}"
+        self.kv.truncate(position)
+        self.position = position
 
     def measure(self) -> int:
         """Recount the bytes reserved by the cache (its share of a running batch's storage included)."""

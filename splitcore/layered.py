@@ -59,6 +59,10 @@ class LayeredModel:
         """Final norm and LM head on the last position: (1, seq, hidden) -> (1, vocab)."""
         return self.lm_head(self.norm(hidden[:, -1:, :]))[:, -1, :]
 
+    def logits_all(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Final norm and LM head on every position: (1, seq, hidden) -> (seq, vocab) (speculation's verify)."""
+        return self.lm_head(self.norm(hidden))[0]
+
     def drop_blocks_outside(self, keep: LayerRange) -> None:
         """Free the weights of blocks this tier will never run."""
         for i in range(self.num_layers):

@@ -36,12 +36,27 @@ class Sampler:
     def __call__(self, logits: torch.Tensor, input_ids: torch.Tensor | None = None, position: int = 0) -> int:
         """Pick one token from logits (1, vocab) for sequence position `position` (the prompt's length for the
         first generated token); below `suppress_before`, the suppressed ids (EOS under `min_tokens`) cannot win."""
+        if self.greedy:
+            return int(self._suppressed(logits, position).argmax(dim=-1))
+        return self.draw(self.probs(logits, position, input_ids))
+
+    def probs(self, logits: torch.Tensor, position: int, input_ids: torch.Tensor | None = None) -> torch.Tensor:
+        """The distribution this sampler draws from (1, vocab): suppression, temperature and top-p applied."""
+        ids = input_ids if input_ids is not None else torch.empty(1, 0, dtype=torch.long)
+        scores = self.warpers(cast(torch.LongTensor, ids), cast(torch.FloatTensor, self._suppressed(logits, position)))
+        return torch.softmax(scores.float(), dim=-1)  # (1, vocab)
+
+    def draw(self, probs: torch.Tensor) -> int:
+        """One token from a distribution (1, vocab) or (vocab,), with this sampler's generator (seeded when
+        asked)."""
+        return int(torch.multinomial(probs.reshape(1, -1), 1, generator=self.generator))
+
+    def uniform(self) -> float:
+        """A draw from U[0, 1) with this sampler's generator (speculative sampling's acceptance test)."""
+        return float(torch.rand(1, generator=self.generator))
+
+    def _suppressed(self, logits: torch.Tensor, position: int) -> torch.Tensor:
         if len(self.suppress) and position < self.suppress_before:
             logits = logits.clone()
             logits[..., self.suppress[self.suppress < logits.shape[-1]]] = float("-inf")
-        if self.greedy:
-            return int(logits.argmax(dim=-1))
-        ids = input_ids if input_ids is not None else torch.empty(1, 0, dtype=torch.long)
-        scores = self.warpers(cast(torch.LongTensor, ids), cast(torch.FloatTensor, logits))
-        probs = torch.softmax(scores.float(), dim=-1)  # (1, vocab)
-        return int(torch.multinomial(probs, 1, generator=self.generator))
+        return logits

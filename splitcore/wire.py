@@ -45,6 +45,9 @@ class Flags(IntFlag):
     ZSTD = 1  # body is zstd-compressed
     HEAD = 2  # request: run the final norm and LM head after the layers and answer with a sampled token
     LAST_ROW = 4  # request: answer with the last position's hidden state only (no edge blocks follow)
+    # request: first roll the session back to `position` (drafts of the last step the edge rejected); valid only
+    # after the last step's first position and not past the session's end
+    ROLLBACK = 8
 
 
 @dataclass(frozen=True)

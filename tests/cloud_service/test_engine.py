@@ -93,3 +93,31 @@ def test_a_session_opens_only_on_the_weights_its_edge_expects(models: dict[str, 
     assert len(engine.store) == 0  # neither opened a session
     assert send(engine, torch.randn(2, 64), sid=uuid.UUID(int=8)).shape == (2, 64)
 
+
+
+def test_a_rollback_cuts_the_session_to_the_accepted_positions(engine: ShardEngine) -> None:
+    """A verify step of 4 positions, 2 of them kept: the next frame's answer is that of a session that never saw
+    the 2 rejected ones, position by position."""
+    torch.manual_seed(0)
+    prompt, verify, after = torch.randn(5, 64), torch.randn(4, 64), torch.randn(1, 64)
+    speculative, straight = uuid.UUID(int=11), uuid.UUID(int=12)
+    send(engine, prompt, sid=speculative)
+    send(engine, verify, position=5, sid=speculative)
+    got = send(engine, after, position=7, sid=speculative, flags=Flags.ROLLBACK)
+    assert engine.store.get(speculative).state.position == 8
+    send(engine, prompt, sid=straight)
+    send(engine, verify[:2], position=5, sid=straight)
+    assert torch.allclose(got, send(engine, after, position=7, sid=straight), atol=1e-5)
+
+
+@pytest.mark.parametrize("target", [5, 10, 4, 0])
+def test_a_rollback_outside_the_last_step_is_a_conflict_and_changes_nothing(engine: ShardEngine, target: int
+                                                                            ) -> None:
+    """The last step ran positions 5..8: a rollback may keep 6..9 positions, nothing else (4 would cut into
+    the step before, 10 is past the end; at 0, a frame would open the session anew, and it is in use)."""
+    send(engine, torch.randn(5, 64))
+    send(engine, torch.randn(4, 64), position=5)
+    with pytest.raises(SessionConflictError, match="cannot roll back" if target else "in use"):
+        send(engine, torch.randn(1, 64), position=target, flags=Flags.ROLLBACK)
+    assert engine.store.get(uuid.UUID(int=1)).state.position == 9
+    assert send(engine, torch.randn(1, 64), position=9).shape == (1, 64)  # the session goes on unharmed

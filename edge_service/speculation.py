@@ -1,0 +1,196 @@
+"""More than one token per round trip: the edge drafts k tokens, one frame carries them through the cloud.
+
+Self-speculation (as LayerSkip drafts with a model's own early layers, arXiv 2404.16710): the draft is the
+edge's own blocks with the cloud's middle skipped, front blocks straight into the back blocks and the head, so
+it needs no extra weights and no link. One round, at sequence position p of the latest token t:
+
+1. The front blocks run t, then each draft d_1..d_k in turn (their keys stay: the verify needs them); after
+   each, the back blocks (on the draft's own cache, fed the front's output) and the head propose the next draft.
+2. One frame carries the k + 1 front outputs (t, d_1..d_k) through the cloud's blocks; the edge runs the back
+   blocks and the head over all of them: the model's own prediction at each of the k + 1 positions.
+3. The longest prefix of drafts the model agrees with is accepted, plus the model's own next token (so a round
+   gives 1 to k + 1 tokens). Greedy, agreement is equality, and the output is the model's greedy output token
+   for token. Sampling, d_i is accepted with probability min(1, p(d_i) / q(d_i)), and a rejection draws from
+   the residual max(0, p - q) (Leviathan et al., arXiv 2211.17192): the tokens are distributed as the model's.
+4. Every cache is cut back to the accepted prefix: the edge's at once, the cloud's by the ROLLBACK flag on the
+   next frame (whose position is the cut, checked by the cloud).
+
+Both probabilities live on the device (the U-shaped split keeps the head there), so no logits cross the link.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import torch
+
+from splitcore.sampling import Sampler
+
+if TYPE_CHECKING:
+    from edge_service.orchestrator import Orchestrator, _Context
+
+MAX_DEPTH = 16  # drafts per round at most (settings refuse more)
+
+
+@dataclass
+class SpeculationStats:
+    """What speculation did in one generation."""
+
+    depth: int  # the deepest round's drafts (0: no round drafted)
+    drafted: int = 0
+    accepted: int = 0
+    round_trips: int = 0  # verify rounds
+
+    def as_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+def propose(sampler: Sampler, logits: torch.Tensor, position: int) -> tuple[int, torch.Tensor | None]:
+    """The draft's token for sequence position `position` from its logits (1, vocab), and, when sampling, the
+    distribution it was drawn from (speculative sampling's q)."""
+    if sampler.greedy:
+        return sampler(logits, position=position), None
+    q = sampler.probs(logits, position)
+    return sampler.draw(q), q
+
+
+def accept_greedy(drafts: list[int], targets: list[int]) -> int:
+    """How many drafts the model's own greedy picks confirm: the longest prefix with drafts[i] == targets[i]."""
+    n = 0
+    while n < len(drafts) and drafts[n] == targets[n]:
+        n += 1
+    return n
+
+
+def accept_sampled(sampler: Sampler, drafts: list[int], q: list[torch.Tensor], p: list[torch.Tensor]
+                   ) -> tuple[int, int]:
+    """Speculative sampling: (drafts accepted, the next token after them). `q[i]` is the draft's distribution
+    that `drafts[i]` was drawn from, `p[i]` the model's at the same position (both (1, vocab)); `p` has one more,
+    for the token after a fully accepted round. Accepting d with probability min(1, p(d) / q(d)) and otherwise
+    drawing from max(0, p - q), normalised, gives exactly the model's distribution."""
+    for i, d in enumerate(drafts):
+        ratio = float(p[i][0, d]) / max(float(q[i][0, d]), 1e-30)
+        if sampler.uniform() < min(1.0, ratio):
+            continue
+        residual = (p[i] - q[i]).clamp(min=0)
+        total = float(residual.sum())
+        return i, sampler.draw(residual / total if total > 0 else p[i])
+    return len(drafts), sampler.draw(p[len(drafts)])
+
+
+def choose_depth(acceptance: float, draft_ms: float, round_ms: float, max_depth: int) -> int:
+    """The depth with the most tokens per unit of time: a round of depth k gives (1 - a^(k+1)) / (1 - a) tokens
+    on average (a: the chance each draft is accepted, independently) and costs k drafts plus one verify round
+    (`round_ms`: the exchange and the edge's blocks around it, about what a plain step costs)."""
+    a = min(max(acceptance, 0.0), 0.999)
+    best, best_rate = 0, 1.0 / max(round_ms, 1e-6)
+    for k in range(1, max_depth + 1):
+        rate = (1 - a ** (k + 1)) / (1 - a) / (k * draft_ms + round_ms)
+        if rate > best_rate * 1.02:  # a deeper round must pay for itself clearly
+            best, best_rate = k, rate
+    return best
+
+
+class DepthTuner:
+    """`--speculate auto`: the depth that the measured acceptance, draft time and round time favour, shared by
+    the generations of one edge (moving averages). While depth 0 wins, one round in `explore_every` drafts one
+    token, so a change in acceptance (another kind of text) is still seen."""
+
+    def __init__(self, max_depth: int = 8, first_depth: int = 4, explore_every: int = 16, weight: float = 0.1
+                 ) -> None:
+        self.max_depth, self.first_depth = max_depth, first_depth
+        self.explore_every, self.weight = explore_every, weight
+        self.acceptance: float | None = None
+        self.draft_ms: float | None = None
+        self.round_ms: float | None = None
+        self._zero_rounds = 0
+        self._lock = threading.Lock()
+
+    def depth(self) -> int:
+        with self._lock:
+            if self.acceptance is None or self.draft_ms is None or self.round_ms is None:
+                return self.first_depth
+            k = choose_depth(self.acceptance, self.draft_ms, self.round_ms, self.max_depth)
+            if k == 0:
+                self._zero_rounds += 1
+                if self._zero_rounds % self.explore_every == 0:
+                    return 1
+            return k
+
+    def observe(self, drafted: int, accepted: int, draft_ms: float, round_ms: float) -> None:
+        """One verify round: `accepted` of `drafted` drafts, `draft_ms` per draft, `round_ms` for the rest."""
+        rejected = 1 if accepted < drafted else 0
+        rate = accepted / (accepted + rejected) if accepted + rejected else 0.0  # per-draft acceptance
+        with self._lock:
+            self.acceptance = _ema(self.acceptance, rate, self.weight)
+            self.draft_ms = _ema(self.draft_ms, draft_ms, self.weight)
+            self.round_ms = _ema(self.round_ms, round_ms, self.weight)
+
+
+def _ema(old: float | None, new: float, weight: float) -> float:
+    return new if old is None else (1 - weight) * old + weight * new
+
+
+@torch.inference_mode()
+def speculate(orch: Orchestrator, ctx: _Context, token: int, depth: int) -> list[int]:
+    """One round at the latest token `token` (not yet in any cache): its tokens, 1 to `depth` + 1 of them."""
+    plan, runner, sampler = ctx.plan, ctx.runner, ctx.sampler
+    assert ctx.draft is not None and ctx.spec is not None, "speculation needs the draft's state"
+    p = ctx.front.position  # the sequence position of `token`
+    started = time.perf_counter()
+    rows: list[torch.Tensor] = []  # front outputs (1, hidden) of token, d_1..d_k
+    drafts: list[int] = []
+    q: list[torch.Tensor] = []
+    with orch._device(runner):
+        if ctx.draft_lag:  # positions the draft has not seen (the prompt, plain steps, a fully accepted round)
+            runner.run(ctx.draft, plan.edge_back, hidden=torch.cat(ctx.draft_lag))
+            ctx.draft_lag.clear()
+        x = token
+        for i in range(depth):
+            rows.append(runner.run(ctx.front, plan.edge_front, input_ids=torch.tensor([x]))[0])
+            logits = runner.run_head(ctx.draft, plan.edge_back, hidden=rows[-1])  # (1, vocab)
+            x, dist = propose(sampler, logits, p + i + 1)
+            drafts.append(x)
+            if dist is not None:
+                q.append(dist)
+        rows.append(runner.run(ctx.front, plan.edge_front, input_ids=torch.tensor([x]))[0])
+    drafted = time.perf_counter()
+    answer = orch._cross(ctx, torch.cat(rows))  # (k + 1, hidden): the cloud's blocks over all of them
+    with orch._device(runner):
+        logits = runner.logits_all(runner.run(ctx.back, plan.edge_back, hidden=answer))  # (k + 1, vocab)
+    if sampler.greedy:
+        targets = [sampler(logits[i:i + 1], position=p + i + 1) for i in range(depth + 1)]
+        n = accept_greedy(drafts, targets)
+        tokens = [*drafts[:n], targets[n]]
+    else:
+        n, last = accept_sampled(sampler, drafts, q, [sampler.probs(logits[i:i + 1], p + i + 1)
+                                                      for i in range(depth + 1)])
+        tokens = [*drafts[:n], last]
+    if ctx.top_logprobs is not None:
+        for i, t in enumerate(tokens):
+            orch._record(ctx, logits[i:i + 1], t)
+    _cut(ctx, p + n + 1, depth, n, rows[-1])
+    ctx.spec.drafted += depth
+    ctx.spec.accepted += n
+    ctx.spec.round_trips += 1
+    ctx.spec.depth = max(ctx.spec.depth, depth)
+    if orch.tuner is not None:
+        orch.tuner.observe(depth, n, (drafted - started) * 1000 / depth, (time.perf_counter() - drafted) * 1000)
+    return tokens
+
+
+def _cut(ctx: _Context, length: int, depth: int, accepted: int, last_row: torch.Tensor) -> None:
+    """Every cache back to `length` positions (the latest accepted token's included)."""
+    runner = ctx.runner
+    assert ctx.draft is not None
+    for state in (ctx.front, ctx.back):
+        runner.rollback(state, length)
+    if accepted < depth:
+        runner.rollback(ctx.draft, length)
+    else:  # all accepted: the draft ran d_1..d_{k-1}; d_k's front output is still to go through it
+        ctx.draft_lag.append(last_row)
+    ctx.rollback = ctx.position > length  # the cloud holds the rejected drafts too: cut them with the next frame
+    ctx.position = length

@@ -8,7 +8,7 @@ CLOUD_PORT ?= 8001
 EDGE_PORT ?= 8000
 CUT ?= 2:6
 
-.PHONY: demo test install serve-cloud serve-edge bench-overhead bench-accuracy bench-adaptive bench-links bench-backends bench-batching bench-packed bench-step loadtest fuzz soak model perplexity clean
+.PHONY: demo test install serve-cloud serve-edge bench-overhead bench-accuracy bench-adaptive bench-links bench-backends bench-batching bench-packed bench-step bench-speculation loadtest fuzz soak model perplexity clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -54,6 +54,10 @@ bench-batching: $(STAMP)
 # A batching round packed into one forward against the same round unpacked (about 3 minutes).
 bench-packed: $(STAMP)
 	$(BIN)/python bench/packed_round.py
+
+# The edge drafts, the cloud verifies: depths 0-8 and auto on the four emulated links (about 10 minutes).
+bench-speculation: $(STAMP)
+	$(BIN)/python bench/speculation.py
 
 bench-step: $(STAMP)
 	$(BIN)/python bench/step_overhead.py

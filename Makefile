@@ -8,7 +8,7 @@ CLOUD_PORT ?= 8001
 EDGE_PORT ?= 8000
 CUT ?= 2:6
 
-.PHONY: demo test install serve-cloud serve-edge bench-overhead bench-accuracy bench-adaptive bench-links bench-backends bench-batching bench-packed bench-step bench-speculation loadtest fuzz soak model perplexity clean
+.PHONY: demo test install serve-cloud serve-edge bench-overhead bench-accuracy bench-adaptive bench-links bench-backends bench-batching bench-packed bench-step bench-speculation loadtest fuzz soak model draft-model perplexity clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -83,6 +83,11 @@ soak: $(STAMP)
 model: $(STAMP)
 	command -v bible >/dev/null || apt-get install -y bible-kjv
 	$(BIN)/python scripts/train_default_model.py --out $(MODEL)
+
+# Retrain speculation's draft model (same tokenizer, 2 blocks of 128; about 6 minutes on 2 cores).
+draft-model: $(STAMP)
+	command -v bible >/dev/null || apt-get install -y bible-kjv
+	$(BIN)/python scripts/train_default_model.py --out models/draft --tokenizer $(MODEL) --layers 2 --hidden 128 --heads 4
 
 perplexity: $(STAMP)
 	$(BIN)/python scripts/eval_perplexity.py --model $(MODEL)

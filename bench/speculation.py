@@ -4,7 +4,8 @@
 
 A cloud (one core, one torch thread) and, for each link and depth, an edge (the other core, one thread, emulated
 3x slower as in bench/links.py) as real processes, the edge's frames through the userspace link emulator
-(`edgesplit/tools/linkemu.py`); plan 2:6 int8, greedy, `--speculate` 0, 2, 4, 8 and auto. Per depth: the
+(`edgesplit/tools/linkemu.py`); plan 2:6 int8, greedy, `--speculate` 0, 2, 4, 8 and auto, with each draft
+(the edge's own blocks, and the shipped draft model, models/draft). Per depth: the
 drafts' acceptance rate, tokens per round trip, time per output token (TPOT) as a ratio of depth 0's in the same
 run, and whether every text equals depth 0's.
 """
@@ -31,14 +32,18 @@ PROMPTS = ["Once upon a time, there was a little girl named", "The dog ran to th
            "Tom and his mom went to the store. They wanted to buy"]
 
 
-def run_depth(cloud_port: int, depth: str, args: argparse.Namespace, work: Path, cpus: set[int] | None) -> dict:
-    """Every prompt once through an edge that speculates `depth`; each request's figures."""
+def run_depth(cloud_port: int, depth: str, draft: str, args: argparse.Namespace, work: Path,
+              cpus: set[int] | None) -> dict:
+    """Every prompt once through an edge that speculates `depth` with `draft` ("self" or a checkpoint); each
+    request's figures."""
     port = free_port()
     edge_args = ["--model", str(ROOT / DEFAULT_MODEL_DIR), "--cloud", f"http://127.0.0.1:{cloud_port}",
                  "--cut", args.cut, "--codec", "int8", "--speculate", depth, "--threads", "1",
                  "--emulate-slowdown", str(args.slowdown), "--cloud-step-timeout-s", "60"]
+    if draft != "self":
+        edge_args += ["--draft-model", str(ROOT / draft)]
     runs = []
-    with serve("edge", edge_args, port, work / f"edge-{depth}.log", cpus=cpus) as edge:
+    with serve("edge", edge_args, port, work / f"edge-{depth}-{Path(draft).name}.log", cpus=cpus) as edge:
         url = f"http://127.0.0.1:{port}"
         wait_healthy(f"{url}/health", edge, timeout_s=300)
         body = {"prompt": "Hello", "max_tokens": 4, "temperature": 0}
@@ -58,7 +63,8 @@ def run_depth(cloud_port: int, depth: str, args: argparse.Namespace, work: Path,
                              "drafted": spec.get("drafted", 0), "accepted": spec.get("accepted", 0),
                              "depth": spec.get("depth", 0)})
     drafted = sum(r["drafted"] for r in runs)
-    return {"depth": depth, "runs": runs, "tpot_ms": statistics.median(r["tpot_ms"] for r in runs),
+    return {"depth": depth, "draft": draft if depth != "0" else None, "runs": runs,
+            "tpot_ms": statistics.median(r["tpot_ms"] for r in runs),
             "acceptance": sum(r["accepted"] for r in runs) / drafted if drafted else None,
             "tokens_per_round_trip": sum(r["tokens"] - 1 for r in runs) / max(1, sum(r["exchanges"] for r in runs))}
 
@@ -67,6 +73,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--links", nargs="+", default=list(LINKS), choices=list(LINKS))
     ap.add_argument("--depths", nargs="+", default=["0", "2", "4", "8", "auto"])
+    ap.add_argument("--drafts", nargs="+", default=["self", "models/draft"],
+                    help="draft sources: self (the edge's own blocks) or a checkpoint directory")
     ap.add_argument("--cut", default="2:6")
     ap.add_argument("--tokens", type=int, default=48)
     ap.add_argument("--rounds", type=int, default=1, help="times each prompt is sent per depth")
@@ -84,13 +92,15 @@ def main() -> None:
             bandwidth, rtt = LINKS[link]
             started = time.monotonic()
             with LinkEmulator(cloud_port, bandwidth, rtt) as port:
-                rows = [run_depth(port, depth, args, work, edge_cpus) for depth in args.depths]
+                rows = [run_depth(port, "0", "self", args, work, edge_cpus)]
+                rows += [run_depth(port, depth, draft, args, work, edge_cpus)
+                         for draft in args.drafts for depth in args.depths if depth != "0"]
             base = rows[0]
             for row in rows:
                 row["tpot_over_depth0"] = row["tpot_ms"] / base["tpot_ms"]
                 row["same_text"] = [r["text"] for r in row["runs"]] == [r["text"] for r in base["runs"]]
                 acceptance = "-" if row["acceptance"] is None else f"{row['acceptance']:.2f}"
-                print(f"{link:>6} depth {row['depth']:>4}: acceptance {acceptance}, "
+                print(f"{link:>6} {row['draft'] or '-':>12} depth {row['depth']:>4}: acceptance {acceptance}, "
                       f"{row['tokens_per_round_trip']:.2f} tokens per round trip, TPOT "
                       f"{row['tpot_over_depth0']:.2f}x depth 0, same text: {row['same_text']}", flush=True)
             results.append({"link": link, "bandwidth_bps": bandwidth, "rtt_ms": rtt, "depths": rows,

@@ -57,9 +57,13 @@ class PlanRequest(StrictModel):
     rtt_ms: float | None = Field(default=None, ge=0, le=1e6)
     workload: str | None = Field(default=None, pattern=r"^\d+(:\d+){0,2}$", description="PROMPT:OUTPUT[:STREAMS]")
     constraints: SearchConstraints | None = None
+    speculate: str | None = Field(default=None, pattern=r"^(off|auto|[0-9]|1[0-6])$",
+                                  description="drafts per round trip for new generations: off, auto or 1-16")
 
     @model_validator(mode="after")
     def _one_way(self) -> PlanRequest:
+        if self.speculate is not None and self.cut is None and not self.search:
+            return self  # only the speculation depth changes
         if (self.cut is None) == (not self.search):
             raise ValueError("give either 'cut' (a plan by hand) or 'search': true, not both or neither")
         if (self.bandwidth_bps is None) != (self.rtt_ms is None):
@@ -84,7 +88,8 @@ guarded = APIRouter(prefix="/admin", tags=["admin"], dependencies=[Depends(requi
 async def get_plan(request: Request) -> dict:
     """The current plan, the link it was chosen for, and every plan change."""
     rt = _runtime(request)
-    return {**rt.replanner.snapshot(), "link": rt.link.estimate().__dict__}
+    return {**rt.replanner.snapshot(), "link": rt.link.estimate().__dict__,
+            "speculate": rt.orchestrator.speculation}
 
 
 @guarded.post("/plan")
@@ -93,6 +98,10 @@ async def set_plan(body: PlanRequest, request: Request) -> dict:
     rt = _runtime(request)
     rp = rt.replanner
     n = rt.loaded.layered.num_layers
+    if body.speculate is not None:
+        rt.orchestrator.set_speculation(body.speculate)
+        if body.cut is None and not body.search:
+            return {"changed": True, "speculate": rt.orchestrator.speculation}
     if body.cut is not None:
         plan = parse_cut(body.cut, n, codec=body.codec, head=body.head, zstd_level=body.zstd_level).model_copy(
             update={"edge_backend": body.edge_backend, "cloud_backend": body.cloud_backend})

@@ -21,7 +21,7 @@ import torch
 
 from edge_service.breaker import CloudBreaker
 from edge_service.generation import Finished, FinishReason, GenerationRequest, LinkStats, Piece, TokenChoice
-from edge_service.speculation import DepthTuner, SpeculationStats, speculate
+from edge_service.speculation import DepthTuner, DraftModel, SpeculationStats, speculate
 from edge_service.textstream import TextStream
 from splitcore.backends import Runner, Runners, State
 from splitcore.codec import DTYPE_BY_NAME
@@ -72,8 +72,11 @@ class _Context:
     top_logprobs: int | None = None  # alternatives to record per token; None: no log-probabilities
     logprobs: list[TokenChoice] = field(default_factory=list)
     spec: SpeculationStats | None = None  # set when this generation may speculate (`edge_service.speculation`)
-    draft: State | None = None  # the draft's cache of the back blocks (fed the front's outputs, not the cloud's)
-    draft_lag: list[torch.Tensor] = field(default_factory=list)  # front outputs (n, hidden) the draft has not run
+    # the draft's cache: of the back blocks, fed the front's outputs (self-speculation), or of a draft model
+    draft: State | None = None
+    draft_runner: Runner | None = None  # the draft model's runner (None: the edge's own blocks draft)
+    # what the draft has not run yet: front outputs (n, hidden), or token ids (n,) for a draft model
+    draft_lag: list[torch.Tensor] = field(default_factory=list)
     rollback: bool = False  # the cloud holds rejected drafts: the next frame cuts them (Flags.ROLLBACK)
 
 
@@ -84,7 +87,8 @@ class Orchestrator:
                  link_observer: Callable[[int, float, float], None] | None = None, slowdown: float = 1.0,
                  fallback: bool = False, step_timeout_s: float | None = None,
                  breaker: CloudBreaker | None = None, max_concurrent_steps: int | None = None,
-                 runners: Runners | None = None, speculate: int | str = 0) -> None:
+                 runners: Runners | None = None, speculate: int | str = 0, draft: DraftModel | None = None
+                 ) -> None:
         assert loaded.tokenizer is not None, "the edge owns the tokenizer"
         assert slowdown >= 1.0, "the emulated slowdown stretches compute; it cannot speed it up"
         self.tokenizer = loaded.tokenizer
@@ -104,8 +108,19 @@ class Orchestrator:
         # Drafts per round: a fixed depth (0: none), or "auto" (`DepthTuner`: what the measured rounds favour)
         self.speculate = speculate
         self.tuner = DepthTuner() if speculate == "auto" else None
+        self.draft = draft  # a draft model; None: the edge's own blocks draft (the cloud's middle skipped)
         self.plan = plan
         self.set_plan(plan)
+
+    @property
+    def speculation(self) -> str:
+        """The speculation setting as `--speculate` spells it: off, auto or a depth."""
+        return "off" if self.speculate in (0, "off") else str(self.speculate)
+
+    def set_speculation(self, setting: str) -> None:
+        """Speculate as `setting` says (off, auto or a depth) from the next generation on."""
+        self.speculate = setting if setting in ("off", "auto") else int(setting)
+        self.tuner = (self.tuner or DepthTuner()) if setting == "auto" else None
 
     def set_plan(self, plan: Plan) -> None:
         """Make `plan` the one new generations start with; generations already running keep theirs."""
@@ -236,7 +251,7 @@ class Orchestrator:
         ctx.plan, ctx.session, ctx.position, ctx.opened, ctx.rollback = plan, uuid.uuid4(), 0, False, False
         ctx.runner = self.runners.get(plan.edge_backend)
         ctx.front, ctx.back = ctx.runner.new_state(), ctx.runner.new_state()
-        ctx.draft = ctx.runner.new_state() if ctx.draft is not None and _drafts(plan) else None
+        ctx.draft = self._draft_state(ctx.runner) if ctx.draft is not None and _drafts(plan) else None
         ctx.draft_lag.clear()
 
     def _context(self, request: GenerationRequest) -> _Context:
@@ -262,7 +277,12 @@ class Orchestrator:
                         codec=FrameCodec(DTYPE_BY_NAME[plan.codec], plan.zstd_level),
                         sampler=Sampler(sampling), meta=meta.model_dump_json().encode(), fallback=fallback,
                         top_logprobs=request.logprobs, spec=SpeculationStats(0) if speculating else None,
-                        draft=runner.new_state() if speculating else None)
+                        draft=self._draft_state(runner) if speculating else None,
+                        draft_runner=self.draft.runner if self.draft is not None else None)
+
+    def _draft_state(self, runner: Runner) -> State:
+        """A fresh cache for the draft: of the draft model, or of the edge's back blocks on `runner`."""
+        return (self.draft.runner if self.draft is not None else runner).new_state()
 
     @contextmanager
     def _device(self, runner: Runner) -> Iterator[None]:
@@ -290,8 +310,8 @@ class Orchestrator:
         if plan.cut_a > 0:
             with self._device(runner):
                 payload = runner.run(ctx.front, plan.edge_front, input_ids=ids)[0]  # (seq, hidden)
-            if ctx.draft is not None:
-                ctx.draft_lag.append(payload)  # the draft catches up on these before it next drafts
+            if ctx.draft is not None:  # the draft catches up on these before it next drafts
+                ctx.draft_lag.append(payload if self.draft is None else ids.reshape(-1))
         else:
             payload = ids  # (seq,): the plan lets tokens leave the device
         answer = self._cross(ctx, payload)

@@ -11,6 +11,7 @@ from edge_service.metrics import EdgeMetrics
 from edge_service.orchestrator import Orchestrator
 from edge_service.replanner import Replanner
 from edge_service.settings import EdgeSettings
+from edge_service.speculation import DraftModel
 from partitioner.planning import PlanInputs
 from profiling.link_estimator import LinkEstimator
 from profiling.profile import Profile
@@ -79,6 +80,8 @@ class EdgeRuntime:
                                     fallback=settings.fallback, step_timeout_s=settings.cloud_step_timeout_s,
                                     max_concurrent_steps=settings.max_concurrent_steps or usable_cores(),
                                     speculate=settings.speculation_depth,
+                                    draft=DraftModel.load(settings.draft_model, loaded) if settings.draft_model
+                                    else None,
                                     runners=Runners(loaded.layered, settings.backend, settings.onnx_dir,
                                                     quantize=settings.onnx_quantize,
                                                     batching=settings.batch_limits(),

@@ -80,6 +80,9 @@ class EdgeSettings(TierSettings):
     speculate: str = Field(default="off", pattern=r"^(off|auto|[0-9]|1[0-6])$",
         description="drafts per round trip: off, auto (what measured acceptance, draft and round times favour) or "
                     "1-16; the edge drafts with its own blocks and the cloud verifies all of them in one exchange")
+    draft_model: Path | None = Field(default=None,
+        description="a small checkpoint with the same tokenizer to draft with (e.g. models/draft); default: the "
+                    "edge's own blocks, the cloud's middle skipped")
     emulate_slowdown: float = Field(default=1.0, ge=1.0,
         description="emulate a one-core device N x slower: compute takes turns")
     admin_token: SecretStr | None = Field(default=None,

@@ -23,16 +23,47 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
 
+from splitcore.backends import Runner, TorchRunner
+from splitcore.errors import UserError
+from splitcore.loading import LoadedModel, load_checkpoint
+from splitcore.ranges import LayerRange
 from splitcore.sampling import Sampler
 
 if TYPE_CHECKING:
     from edge_service.orchestrator import Orchestrator, _Context
 
 MAX_DEPTH = 16  # drafts per round at most (settings refuse more)
+
+
+@dataclass(frozen=True)
+class DraftModel:
+    """A small model with the same token ids that drafts instead of the edge's own blocks, on its own runner."""
+
+    loaded: LoadedModel
+    runner: Runner
+
+    @property
+    def blocks(self) -> LayerRange:
+        return LayerRange(start=0, end=self.loaded.layered.num_layers)
+
+    @classmethod
+    def load(cls, path: Path, model: LoadedModel) -> DraftModel:
+        """Load the draft at `path` for `model`.
+
+        Raises:
+            UserError: the draft does not share the model's tokenizer (its ids would mean other text).
+        """
+        draft = load_checkpoint(path)
+        if draft.tokenizer is None or model.tokenizer is None or \
+                draft.tokenizer.get_vocab() != model.tokenizer.get_vocab():
+            raise UserError(f"draft model {path} does not share the model's tokenizer: train it with "
+                            "scripts/train_default_model.py --tokenizer <the model's directory>", param="draft_model")
+        return cls(draft, TorchRunner(draft.layered))
 
 
 @dataclass
@@ -81,14 +112,24 @@ def accept_sampled(sampler: Sampler, drafts: list[int], q: list[torch.Tensor], p
     return len(drafts), sampler.draw(p[len(drafts)])
 
 
-def choose_depth(acceptance: float, draft_ms: float, round_ms: float, max_depth: int) -> int:
-    """The depth with the most tokens per unit of time: a round of depth k gives (1 - a^(k+1)) / (1 - a) tokens
-    on average (a: the chance each draft is accepted, independently) and costs k drafts plus one verify round
-    (`round_ms`: the exchange and the edge's blocks around it, about what a plain step costs)."""
-    a = min(max(acceptance, 0.0), 0.999)
+def expected_tokens(accept: list[float], depth: int) -> float:
+    """Tokens a round of `depth` drafts gives on average: 1 + the sum over i of the chance the first i drafts are
+    all accepted. `accept[j]` is the chance draft j + 1 is accepted once the ones before it were; drafts past
+    the measured ones take the last measured chance."""
+    total, chance = 1.0, 1.0
+    for i in range(depth):
+        chance *= accept[min(i, len(accept) - 1)]
+        total += chance
+    return total
+
+
+def choose_depth(accept: list[float], draft_ms: float, round_ms: float, max_depth: int) -> int:
+    """The depth with the most tokens per unit of time: a round of depth k gives `expected_tokens(accept, k)`
+    and costs k drafts plus one verify round (`round_ms`: the front step of the last token, the exchange, the
+    back blocks and the head, which is what a plain step costs)."""
     best, best_rate = 0, 1.0 / max(round_ms, 1e-6)
     for k in range(1, max_depth + 1):
-        rate = (1 - a ** (k + 1)) / (1 - a) / (k * draft_ms + round_ms)
+        rate = expected_tokens(accept, k) / (k * draft_ms + round_ms)
         if rate > best_rate * 1.02:  # a deeper round must pay for itself clearly
             best, best_rate = k, rate
     return best
@@ -97,40 +138,45 @@ def choose_depth(acceptance: float, draft_ms: float, round_ms: float, max_depth:
 class DepthTuner:
     """`--speculate auto`: the depth that the measured acceptance, draft time and round time favour, shared by
     the generations of one edge (moving averages). While depth 0 wins, one round in `explore_every` drafts
-    `first_depth` tokens, so a change in acceptance (another kind of text) is still seen."""
+    `first_depth` tokens, so a change in acceptance (another kind of text) is still seen.
+
+    Acceptance is measured per draft position, given the drafts before it were accepted: text comes in runs of
+    easy tokens, so a draft that follows accepted ones is accepted more often than the first (measured on the
+    shipped model: 0.41 for the first, about 0.75 for the next). One chance for all positions chose depth 0 on
+    Wi-Fi, where depth 4 took 0.80x the time per token.
+    """
 
     def __init__(self, max_depth: int = 8, first_depth: int = 4, explore_every: int = 16, weight: float = 0.1
                  ) -> None:
         self.max_depth, self.first_depth = max_depth, first_depth
         self.explore_every, self.weight = explore_every, weight
-        self.acceptance: float | None = None
+        self.accept: list[float | None] = [None] * max_depth  # draft j + 1's chance, once the j before it were
         self.draft_ms: float | None = None
         self.round_ms: float | None = None
-        self._accepted: float | None = None  # drafts accepted per round (moving average)
-        self._rejected: float | None = None  # rounds that ended in a rejection (moving average)
         self._zero_rounds = 0
         self._lock = threading.Lock()
 
     def depth(self) -> int:
         with self._lock:
-            if self.acceptance is None or self.draft_ms is None or self.round_ms is None:
+            measured = [a for a in self.accept if a is not None]
+            if not measured or self.draft_ms is None or self.round_ms is None:
                 return self.first_depth
-            k = choose_depth(self.acceptance, self.draft_ms, self.round_ms, self.max_depth)
+            accept, last = [], measured[0]
+            for a in self.accept:  # positions not measured yet take the chance of the one before
+                last = a if a is not None else last
+                accept.append(last)
+            k = choose_depth(accept, self.draft_ms, self.round_ms, self.max_depth)
             if k == 0:
                 self._zero_rounds += 1
-                if self._zero_rounds % self.explore_every == 0:  # as deep as the first rounds: depth-1 rounds
-                    return self.first_depth  # see only the first draft, the hardest (0.41 where 4 saw 0.61)
+                if self._zero_rounds % self.explore_every == 0:
+                    return self.first_depth
             return k
 
     def observe(self, drafted: int, accepted: int, draft_ms: float, round_ms: float) -> None:
         """One verify round: `accepted` of `drafted` drafts, `draft_ms` per draft, `round_ms` for the rest."""
         with self._lock:
-            # The chance a draft is accepted: accepted drafts over accepted drafts and rejections (the geometric
-            # model's estimate). An average of each round's own ratio read 0.58 where rounds of 4 kept 2.3 on
-            # average (runs of easy tokens): it chose depth 2 where 4 was 25% faster on the 50 ms link.
-            self._accepted = _ema(self._accepted, accepted, self.weight)
-            self._rejected = _ema(self._rejected, 1.0 if accepted < drafted else 0.0, self.weight)
-            self.acceptance = self._accepted / max(self._accepted + self._rejected, 1e-9)
+            for j in range(min(drafted, accepted + 1)):  # drafts that were judged: accepted ones and the first miss
+                self.accept[j] = _ema(self.accept[j], 1.0 if j < accepted else 0.0, self.weight)
             self.draft_ms = _ema(self.draft_ms, draft_ms, self.weight)
             self.round_ms = _ema(self.round_ms, round_ms, self.weight)
 
@@ -142,7 +188,7 @@ def _ema(old: float | None, new: float, weight: float) -> float:
 @torch.inference_mode()
 def speculate(orch: Orchestrator, ctx: _Context, token: int, depth: int) -> list[int]:
     """One round at the latest token `token` (not yet in any cache): its tokens, 1 to `depth` + 1 of them."""
-    plan, runner, sampler = ctx.plan, ctx.runner, ctx.sampler
+    plan, runner, sampler, model = ctx.plan, ctx.runner, ctx.sampler, orch.draft
     assert ctx.draft is not None and ctx.spec is not None, "speculation needs the draft's state"
     p = ctx.front.position  # the sequence position of `token`
     rows: list[torch.Tensor] = []  # front outputs (1, hidden) of token, d_1..d_k
@@ -150,21 +196,30 @@ def speculate(orch: Orchestrator, ctx: _Context, token: int, depth: int) -> list
     q: list[torch.Tensor] = []
     with orch._device(runner):
         if ctx.draft_lag:  # positions the draft has not seen (the prompt, plain steps, a fully accepted round)
-            runner.run(ctx.draft, plan.edge_back, hidden=torch.cat(ctx.draft_lag))
+            if model is None:
+                runner.run(ctx.draft, plan.edge_back, hidden=torch.cat(ctx.draft_lag))
+            else:
+                model.runner.run(ctx.draft, model.blocks, input_ids=torch.cat(ctx.draft_lag))
             ctx.draft_lag.clear()
         # Timed from here: the catch-up above is the prompt or the steps since the last round, not drafting (an
         # exploring depth-1 round after 16 plain steps once read as a 16x dearer draft, and auto stayed off).
         started = time.perf_counter()
         x = token
         for i in range(depth):
-            rows.append(runner.run(ctx.front, plan.edge_front, input_ids=torch.tensor([x]))[0])
-            logits = runner.run_head(ctx.draft, plan.edge_back, hidden=rows[-1])  # (1, vocab)
+            if model is None:  # the edge's own blocks: front, then straight into the back blocks and head
+                rows.append(runner.run(ctx.front, plan.edge_front, input_ids=torch.tensor([x]))[0])
+                logits = runner.run_head(ctx.draft, plan.edge_back, hidden=rows[-1])  # (1, vocab)
+            else:
+                logits = model.runner.run_head(ctx.draft, model.blocks, input_ids=torch.tensor([x]))
             x, dist = propose(sampler, logits, p + i + 1)
             drafts.append(x)
             if dist is not None:
                 q.append(dist)
-        rows.append(runner.run(ctx.front, plan.edge_front, input_ids=torch.tensor([x]))[0])
-    drafted = time.perf_counter()
+        drafted = time.perf_counter()  # the front steps left are part of the round, as of a plain step
+        if model is None:
+            rows.append(runner.run(ctx.front, plan.edge_front, input_ids=torch.tensor([x]))[0])
+        else:  # a draft model: the front blocks run the token and all drafts in one step
+            rows.append(runner.run(ctx.front, plan.edge_front, input_ids=torch.tensor([token, *drafts]))[0])
     answer = orch._cross(ctx, torch.cat(rows))  # (k + 1, hidden): the cloud's blocks over all of them
     with orch._device(runner):
         logits = runner.logits_all(runner.run(ctx.back, plan.edge_back, hidden=answer))  # (k + 1, vocab)
@@ -179,7 +234,7 @@ def speculate(orch: Orchestrator, ctx: _Context, token: int, depth: int) -> list
     if ctx.top_logprobs is not None:
         for i, t in enumerate(tokens):
             orch._record(ctx, logits[i:i + 1], t)
-    _cut(ctx, p + n + 1, depth, n, rows[-1])
+    _cut(ctx, p + n + 1, depth, n, rows[-1][-1:] if model is None else torch.tensor(drafts[-1:]))
     ctx.spec.drafted += depth
     ctx.spec.accepted += n
     ctx.spec.round_trips += 1
@@ -189,15 +244,16 @@ def speculate(orch: Orchestrator, ctx: _Context, token: int, depth: int) -> list
     return tokens
 
 
-def _cut(ctx: _Context, length: int, depth: int, accepted: int, last_row: torch.Tensor) -> None:
-    """Every cache back to `length` positions (the latest accepted token's included)."""
+def _cut(ctx: _Context, length: int, depth: int, accepted: int, last: torch.Tensor) -> None:
+    """Every cache back to `length` positions (the latest accepted token's included); `last` is what the draft
+    would need of the last draft if all were accepted (its front output, or its token id for a draft model)."""
     runner = ctx.runner
     assert ctx.draft is not None
     for state in (ctx.front, ctx.back):
         runner.rollback(state, length)
     if accepted < depth:
-        runner.rollback(ctx.draft, length)
-    else:  # all accepted: the draft ran d_1..d_{k-1}; d_k's front output is still to go through it
-        ctx.draft_lag.append(last_row)
+        (runner if ctx.draft_runner is None else ctx.draft_runner).rollback(ctx.draft, length)
+    else:  # all accepted: the draft ran token, d_1..d_{k-1}; d_k is still to go through it
+        ctx.draft_lag.append(last)
     ctx.rollback = ctx.position > length  # the cloud holds the rejected drafts too: cut them with the next frame
     ctx.position = length

@@ -10,6 +10,8 @@ architecture trained with plain PyTorch (nanoGPT-style loop). Seeded; the
 output is a standard Hugging Face checkpoint directory.
 
 Usage: python scripts/train_default_model.py --out models/default
+       python scripts/train_default_model.py --out models/draft --tokenizer models/default --layers 2 \
+           --hidden 128 --heads 4    # the speculation draft: same token ids, a fifth of the weights
 """
 
 from __future__ import annotations
@@ -64,13 +66,20 @@ def main() -> None:
     ap.add_argument("--lr", type=float, default=3e-3)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seed", type=int, default=1234)
+    ap.add_argument("--tokenizer", type=Path, default=None,
+                    help="reuse this checkpoint's tokenizer instead of training one (a draft model must share the "
+                         "model's token ids: --tokenizer models/default)")
     args = ap.parse_args()
 
     torch.manual_seed(args.seed)
     torch.set_num_threads(args.threads)
     args.out.mkdir(parents=True, exist_ok=True)
     train_text, held_text = split_corpus(read_corpus())
-    tok = train_tokenizer(train_text, args.vocab_size, args.out)
+    if args.tokenizer is not None:
+        tok = PreTrainedTokenizerFast.from_pretrained(args.tokenizer)
+        tok.save_pretrained(args.out)
+    else:
+        tok = train_tokenizer(train_text, args.vocab_size, args.out)
     train_ids, held_ids = encode_stream(tok, train_text), encode_stream(tok, held_text)
     print(f"corpus: {len(train_ids):,} training tokens, {len(held_ids):,} held-out tokens")
 

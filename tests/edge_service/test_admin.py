@@ -210,3 +210,24 @@ def test_wrong_admin_tokens_are_answered_ever_more_slowly_until_the_right_one() 
     clock.now += 61  # past the session's expiry: asked again, without penalty
     with pytest.raises(AuthenticationError):
         asyncio.run(guard.check(request(cookie=session)))
+
+
+def test_an_operator_sets_the_speculation_depth_live(urls: tuple[str, str], models: dict[str, LoadedModel]) -> None:
+    edge, _ = urls
+    loaded = models["gpt2"]
+    assert httpx.get(edge + "/admin/plan", headers=AUTH).json()["speculate"] == "off"
+    bad = httpx.post(edge + "/admin/plan", json={"speculate": "99"}, headers=AUTH)
+    assert bad.status_code == 400 and "speculate" in bad.text
+    set_ = httpx.post(edge + "/admin/plan", json={"speculate": "3", "cut": "1:3", "codec": "fp32"}, headers=AUTH,
+                      timeout=30)
+    assert set_.status_code == 200 and httpx.get(edge + "/admin/plan", headers=AUTH).json()["speculate"] == "3"
+    try:
+        ids = loaded.tokenizer.encode("an operator speculates")
+        out = httpx.post(edge + "/v1/completions", json={"prompt": ids, "max_tokens": 8, "temperature": 0},
+                         timeout=60).json()
+        assert out["edgesplit"]["speculation"]["depth"] == 3
+        assert out["choices"][0]["text"] == reference_text(loaded, ids, 8)
+    finally:
+        off = httpx.post(edge + "/admin/plan", json={"speculate": "off"}, headers=AUTH)
+        httpx.post(edge + "/admin/plan", json={"cut": "edge"}, headers=AUTH, timeout=30)
+    assert off.json() == {"changed": True, "speculate": "off"}

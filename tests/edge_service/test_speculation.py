@@ -7,6 +7,7 @@ sampling, the tokens are distributed as the model's (a chi-square test of the ac
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -14,13 +15,15 @@ import torch
 import edge_service.speculation as speculation
 from edge_service.generation import Finished, GenerationRequest
 from edge_service.orchestrator import Orchestrator
-from edge_service.speculation import DepthTuner, accept_sampled, choose_depth
+from edge_service.speculation import DepthTuner, DraftModel, accept_sampled, choose_depth, expected_tokens
 from edgesplit.tools.inprocess import in_process_cloud
-from splitcore.loading import LoadedModel
+from splitcore.backends import TorchRunner
+from splitcore.errors import UserError
+from splitcore.loading import LoadedModel, from_config
 from splitcore.plan import Plan
 from splitcore.sampling import Sampler
 from splitcore.schema import SamplingParams
-from splitcore.testing import reference_tokens
+from splitcore.testing import reference_tokens, save_checkpoint, tiny_config, tiny_model, train_byte_level_bpe
 
 PROMPT = list(range(30, 41))
 N = 20
@@ -117,12 +120,45 @@ def test_speculative_sampling_keeps_the_models_distribution(models: dict[str, Lo
 
 
 def test_depth_is_zero_when_a_round_trip_is_cheap_and_deep_when_it_is_dear() -> None:
-    assert choose_depth(0.7, draft_ms=2.0, round_ms=3.0, max_depth=8) == 0  # loopback: drafting costs more
-    assert choose_depth(0.7, draft_ms=2.0, round_ms=60.0, max_depth=8) >= 4  # a 50 ms link
-    assert choose_depth(0.05, draft_ms=2.0, round_ms=60.0, max_depth=8) == 0  # drafts never accepted
+    assert expected_tokens([0.5], 2) == 1.75  # 1 + 0.5 + 0.25
+    assert expected_tokens([0.4, 0.8], 3) == pytest.approx(1 + 0.4 + 0.32 + 0.256)
+    steady = [0.7] * 8
+    assert choose_depth(steady, draft_ms=2.0, round_ms=3.0, max_depth=8) == 0  # loopback: drafting costs more
+    assert choose_depth(steady, draft_ms=2.0, round_ms=60.0, max_depth=8) >= 4  # a 50 ms link
+    assert choose_depth([0.05], draft_ms=2.0, round_ms=60.0, max_depth=8) == 0  # drafts never accepted
+    # a hard first draft and easy ones after it (runs of easy text) pay for deeper rounds than one chance for all
+    uniform = choose_depth([0.4] * 8, draft_ms=4.0, round_ms=25.0, max_depth=8)
+    assert uniform <= 1 and choose_depth([0.4, 0.8], draft_ms=4.0, round_ms=25.0, max_depth=8) >= 3
     tuner = DepthTuner(first_depth=4, explore_every=4)
     assert tuner.depth() == 4  # nothing measured yet
     for _ in range(20):
         tuner.observe(drafted=4, accepted=0, draft_ms=2.0, round_ms=3.0)
+    assert tuner.accept[0] == pytest.approx(0.0, abs=1e-9) and tuner.accept[1] is None  # only the first judged
     depths = [tuner.depth() for _ in range(8)]
     assert depths.count(0) == 6 and depths.count(4) == 2  # off, but still looking now and then
+
+
+@pytest.mark.parametrize("family", ["gpt2", "llama"])
+def test_a_draft_model_drafts_and_the_output_is_still_the_models(models: dict[str, LoadedModel],
+                                                                 family: str) -> None:
+    loaded = models[family]
+    plan = Plan(num_layers=4, cut_a=1, cut_b=3, codec="fp32")
+    other = tiny_model(family, layers=1, seed=5)  # another small model with the same token ids
+    itself = DraftModel(loaded, TorchRunner(loaded.layered))  # the model drafting for itself: always right
+    for draft, always_right in ((DraftModel(other, TorchRunner(other.layered)), False), (itself, True)):
+        orchestrator = Orchestrator(loaded, plan, in_process_cloud(loaded), speculate=4, draft=draft)
+        done = list(orchestrator.generate(GenerationRequest(prompt_ids=PROMPT, max_tokens=N)))[-1]
+        assert isinstance(done, Finished) and done.speculation is not None
+        assert done.token_ids == reference_tokens(loaded, PROMPT, N)
+        if always_right:
+            assert done.speculation.accepted == done.speculation.drafted > 0
+
+
+def test_a_draft_model_with_another_tokenizer_is_refused(models: dict[str, LoadedModel], tmp_path: Path) -> None:
+    loaded = models["gpt2"]
+    tokenizer = train_byte_level_bpe(["quite another text, in quite another vocabulary " * 20], 300, 1)
+    config = tiny_config("gpt2", len(tokenizer), layers=1, eos_token_id=tokenizer.eos_token_id)
+    path = save_checkpoint(from_config(config, seed=0, tokenizer=tokenizer, name="other"), tmp_path / "other")
+    with pytest.raises(UserError, match="tokenizer") as refused:
+        DraftModel.load(path, loaded)
+    assert refused.value.param == "draft_model"

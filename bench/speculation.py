@@ -28,8 +28,8 @@ from edgesplit.tools.linkemu import LinkEmulator
 from splitcore.defaults import DEFAULT_MODEL_DIR
 
 ROOT = Path(__file__).resolve().parents[1]
-PROMPTS = ["Once upon a time, there was a little girl named", "The dog ran to the park and",
-           "Tom and his mom went to the store. They wanted to buy"]
+PROMPTS = ["And God said unto Moses,", "Blessed are they that", "And it came to pass, when the king"]  # the
+# shipped model's corpus is the King James Bible
 
 
 def run_depth(cloud_port: int, depth: str, draft: str, args: argparse.Namespace, work: Path,

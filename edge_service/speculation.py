@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -123,13 +124,13 @@ def expected_tokens(accept: list[float], depth: int) -> float:
     return total
 
 
-def choose_depth(accept: list[float], draft_ms: float, round_ms: float, max_depth: int) -> int:
+def choose_depth(accept: list[float], draft_ms: float, round_ms: Callable[[int], float], max_depth: int) -> int:
     """The depth with the most tokens per unit of time: a round of depth k gives `expected_tokens(accept, k)`
-    and costs k drafts plus one verify round (`round_ms`: the front step of the last token, the exchange, the
-    back blocks and the head, which is what a plain step costs)."""
-    best, best_rate = 0, 1.0 / max(round_ms, 1e-6)
+    and costs k drafts plus `round_ms(k)`: the rest of the round (the front steps left, the exchange, the back
+    blocks and the head over k + 1 positions); `round_ms(0)` is a plain step."""
+    best, best_rate = 0, 1.0 / max(round_ms(0), 1e-6)
     for k in range(1, max_depth + 1):
-        rate = expected_tokens(accept, k) / (k * draft_ms + round_ms)
+        rate = expected_tokens(accept, k) / (k * draft_ms + round_ms(k))
         if rate > best_rate * 1.02:  # a deeper round must pay for itself clearly
             best, best_rate = k, rate
     return best
@@ -144,6 +145,12 @@ class DepthTuner:
     easy tokens, so a draft that follows accepted ones is accepted more often than the first (measured on the
     shipped model: 0.41 for the first, about 0.75 for the next). One chance for all positions chose depth 0 on
     Wi-Fi, where depth 4 took 0.80x the time per token.
+
+    A round's own time is measured per depth, and a plain step's apart: the back blocks and the head over k + 1
+    positions cost more than over one (on a 3x slower edge, a depth-2 round of self-speculation cost more than
+    it gave on the LAN while one round time for every depth said it paid). Depths not measured yet are
+    extrapolated from the nearest measured one, linearly from a plain step. While speculation wins, one round
+    in `explore_every` is a plain step, so its time stays known.
     """
 
     def __init__(self, max_depth: int = 8, first_depth: int = 4, explore_every: int = 16, weight: float = 0.1
@@ -152,33 +159,69 @@ class DepthTuner:
         self.explore_every, self.weight = explore_every, weight
         self.accept: list[float | None] = [None] * max_depth  # draft j + 1's chance, once the j before it were
         self.draft_ms: float | None = None
-        self.round_ms: float | None = None
+        self.round_ms: list[float | None] = [None] * (max_depth + 1)  # by depth; [0]: a plain step
+        self.rate: list[float | None] = [None] * (max_depth + 1)  # tokens per ms rounds of each depth gave
         self._zero_rounds = 0
+        self._rounds = 0
         self._lock = threading.Lock()
 
     def depth(self) -> int:
         with self._lock:
             measured = [a for a in self.accept if a is not None]
-            if not measured or self.draft_ms is None or self.round_ms is None:
+            timed = [k for k, ms in enumerate(self.round_ms) if ms is not None and k > 0]
+            if not measured or self.draft_ms is None or not timed:
                 return self.first_depth
+            self._rounds += 1
+            if self.round_ms[0] is None or self._rounds % self.explore_every == 0 and self._zero_rounds == 0:
+                return 0  # time a plain step
             accept, last = [], measured[0]
             for a in self.accept:  # positions not measured yet take the chance of the one before
                 last = a if a is not None else last
                 accept.append(last)
-            k = choose_depth(accept, self.draft_ms, self.round_ms, self.max_depth)
-            if k == 0:
-                self._zero_rounds += 1
-                if self._zero_rounds % self.explore_every == 0:
-                    return self.first_depth
-            return k
+            k = choose_depth(accept, self.draft_ms, self._round_cost(timed), self.max_depth)
+            if self.rate[k] is None:
+                return k  # the model's pick, not tried yet: try it
+            # What rounds of each depth really gave, catch-ups and all, overrules the model: self-speculation on a
+            # slow edge over the LAN was predicted to pay at depth 2 and gave 1.20x the time per token.
+            best = max((d for d, r in enumerate(self.rate) if r is not None), key=lambda d: self.rate[d] or 0.0)
+            self._zero_rounds = self._zero_rounds + 1 if best == 0 else 0
+            if best == 0 and self._zero_rounds % self.explore_every == 0:
+                return self.first_depth if k == 0 else k
+            if best != k and self._rounds % self.explore_every == 0:
+                return k  # look again at what the model favours: the measured rate may be stale
+            return best
 
-    def observe(self, drafted: int, accepted: int, draft_ms: float, round_ms: float) -> None:
-        """One verify round: `accepted` of `drafted` drafts, `draft_ms` per draft, `round_ms` for the rest."""
+    def _round_cost(self, timed: list[int]) -> Callable[[int], float]:
+        plain = self.round_ms[0]
+        assert plain is not None
+
+        def cost(k: int) -> float:
+            ms = self.round_ms[k]
+            if ms is not None:
+                return ms
+            near = min(timed, key=lambda t: abs(t - k))
+            measured = self.round_ms[near]
+            assert measured is not None
+            return plain + (measured - plain) * k / near
+        return cost
+
+    def observe_plain(self, step_ms: float) -> None:
+        """One plain step (no drafts) took `step_ms`."""
         with self._lock:
+            self.round_ms[0] = _ema(self.round_ms[0], step_ms, self.weight)
+            self.rate[0] = _ema(self.rate[0], 1.0 / max(step_ms, 1e-6), self.weight)
+
+    def observe(self, drafted: int, accepted: int, draft_ms: float, round_ms: float, total_ms: float | None = None
+                ) -> None:
+        """One verify round: `accepted` of `drafted` drafts, `draft_ms` per draft, `round_ms` for the rest,
+        `total_ms` in all (the draft's catch-up included; default: drafts and the rest)."""
+        total = total_ms if total_ms is not None else drafted * draft_ms + round_ms
+        with self._lock:
+            self.rate[drafted] = _ema(self.rate[drafted], (accepted + 1) / max(total, 1e-6), self.weight)
             for j in range(min(drafted, accepted + 1)):  # drafts that were judged: accepted ones and the first miss
                 self.accept[j] = _ema(self.accept[j], 1.0 if j < accepted else 0.0, self.weight)
             self.draft_ms = _ema(self.draft_ms, draft_ms, self.weight)
-            self.round_ms = _ema(self.round_ms, round_ms, self.weight)
+            self.round_ms[drafted] = _ema(self.round_ms[drafted], round_ms, self.weight)
 
 
 def _ema(old: float | None, new: float, weight: float) -> float:
@@ -194,6 +237,7 @@ def speculate(orch: Orchestrator, ctx: _Context, token: int, depth: int) -> list
     rows: list[torch.Tensor] = []  # front outputs (1, hidden) of token, d_1..d_k
     drafts: list[int] = []
     q: list[torch.Tensor] = []
+    caught_up = time.perf_counter()
     with orch._device(runner):
         if ctx.draft_lag:  # positions the draft has not seen (the prompt, plain steps, a fully accepted round)
             if model is None:
@@ -240,7 +284,9 @@ def speculate(orch: Orchestrator, ctx: _Context, token: int, depth: int) -> list
     ctx.spec.round_trips += 1
     ctx.spec.depth = max(ctx.spec.depth, depth)
     if orch.tuner is not None:
-        orch.tuner.observe(depth, n, (drafted - started) * 1000 / depth, (time.perf_counter() - drafted) * 1000)
+        now = time.perf_counter()
+        orch.tuner.observe(depth, n, (drafted - started) * 1000 / depth, (now - drafted) * 1000,
+                           (now - caught_up) * 1000)
     return tokens
 
 

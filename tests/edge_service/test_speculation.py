@@ -7,6 +7,7 @@ sampling, the tokens are distributed as the model's (a chi-square test of the ac
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -123,19 +124,40 @@ def test_depth_is_zero_when_a_round_trip_is_cheap_and_deep_when_it_is_dear() -> 
     assert expected_tokens([0.5], 2) == 1.75  # 1 + 0.5 + 0.25
     assert expected_tokens([0.4, 0.8], 3) == pytest.approx(1 + 0.4 + 0.32 + 0.256)
     steady = [0.7] * 8
-    assert choose_depth(steady, draft_ms=2.0, round_ms=3.0, max_depth=8) == 0  # loopback: drafting costs more
-    assert choose_depth(steady, draft_ms=2.0, round_ms=60.0, max_depth=8) >= 4  # a 50 ms link
-    assert choose_depth([0.05], draft_ms=2.0, round_ms=60.0, max_depth=8) == 0  # drafts never accepted
+
+    def flat(ms: float) -> Callable[[int], float]:
+        return lambda k: ms
+    assert choose_depth(steady, draft_ms=2.0, round_ms=flat(3.0), max_depth=8) == 0  # loopback: drafts cost more
+    assert choose_depth(steady, draft_ms=2.0, round_ms=flat(60.0), max_depth=8) >= 4  # a 50 ms link
+    assert choose_depth([0.05], draft_ms=2.0, round_ms=flat(60.0), max_depth=8) == 0  # drafts never accepted
     # a hard first draft and easy ones after it (runs of easy text) pay for deeper rounds than one chance for all
-    uniform = choose_depth([0.4] * 8, draft_ms=4.0, round_ms=25.0, max_depth=8)
-    assert uniform <= 1 and choose_depth([0.4, 0.8], draft_ms=4.0, round_ms=25.0, max_depth=8) >= 3
+    uniform = choose_depth([0.4] * 8, draft_ms=4.0, round_ms=flat(25.0), max_depth=8)
+    assert uniform <= 1 and choose_depth([0.4, 0.8], draft_ms=4.0, round_ms=flat(25.0), max_depth=8) >= 3
+    # rounds whose verify grows with the positions it carries (a slow edge's back blocks and head) pay less
+    assert choose_depth(steady, draft_ms=2.0, round_ms=lambda k: 10.0 + 8.0 * k, max_depth=8) == 0
+
+
+def test_auto_learns_from_its_rounds_and_still_looks_now_and_then() -> None:
     tuner = DepthTuner(first_depth=4, explore_every=4)
     assert tuner.depth() == 4  # nothing measured yet
-    for _ in range(20):
-        tuner.observe(drafted=4, accepted=0, draft_ms=2.0, round_ms=3.0)
-    assert tuner.accept[0] == pytest.approx(0.0, abs=1e-9) and tuner.accept[1] is None  # only the first judged
+    tuner.observe(drafted=4, accepted=0, draft_ms=2.0, round_ms=3.0)
+    assert tuner.accept[0] == 0.0 and tuner.accept[1] is None  # only the first draft was judged
+    assert tuner.depth() == 0  # a plain step is timed before anything is chosen
+    tuner.observe_plain(3.0)
     depths = [tuner.depth() for _ in range(8)]
     assert depths.count(0) == 6 and depths.count(4) == 2  # off, but still looking now and then
+    for _ in range(30):  # the link turns slow and drafts right
+        tuner.observe(drafted=4, accepted=4, draft_ms=2.0, round_ms=60.0)
+        tuner.observe_plain(55.0)
+    depths = [tuner.depth() for _ in range(8)]
+    assert depths.count(0) <= 2 and max(depths) >= 4  # mostly deep
+
+
+def test_auto_believes_what_rounds_gave_over_what_it_predicted() -> None:
+    tuner = DepthTuner(max_depth=2, first_depth=2, explore_every=100)
+    tuner.observe_plain(10.0)
+    tuner.observe(drafted=2, accepted=2, draft_ms=1.0, round_ms=10.0, total_ms=40.0)  # the catch-up cost 28 ms
+    assert tuner.depth() == 0  # predicted 3 tokens in 12 ms, measured 3 in 40: a plain step's 1 in 10 wins
 
 
 @pytest.mark.parametrize("family", ["gpt2", "llama"])

@@ -193,7 +193,6 @@ class ShardEngine:
                                        "after its answer")
         try:
             self._check_step(session, frame)
-            session.step_start = session.state.position
             x = {"input_ids": frame.tensor} if frame.kind == Kind.TOKENS else {"hidden": frame.tensor}
             future = runner.batcher.submit(session.state, frame.layers, head=Flags.HEAD in frame.flags, **x)
         except BaseException:
@@ -269,7 +268,8 @@ class ShardEngine:
             return self._step(session, frame, received)
 
     def _check_step(self, session: CloudSession, frame: Frame) -> None:
-        """Refuse a frame that does not continue the session; apply a valid rollback first."""
+        """Refuse a frame that does not continue the session; apply a valid rollback first, and mark where this
+        step begins (the next rollback may cut back to just after it)."""
         sid = short_id(session.id)
         if frame.layers != session.layers:
             raise SessionConflictError(f"session {sid} runs blocks {session.layers}, not {frame.layers}")
@@ -285,10 +285,10 @@ class ShardEngine:
                                        f"{frame.position}")
         if Flags.HEAD in frame.flags and session.sampler is None:
             raise SessionConflictError(f"session {sid} was opened without the head")
+        session.step_start = session.state.position
 
     def _step(self, session: CloudSession, frame: Frame, started: float) -> bytes:
         self._check_step(session, frame)
-        session.step_start = session.state.position
         runner = session.runner
         x = {"input_ids": frame.tensor} if frame.kind == Kind.TOKENS else {"hidden": frame.tensor}
         if Flags.HEAD in frame.flags:

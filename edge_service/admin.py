@@ -21,6 +21,7 @@ from pydantic import Field, model_validator
 
 from edge_service.admin_auth import COOKIE, AdminGuard
 from edge_service.runtime import EdgeRuntime
+from edge_service.settings import SPECULATE_PATTERN
 from partitioner.costmodel import Workload
 from profiling.link_estimator import Link
 from splitcore.errors import (
@@ -57,7 +58,7 @@ class PlanRequest(StrictModel):
     rtt_ms: float | None = Field(default=None, ge=0, le=1e6)
     workload: str | None = Field(default=None, pattern=r"^\d+(:\d+){0,2}$", description="PROMPT:OUTPUT[:STREAMS]")
     constraints: SearchConstraints | None = None
-    speculate: str | None = Field(default=None, pattern=r"^(off|auto|[0-9]|1[0-6])$",
+    speculate: str | None = Field(default=None, pattern=SPECULATE_PATTERN,
                                   description="drafts per round trip for new generations: off, auto or 1-16")
 
     @model_validator(mode="after")

@@ -74,7 +74,6 @@ class _Context:
     spec: SpeculationStats | None = None  # set when this generation may speculate (`edge_service.speculation`)
     # the draft's cache: of the back blocks, fed the front's outputs (self-speculation), or of a draft model
     draft: State | None = None
-    draft_runner: Runner | None = None  # the draft model's runner (None: the edge's own blocks draft)
     # what the draft has not run yet: front outputs (n, hidden), or token ids (n,) for a draft model
     draft_lag: list[torch.Tensor] = field(default_factory=list)
     rollback: bool = False  # the cloud holds rejected drafts: the next frame cuts them (Flags.ROLLBACK)
@@ -106,8 +105,9 @@ class Orchestrator:
         self.breaker = breaker or CloudBreaker()
         self.eos_ids = _eos_ids(loaded)
         # Drafts per round: a fixed depth (0: none), or "auto" (`DepthTuner`: what the measured rounds favour)
-        self.speculate = speculate
-        self.tuner = DepthTuner() if speculate == "auto" else None
+        self.speculate: int | str = 0
+        self.tuner: DepthTuner | None = None
+        self.set_speculation(speculate)
         self.draft = draft  # a draft model; None: the edge's own blocks draft (the cloud's middle skipped)
         self.plan = plan
         self.set_plan(plan)
@@ -115,11 +115,11 @@ class Orchestrator:
     @property
     def speculation(self) -> str:
         """The speculation setting as `--speculate` spells it: off, auto or a depth."""
-        return "off" if self.speculate in (0, "off") else str(self.speculate)
+        return "off" if self.speculate == 0 else str(self.speculate)
 
-    def set_speculation(self, setting: str) -> None:
-        """Speculate as `setting` says (off, auto or a depth) from the next generation on."""
-        self.speculate = setting if setting in ("off", "auto") else int(setting)
+    def set_speculation(self, setting: int | str) -> None:
+        """Speculate as `setting` says (off, auto or a depth; 0 is off) from the next generation on."""
+        self.speculate = "auto" if setting == "auto" else 0 if setting == "off" else int(setting)
         self.tuner = (self.tuner or DepthTuner()) if setting == "auto" else None
 
     def set_plan(self, plan: Plan) -> None:
@@ -200,7 +200,7 @@ class Orchestrator:
     def _depth(self, ctx: _Context, room: int) -> int:
         """Drafts for the next round: none unless this generation speculates, and never more than the tokens it
         may still produce after the round's own one."""
-        if ctx.draft is None or not ctx.plan.uses_cloud:
+        if ctx.draft is None:  # not speculating, or on a plan that cannot (`_drafts`; fallback is edge-only)
             return 0
         wanted = self.tuner.depth() if self.tuner is not None else int(self.speculate)
         return max(0, min(wanted, room - 1))
@@ -274,14 +274,13 @@ class Orchestrator:
         meta = SessionMeta(sampling=sampling, codec=plan.codec, zstd_level=plan.zstd_level,
                            request_id=request.request_id, backend=plan.cloud_backend, weights_digest=expected)
         runner = self.runners.get(plan.edge_backend)
-        speculating = self.speculate not in (0, "off") and _drafts(plan)
+        speculating = self.speculate != 0 and _drafts(plan)
         return _Context(plan=plan, session=uuid.uuid4(), runner=runner, front=runner.new_state(),
                         back=runner.new_state(),
                         codec=FrameCodec(DTYPE_BY_NAME[plan.codec], plan.zstd_level),
                         sampler=Sampler(sampling), meta=meta.model_dump_json().encode(), fallback=fallback,
                         top_logprobs=request.logprobs, spec=SpeculationStats(0) if speculating else None,
-                        draft=self._draft_state(runner) if speculating else None,
-                        draft_runner=self.draft.runner if self.draft is not None else None)
+                        draft=self._draft_state(runner) if speculating else None)
 
     def _draft_state(self, runner: Runner) -> State:
         """A fresh cache for the draft: of the draft model, or of the edge's back blocks on `runner`."""

@@ -79,7 +79,7 @@ class EdgeRuntime:
         orchestrator = Orchestrator(loaded, plan, cloud, estimator.observe, slowdown=settings.emulate_slowdown,
                                     fallback=settings.fallback, step_timeout_s=settings.cloud_step_timeout_s,
                                     max_concurrent_steps=settings.max_concurrent_steps or usable_cores(),
-                                    speculate=settings.speculation_depth,
+                                    speculate=settings.speculate,
                                     draft=DraftModel.load(settings.draft_model, loaded) if settings.draft_model
                                     else None,
                                     runners=Runners(loaded.layered, settings.backend, settings.onnx_dir,

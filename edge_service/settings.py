@@ -13,6 +13,8 @@ from splitcore.defaults import MIB, mib_bytes
 from splitcore.plan import CodecName, Tier
 from splitcore.tier_settings import TierSettings
 
+SPECULATE_PATTERN = r"^(off|auto|[0-9]|1[0-6])$"  # --speculate: off, auto or a depth (0 is off)
+
 
 class EdgeSettings(TierSettings):
     """One object for every edge setting; flags override the environment."""
@@ -77,7 +79,7 @@ class EdgeSettings(TierSettings):
     replan_confirmations: int = Field(default=2, ge=1, description="consecutive checks the move must last")
     replan_min_gain: float = Field(default=0.1, ge=0.0, lt=1.0,
         description="switch only if predicted this fraction faster")
-    speculate: str = Field(default="off", pattern=r"^(off|auto|[0-9]|1[0-6])$",
+    speculate: str = Field(default="off", pattern=SPECULATE_PATTERN,
         description="drafts per round trip: off, auto (what measured acceptance, draft and round times favour) or "
                     "1-16; the edge drafts with its own blocks and the cloud verifies all of them in one exchange")
     draft_model: Path | None = Field(default=None,
@@ -105,11 +107,6 @@ class EdgeSettings(TierSettings):
         description="unbatched (ONNX Runtime) steps computed at once; default: one per core (torch steps batch)")
 
     _no_empty_tokens = field_validator("admin_token", "cloud_token", mode="before")(empty_is_none)
-
-    @property
-    def speculation_depth(self) -> int | str:
-        """`speculate` as the orchestrator takes it: a depth (0: off) or "auto"."""
-        return self.speculate if self.speculate == "auto" else 0 if self.speculate == "off" else int(self.speculate)
 
     @property
     def max_body_bytes(self) -> int:

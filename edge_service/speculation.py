@@ -172,7 +172,7 @@ class DepthTuner:
             if not measured or self.draft_ms is None or not timed:
                 return self.first_depth
             self._rounds += 1
-            if self.round_ms[0] is None or self._rounds % self.explore_every == 0 and self._zero_rounds == 0:
+            if self.round_ms[0] is None or (self._rounds % self.explore_every == 0 and self._zero_rounds == 0):
                 return 0  # time a plain step
             accept, last = [], measured[0]
             for a in self.accept:  # positions not measured yet take the chance of the one before
@@ -237,7 +237,7 @@ def speculate(orch: Orchestrator, ctx: _Context, token: int, depth: int) -> list
     rows: list[torch.Tensor] = []  # front outputs (1, hidden) of token, d_1..d_k
     drafts: list[int] = []
     q: list[torch.Tensor] = []
-    caught_up = time.perf_counter()
+    began = time.perf_counter()
     with orch._device(runner):
         if ctx.draft_lag:  # positions the draft has not seen (the prompt, plain steps, a fully accepted round)
             if model is None:
@@ -278,7 +278,10 @@ def speculate(orch: Orchestrator, ctx: _Context, token: int, depth: int) -> list
     if ctx.top_logprobs is not None:
         for i, t in enumerate(tokens):
             orch._record(ctx, logits[i:i + 1], t)
-    _cut(ctx, p + n + 1, depth, n, rows[-1][-1:] if model is None else torch.tensor(drafts[-1:]))
+    if model is None:
+        _cut(ctx, runner, p + n + 1, depth, n, rows[-1][-1:])
+    else:
+        _cut(ctx, model.runner, p + n + 1, depth, n, torch.tensor(drafts[-1:]))
     ctx.spec.drafted += depth
     ctx.spec.accepted += n
     ctx.spec.round_trips += 1
@@ -286,19 +289,19 @@ def speculate(orch: Orchestrator, ctx: _Context, token: int, depth: int) -> list
     if orch.tuner is not None:
         now = time.perf_counter()
         orch.tuner.observe(depth, n, (drafted - started) * 1000 / depth, (now - drafted) * 1000,
-                           (now - caught_up) * 1000)
+                           (now - began) * 1000)
     return tokens
 
 
-def _cut(ctx: _Context, length: int, depth: int, accepted: int, last: torch.Tensor) -> None:
-    """Every cache back to `length` positions (the latest accepted token's included); `last` is what the draft
-    would need of the last draft if all were accepted (its front output, or its token id for a draft model)."""
-    runner = ctx.runner
+def _cut(ctx: _Context, drafter: Runner, length: int, depth: int, accepted: int, last: torch.Tensor) -> None:
+    """Every cache back to `length` positions (the latest accepted token's included); `drafter` runs the draft's
+    cache, and `last` is what the draft would need of the last draft if all were accepted (its front output, or
+    its token id for a draft model)."""
     assert ctx.draft is not None
     for state in (ctx.front, ctx.back):
-        runner.rollback(state, length)
+        ctx.runner.rollback(state, length)
     if accepted < depth:
-        (runner if ctx.draft_runner is None else ctx.draft_runner).rollback(ctx.draft, length)
+        drafter.rollback(ctx.draft, length)
     else:  # all accepted: the draft ran token, d_1..d_{k-1}; d_k is still to go through it
         ctx.draft_lag.append(last)
     ctx.rollback = ctx.position > length  # the cloud holds the rejected drafts too: cut them with the next frame

@@ -67,8 +67,9 @@ def main() -> None:
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="edgesplit-adaptive-"))
     model = ROOT / DEFAULT_MODEL_DIR
-    common = ["--edge-profile", str(ROOT / "profiles/edge-1thread-default.json"), "--emulate-slowdown",
-              str(args.slowdown), "--threads", "1", "--probe-interval-s", "1", "--workload", f"32:{args.max_tokens}",
+    common = ["--speculate", "off", "--edge-profile", str(ROOT / "profiles/edge-1thread-default.json"),
+              "--emulate-slowdown", str(args.slowdown), "--threads", "1", "--probe-interval-s", "1",
+              "--workload", f"32:{args.max_tokens}",
               "--probe-max-interval-s", "1", "--probe-budget-bytes-per-s", "1e9"]  # probe every idle second, as before
     cloud_args = ["--threads", "1", "--profile", str(ROOT / "profiles/cloud-default.json")]
     fast = PHASES[0][1:]

@@ -52,7 +52,8 @@ def bulk_bits_per_second(port: int, size: int = 1 << 20, repeats: int = 7) -> fl
 
 def estimate_after_traffic(cloud_port: int, edge_url_port: int, work: Path, name: str, requests: int) -> dict:
     model = str(ROOT / DEFAULT_MODEL_DIR)
-    args = ["--model", model, "--cloud", f"http://127.0.0.1:{cloud_port}", "--cut", "2:6", "--codec", "int8"]
+    args = ["--model", model, "--cloud", f"http://127.0.0.1:{cloud_port}", "--cut", "2:6", "--codec", "int8",
+            "--speculate", "off"]
     with serve("edge", args, edge_url_port, work / f"edge-{name}.log", env={"EDGE_ADMIN_TOKEN": TOKEN}) as edge:
         url = f"http://127.0.0.1:{edge_url_port}"
         wait_healthy(f"{url}/health", edge, timeout_s=300)

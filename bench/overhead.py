@@ -77,7 +77,7 @@ def main() -> None:
         for name, cut, codec in CONFIGS:
             port = free_port()
             edge_args = ["--model", str(path), "--cloud", f"http://127.0.0.1:{cloud_port}", "--cut", cut,
-                         "--codec", codec]
+                         "--codec", codec, "--speculate", "off"]
             with serve("edge", edge_args, port, work / f"edge-{cut}-{codec}.log") as edge:
                 wait_healthy(f"http://127.0.0.1:{port}/health", edge)
                 seconds, n, link = time_service(f"http://127.0.0.1:{port}", prompt, args.tokens, args.repeats)

@@ -40,8 +40,7 @@ def run_depth(cloud_port: int, depth: str, draft: str, args: argparse.Namespace,
     edge_args = ["--model", str(ROOT / DEFAULT_MODEL_DIR), "--cloud", f"http://127.0.0.1:{cloud_port}",
                  "--cut", args.cut, "--codec", "int8", "--speculate", depth, "--threads", "1",
                  "--emulate-slowdown", str(args.slowdown), "--cloud-step-timeout-s", "60"]
-    if draft != "self":
-        edge_args += ["--draft-model", str(ROOT / draft)]
+    edge_args += ["--draft-model", "self" if draft == "self" else str(ROOT / draft)]
     runs = []
     with serve("edge", edge_args, port, work / f"edge-{depth}-{Path(draft).name}.log", cpus=cpus) as edge:
         url = f"http://127.0.0.1:{port}"
@@ -69,6 +68,37 @@ def run_depth(cloud_port: int, depth: str, draft: str, args: argparse.Namespace,
             "tokens_per_round_trip": sum(r["tokens"] - 1 for r in runs) / max(1, sum(r["exchanges"] for r in runs))}
 
 
+def plot(report: dict, path: Path) -> Path:
+    """Time per output token as a ratio of depth 0, by depth, one panel per link, a line per draft source."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    links = report["links"]
+    fig, axes = plt.subplots(1, len(links), figsize=(3.6 * len(links), 3.4), squeeze=False, sharey=True)
+    for ax, link in zip(axes[0], links, strict=True):
+        rows = link["depths"]
+        for draft in sorted({r["draft"] for r in rows if r["draft"]}):
+            mine = [r for r in rows if r["draft"] == draft]
+            labels = [r["depth"] for r in mine]
+            ax.plot(labels, [r["tpot_over_depth0"] for r in mine], marker="o",
+                    label="own blocks" if draft == "self" else Path(draft).name + " (draft model)")
+            for r in mine:
+                ax.annotate(f"{r['tokens_per_round_trip']:.1f}", (r["depth"], r["tpot_over_depth0"]), fontsize=7,
+                            textcoords="offset points", xytext=(0, 5), ha="center")
+        ax.axhline(1.0, color="k", linestyle="--", linewidth=0.8, label="depth 0")
+        ax.set_title(f"{link['link']} ({link['bandwidth_bps'] / 1e6:g} Mbit/s, {link['rtt_ms']:g} ms)", fontsize=9)
+        ax.set_xlabel("drafts per round (labels: tokens per round trip)", fontsize=8)
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("time per output token / depth 0's")
+    axes[0][0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--links", nargs="+", default=list(LINKS), choices=list(LINKS))
@@ -80,7 +110,11 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=1, help="times each prompt is sent per depth")
     ap.add_argument("--slowdown", type=float, default=3.0, help="the edge's emulated slowdown against one core")
     ap.add_argument("--out", type=Path, default=ROOT / "bench/results/speculation.json")
+    ap.add_argument("--plot-only", action="store_true", help="redraw the plot from --out")
     args = ap.parse_args()
+    if args.plot_only:
+        print(f"wrote {plot(json.loads(args.out.read_text()), args.out.with_suffix('.png'))}")
+        return
     work = Path(tempfile.mkdtemp(prefix="edgesplit-speculation-"))
     cores = sorted(os.sched_getaffinity(0))
     edge_cpus, cloud_cpus = ({cores[0]}, {cores[1]}) if len(cores) >= 2 else (None, None)
@@ -109,7 +143,7 @@ def main() -> None:
     args.out.write_text(json.dumps({"model": "shipped default", "cut": args.cut, "codec": "int8",
                                     "edge_slowdown": args.slowdown, "tokens": args.tokens, "links": results},
                                    indent=1))
-    print(f"wrote {args.out}")
+    print(f"wrote {args.out} and {plot(json.loads(args.out.read_text()), args.out.with_suffix('.png'))}")
 
 
 if __name__ == "__main__":

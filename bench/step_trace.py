@@ -96,7 +96,7 @@ def main() -> None:
     common = ["--model", str(args.model), "--threads", str(args.threads)]
     tiers = {"cloud": [*common, "--port", str(cloud_port)],
              "edge": [*common, "--port", str(edge_port), "--cloud", f"http://127.0.0.1:{cloud_port}", "--cut",
-                      args.cut, "--codec", "int8", "--cloud-transport", args.transport]}
+                      args.cut, "--codec", "int8", "--cloud-transport", args.transport, "--speculate", "off"]}
     procs = {tier: subprocess.Popen([sys.executable, __file__, "--serve", tier, str(work / f"{tier}.json"), *flags],
                                     stdout=open(work / f"{tier}.log", "w"), stderr=subprocess.STDOUT)  # noqa: SIM115
              for tier, flags in tiers.items()}

@@ -90,7 +90,8 @@ async def get_plan(request: Request) -> dict:
     """The current plan, the link it was chosen for, and every plan change."""
     rt = _runtime(request)
     return {**rt.replanner.snapshot(), "link": rt.link.estimate().__dict__,
-            "speculate": rt.orchestrator.speculation}
+            "speculate": rt.orchestrator.speculation,
+            "speculation": {**rt.orchestrator.speculation_snapshot(), "totals": rt.metrics.spec_totals}}
 
 
 @guarded.post("/plan")

@@ -74,6 +74,9 @@ class EdgeMetrics:
         self.spec_tokens = Histogram("edgesplit_edge_speculation_tokens_per_round_trip",
                                      "Tokens each verify round gave, averaged per speculating generation",
                                      buckets=(1.0, 1.25, 1.5, 2.0, 2.5, 3.0, 4.0, 5.0, 7.0, 9.0, 17.0), registry=r)
+        self.spec_counts = Counter("edgesplit_edge_speculation_tokens", "Speculation's tokens since start: drafted, "
+                                   "accepted (drafts the verify kept) and verify round trips", ["kind"], registry=r)
+        self.spec_totals = {"generations": 0, "drafted": 0, "accepted": 0, "round_trips": 0}  # for the dashboard
         self.in_flight = 0  # generations running now (the admission limit reads it)
         self.active.set_function(lambda: self.in_flight)
         self.ended = 0  # generations ended since start, for giving their memory back (`splitcore.memory`)
@@ -111,6 +114,10 @@ class EdgeMetrics:
         if spec is not None and spec.round_trips:
             self.spec_acceptance.observe(spec.accepted / spec.drafted if spec.drafted else 0.0)
             self.spec_tokens.observe((spec.accepted + spec.round_trips) / spec.round_trips)
+            self.spec_totals["generations"] += 1
+            for kind in ("drafted", "accepted", "round_trips"):
+                self.spec_counts.labels(kind).inc(getattr(spec, kind))
+                self.spec_totals[kind] += getattr(spec, kind)
         self.replays.inc(done.replays)
         self.recent.append(RequestRecord(time.time(), endpoint, done.finish_reason, done.time_to_first_token_ms,
                                          done.total_ms, len(done.token_ids)))

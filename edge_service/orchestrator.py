@@ -122,11 +122,23 @@ class Orchestrator:
         self.speculate = "auto" if setting == "auto" else 0 if setting == "off" else int(setting)
         self.tuner = (self.tuner or DepthTuner()) if setting == "auto" else None
 
+    def speculation_snapshot(self) -> dict:
+        """The speculation setting, what drafts, and what `auto` has measured (None unless auto)."""
+        return {"setting": self.speculation, "draft": self.draft.loaded.name if self.draft is not None else "self",
+                "can_draft": _drafts(self.plan), "auto": self.tuner.snapshot() if self.tuner is not None else None}
+
+    def expect_depth(self, depth: int) -> None:
+        """The planner's predicted best depth for the current plan: `auto` starts (and explores) from it."""
+        if self.tuner is not None and depth > 0:
+            self.tuner.first_depth = min(depth, self.tuner.max_depth)
+
     def set_plan(self, plan: Plan) -> None:
         """Make `plan` the one new generations start with; generations already running keep theirs."""
         assert plan.num_layers == self.model.num_layers, "plan and model disagree on the number of blocks"
         assert self.cloud is not None or not plan.uses_cloud, "a plan that uses the cloud needs a cloud link"
         self._prepare(plan)
+        if self.tuner is not None and plan != self.plan:  # another cut: other draft and round times, relearnt
+            self.tuner = DepthTuner(first_depth=self.tuner.first_depth)
         self.plan = plan  # one reference swap: each generation reads it once, in `_context`
 
     def _prepare(self, plan: Plan) -> None:
@@ -274,11 +286,15 @@ class Orchestrator:
         meta = SessionMeta(sampling=sampling, codec=plan.codec, zstd_level=plan.zstd_level,
                            request_id=request.request_id, backend=plan.cloud_backend, weights_digest=expected)
         runner = self.runners.get(plan.edge_backend)
-        speculating = self.speculate != 0 and _drafts(plan)
+        sampler = Sampler(sampling)
+        # A seeded sampled request is reproducible only at one depth (the drafts decide which random numbers are
+        # drawn), and `auto` moves with the timings: such a request decodes plainly unless a depth is fixed.
+        reproducible = sampling.seed is not None and not sampler.greedy and self.speculate == "auto"
+        speculating = self.speculate != 0 and _drafts(plan) and not reproducible
         return _Context(plan=plan, session=uuid.uuid4(), runner=runner, front=runner.new_state(),
                         back=runner.new_state(),
                         codec=FrameCodec(DTYPE_BY_NAME[plan.codec], plan.zstd_level),
-                        sampler=Sampler(sampling), meta=meta.model_dump_json().encode(), fallback=fallback,
+                        sampler=sampler, meta=meta.model_dump_json().encode(), fallback=fallback,
                         top_logprobs=request.logprobs, spec=SpeculationStats(0) if speculating else None,
                         draft=self._draft_state(runner) if speculating else None)
 

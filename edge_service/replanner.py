@@ -21,7 +21,7 @@ from edge_service.orchestrator import Orchestrator
 from edge_service.settings import EdgeSettings
 from partitioner.costmodel import Workload, predict
 from partitioner.planning import PlanInputs, describe, plan_for
-from partitioner.search import Constraints, SearchResult
+from partitioner.search import DEPTHS, Constraints, SearchResult
 from profiling.link_estimator import Link, LinkEstimator
 from splitcore.errors import PlanError
 from splitcore.plan import Plan
@@ -110,12 +110,15 @@ class Replanner:
         result = self.search(link)
         log.info("--plan auto:\n%s", describe(result, link, self.workload))
         self.switch(result.best.plan, "start", link)
+        self.orchestrator.expect_depth(result.best.speculate)
 
     def predicted_ms(self, plan: Plan, link: Link) -> float | None:
         """The cost model's time for one request of the workload, or None before profiles exist."""
         if self.inputs is None:
             return None
-        return predict(plan, self.inputs.edge, self.inputs.cloud, link, self.workload).total_ms
+        i = self.inputs
+        depths = DEPTHS if i.drafts is not None else (0,)  # at its best depth, as the search weighs plans
+        return min(predict(plan, i.edge, i.cloud, link, self.workload, k, i.drafts).total_ms for k in depths)
 
     def switch(self, plan: Plan, reason: str, link: Link | None = None) -> PlanChange | None:
         """Make `plan` current: check privacy, have the cloud load its blocks, swap; None if it already is.
@@ -173,7 +176,9 @@ class Replanner:
                      now.bandwidth_bps / 1e6, now.rtt_ms, self.plan.describe(), best.estimate.total_ms, current)
             self.planned_link, self._moved_checks = now, 0
             return None
-        return self.switch(best.plan, "link", now)
+        change = self.switch(best.plan, "link", now)
+        self.orchestrator.expect_depth(best.speculate)
+        return change
 
     def snapshot(self) -> dict:
         """The plan, the link it was chosen for, and the histories, as JSON for the admin API."""

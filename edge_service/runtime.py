@@ -13,12 +13,13 @@ from edge_service.replanner import Replanner
 from edge_service.settings import EdgeSettings
 from edge_service.speculation import DraftModel
 from partitioner.planning import PlanInputs
+from profiling.acceptance import DraftProfile, measure_drafts
 from profiling.link_estimator import LinkEstimator
 from profiling.profile import Profile
 from profiling.profiler import measure_profile
 from splitcore.backends import Runners
 from splitcore.defaults import usable_cores
-from splitcore.errors import CloudUnavailableError, PlanError
+from splitcore.errors import CloudUnavailableError, PlanError, UserError
 from splitcore.loading import LoadedModel, load_checkpoint
 from splitcore.plan import Plan, parse_cut
 
@@ -50,6 +51,21 @@ def cloud_client(settings: EdgeSettings) -> CloudClient:
                        transport=settings.cloud_transport)
 
 
+def _draft(settings: EdgeSettings, loaded: LoadedModel) -> DraftModel | None:
+    """The draft model the settings name (the shipped one with the shipped model), or None: the edge's own blocks
+    draft. Loaded only when the edge may speculate."""
+    path = settings.draft_dir()
+    if path is None or settings.speculate in ("off", "0"):
+        return None
+    try:
+        return DraftModel.load(path, loaded)
+    except UserError:
+        if settings.draft_model is not None:
+            raise  # the operator's choice: say why it cannot draft
+        log.info("the shipped draft model does not share this model's tokenizer: the edge's own blocks draft")
+        return None
+
+
 @dataclass
 class EdgeRuntime:
     """Everything a request handler needs, built once at start-up."""
@@ -79,9 +95,7 @@ class EdgeRuntime:
         orchestrator = Orchestrator(loaded, plan, cloud, estimator.observe, slowdown=settings.emulate_slowdown,
                                     fallback=settings.fallback, step_timeout_s=settings.cloud_step_timeout_s,
                                     max_concurrent_steps=settings.max_concurrent_steps or usable_cores(),
-                                    speculate=settings.speculate,
-                                    draft=DraftModel.load(settings.draft_model, loaded) if settings.draft_model
-                                    else None,
+                                    speculate=settings.speculate, draft=_draft(settings, loaded),
                                     runners=Runners(loaded.layered, settings.backend, settings.onnx_dir,
                                                     quantize=settings.onnx_quantize,
                                                     batching=settings.batch_limits(),
@@ -120,8 +134,17 @@ class EdgeRuntime:
             if self.replanner.inputs is None:
                 self.cloud.info()  # fail fast, before spending time measuring the edge
                 losses_of = self.loaded if self.settings.max_codec_loss is not None else None
-                self.replanner.inputs = PlanInputs.gather(self.edge_profile(), self.cloud, self.link, losses_of)
+                self.replanner.inputs = PlanInputs.gather(self.edge_profile(), self.cloud, self.link, losses_of,
+                                                          self._drafts())
             return self.replanner.inputs
+
+    def _drafts(self) -> DraftProfile | None:
+        """The acceptance of this edge's draft, measured here, when it may speculate: the search weighs depths."""
+        orch = self.orchestrator
+        if orch.speculate == 0:
+            return None
+        return measure_drafts(self.loaded, orch.draft.loaded if orch.draft is not None else None,
+                              slowdown=self.settings.emulate_slowdown)
 
     def plan_at_start(self) -> None:
         """`--plan auto`: gather the inputs, search, switch; edge-only while the cloud is unreachable.

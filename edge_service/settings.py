@@ -9,7 +9,7 @@ from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import SettingsConfigDict
 
 from splitcore.auth import empty_is_none
-from splitcore.defaults import MIB, mib_bytes
+from splitcore.defaults import DEFAULT_DRAFT_DIR, DEFAULT_MODEL_DIR, MIB, mib_bytes
 from splitcore.plan import CodecName, Tier
 from splitcore.tier_settings import TierSettings
 
@@ -79,12 +79,23 @@ class EdgeSettings(TierSettings):
     replan_confirmations: int = Field(default=2, ge=1, description="consecutive checks the move must last")
     replan_min_gain: float = Field(default=0.1, ge=0.0, lt=1.0,
         description="switch only if predicted this fraction faster")
-    speculate: str = Field(default="off", pattern=SPECULATE_PATTERN,
-        description="drafts per round trip: off, auto (what measured acceptance, draft and round times favour) or "
-                    "1-16; the edge drafts with its own blocks and the cloud verifies all of them in one exchange")
-    draft_model: Path | None = Field(default=None,
-        description="a small checkpoint with the same tokenizer to draft with (e.g. models/draft); default: the "
-                    "edge's own blocks, the cloud's middle skipped")
+    speculate: str = Field(default="auto", pattern=SPECULATE_PATTERN,
+        description="drafts per round trip: off, auto (what measured acceptance, draft and round times favour; "
+                    "none when speculation does not pay) or 1-16; the edge drafts and the cloud verifies all of "
+                    "them in one exchange")
+    draft_model: str | None = Field(default=None,
+        description="what drafts: a small checkpoint directory with the same tokenizer, or 'self' (the edge's own "
+                    "blocks, the cloud's middle skipped); default: the shipped draft (models/draft) with the "
+                    "shipped model, else self")
+
+    def draft_dir(self) -> Path | None:
+        """The draft model's checkpoint, or None when the edge's own blocks draft."""
+        if self.draft_model == "self":
+            return None
+        if self.draft_model is not None:
+            return Path(self.draft_model)
+        shipped = self.model_dir.resolve() == DEFAULT_MODEL_DIR.resolve()
+        return DEFAULT_DRAFT_DIR if shipped and (DEFAULT_DRAFT_DIR / "config.json").is_file() else None
     emulate_slowdown: float = Field(default=1.0, ge=1.0,
         description="emulate a one-core device N x slower: compute takes turns")
     admin_token: SecretStr | None = Field(default=None,

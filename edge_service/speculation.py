@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from profiling.acceptance import expected_tokens
 from splitcore.backends import Runner, TorchRunner
 from splitcore.errors import UserError
 from splitcore.loading import LoadedModel, load_checkpoint
@@ -113,17 +114,6 @@ def accept_sampled(sampler: Sampler, drafts: list[int], q: list[torch.Tensor], p
     return len(drafts), sampler.draw(p[len(drafts)])
 
 
-def expected_tokens(accept: list[float], depth: int) -> float:
-    """Tokens a round of `depth` drafts gives on average: 1 + the sum over i of the chance the first i drafts are
-    all accepted. `accept[j]` is the chance draft j + 1 is accepted once the ones before it were; drafts past
-    the measured ones take the last measured chance."""
-    total, chance = 1.0, 1.0
-    for i in range(depth):
-        chance *= accept[min(i, len(accept) - 1)]
-        total += chance
-    return total
-
-
 def choose_depth(accept: list[float], draft_ms: float, round_ms: Callable[[int], float], max_depth: int) -> int:
     """The depth with the most tokens per unit of time: a round of depth k gives `expected_tokens(accept, k)`
     and costs k drafts plus `round_ms(k)`: the rest of the round (the front steps left, the exchange, the back
@@ -163,33 +153,46 @@ class DepthTuner:
         self.rate: list[float | None] = [None] * (max_depth + 1)  # tokens per ms rounds of each depth gave
         self._zero_rounds = 0
         self._rounds = 0
+        self.last = first_depth  # the depth the latest round asked for
         self._lock = threading.Lock()
 
     def depth(self) -> int:
+        """The next round's depth (rounds that explore included)."""
         with self._lock:
-            measured = [a for a in self.accept if a is not None]
-            timed = [k for k, ms in enumerate(self.round_ms) if ms is not None and k > 0]
-            if not measured or self.draft_ms is None or not timed:
-                return self.first_depth
-            self._rounds += 1
-            if self.round_ms[0] is None or (self._rounds % self.explore_every == 0 and self._zero_rounds == 0):
-                return 0  # time a plain step
-            accept, last = [], measured[0]
-            for a in self.accept:  # positions not measured yet take the chance of the one before
-                last = a if a is not None else last
-                accept.append(last)
-            k = choose_depth(accept, self.draft_ms, self._round_cost(timed), self.max_depth)
-            if self.rate[k] is None:
-                return k  # the model's pick, not tried yet: try it
-            # What rounds of each depth really gave, catch-ups and all, overrules the model: self-speculation on a
-            # slow edge over the LAN was predicted to pay at depth 2 and gave 1.20x the time per token.
-            best = max((d for d, r in enumerate(self.rate) if r is not None), key=lambda d: self.rate[d] or 0.0)
-            self._zero_rounds = self._zero_rounds + 1 if best == 0 else 0
-            if best == 0 and self._zero_rounds % self.explore_every == 0:
-                return self.first_depth if k == 0 else k
-            if best != k and self._rounds % self.explore_every == 0:
-                return k  # look again at what the model favours: the measured rate may be stale
-            return best
+            self.last = self._pick()
+            return self.last
+
+    def snapshot(self) -> dict:
+        """What auto has measured, for the dashboard: per-position acceptance, times, tokens per ms by depth."""
+        with self._lock:
+            return {"depth": self.last, "acceptance": self.accept, "draft_ms": self.draft_ms,
+                    "round_ms": self.round_ms, "tokens_per_s": [None if r is None else r * 1000 for r in self.rate]}
+
+    def _pick(self) -> int:
+        """The depth for the next round; the caller holds the lock."""
+        measured = [a for a in self.accept if a is not None]
+        timed = [k for k, ms in enumerate(self.round_ms) if ms is not None and k > 0]
+        if not measured or self.draft_ms is None or not timed:
+            return self.first_depth
+        self._rounds += 1
+        if self.round_ms[0] is None or (self._rounds % self.explore_every == 0 and self._zero_rounds == 0):
+            return 0  # time a plain step
+        accept, last = [], measured[0]
+        for a in self.accept:  # positions not measured yet take the chance of the one before
+            last = a if a is not None else last
+            accept.append(last)
+        k = choose_depth(accept, self.draft_ms, self._round_cost(timed), self.max_depth)
+        if self.rate[k] is None:
+            return k  # the model's pick, not tried yet: try it
+        # What rounds of each depth really gave, catch-ups and all, overrules the model: self-speculation on a
+        # slow edge over the LAN was predicted to pay at depth 2 and gave 1.20x the time per token.
+        best = max((d for d, r in enumerate(self.rate) if r is not None), key=lambda d: self.rate[d] or 0.0)
+        self._zero_rounds = self._zero_rounds + 1 if best == 0 else 0
+        if best == 0 and self._zero_rounds % self.explore_every == 0:
+            return self.first_depth if k == 0 else k
+        if best != k and self._rounds % self.explore_every == 0:
+            return k  # look again at what the model favours: the measured rate may be stale
+        return best
 
     def _round_cost(self, timed: list[int]) -> Callable[[int], float]:
         plain = self.round_ms[0]

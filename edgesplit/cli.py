@@ -112,23 +112,34 @@ def _plan(args: argparse.Namespace) -> None:
 
     workload = Workload.parse(args.workload)
     link = Link(bandwidth_bps=parse_bandwidth(args.bandwidth), rtt_ms=parse_duration_ms(args.rtt))
-    losses_of = load_checkpoint(args.model_dir) if args.max_codec_loss is not None else None
-    inputs = PlanInputs.gather(Profile.load(args.edge_profile), Profile.load(args.cloud_profile), link, losses_of)
+    model = load_checkpoint(args.model_dir) if args.max_codec_loss is not None or args.draft != "off" else None
+    losses_of = model if args.max_codec_loss is not None else None
+    drafts = None
+    if args.draft != "off":
+        from edge_service.speculation import DraftModel
+        from profiling.acceptance import measure_drafts
+        assert model is not None
+        draft = None if args.draft == "self" else DraftModel.load(Path(args.draft), model).loaded
+        drafts = measure_drafts(model, draft)
+    inputs = PlanInputs.gather(Profile.load(args.edge_profile), Profile.load(args.cloud_profile), link, losses_of,
+                               drafts)
     constraints = Constraints.from_limits(args.edge_memory_mb, args.min_edge_layers, args.allow_tokens_off_device,
                                           args.max_codec_loss)
     result = plan_for(inputs, workload, constraints, seed=args.seed, trials=args.trials)
     if args.json:
         best = result.best
         print(json.dumps({"cut": [best.plan.cut_a, best.plan.cut_b], "head": best.plan.head, "codec": best.plan.codec,
-                          "zstd_level": best.plan.zstd_level,
+                          "zstd_level": best.plan.zstd_level, "speculate": best.speculate,
                           **best.estimate.model_dump(), "search_s": result.search_s,
                           "baselines": {k: {"plan": v.plan.describe(), "feasible": v.feasible,
                                             **v.estimate.model_dump()} for k, v in result.baselines.items()}}))
     else:
         print(describe(result, link, workload))
         chosen = result.best.plan
+        spec = "" if not result.best.speculate else \
+            " --speculate auto" + ("" if args.draft == "self" else f" --draft-model {args.draft}")
         print(f"serve it with: edgesplit serve edge --cut {chosen.cut_a}:{chosen.cut_b} --head {chosen.head} "
-              f"--codec {chosen.codec} --zstd-level {chosen.zstd_level}")
+              f"--codec {chosen.codec} --zstd-level {chosen.zstd_level}{spec}")
 
 
 def _status(args: argparse.Namespace) -> None:
@@ -217,6 +228,8 @@ def build_parser() -> argparse.ArgumentParser:
     plan.add_argument("--min-edge-layers", type=int, default=0, help="privacy: blocks that stay on the device")
     plan.add_argument("--allow-tokens-off-device", action="store_true")
     plan.add_argument("--max-codec-loss", type=float, help="largest perplexity ratio - 1 a codec may add")
+    plan.add_argument("--draft", default="off", help="weigh speculation with this draft: self (the edge's own blocks) "
+                      "or a draft checkpoint; its acceptance is measured on --model here (default: off)")
     plan.add_argument("--trials", type=int, default=150)
     plan.add_argument("--seed", type=int, default=0)
     plan.add_argument("--json", action="store_true")

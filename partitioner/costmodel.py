@@ -21,6 +21,11 @@ batch size, repeat). The cloud's own per-request cost (`Profile.request_ms`: mid
 batcher's hand-off) is charged to the cloud's queue, less of it once the cloud batches (`request_cost_ms`); the edge
 profile's `request_ms` to the edge's queue for every exchange (its software per exchange, measured the same way
 on that machine). Prefill is not shared: a prompt's positions cost the same in a batch.
+
+Speculation (`depth` k > 0 with a measured `DraftProfile`): a decode round drafts k tokens on the edge, sends
+k + 1 positions through the cloud in one exchange and runs the back blocks and the head over all of them; it gives
+`expected_tokens(acceptance, k)` tokens, so each of its demands is charged per token as the round's demand over
+that count. k + 1 positions in one step cost a lone step plus what the profile's prefill adds from 1 to k + 1.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ from collections.abc import Callable
 
 from pydantic import Field
 
+from profiling.acceptance import DraftProfile, expected_tokens
 from profiling.link_estimator import Link
 from profiling.profile import PartCost, Profile
 from splitcore.codec import DTYPE_BY_NAME, raw_nbytes
@@ -119,6 +125,12 @@ class _Demands(StrictModel):
                         up_ms=mean(first.up_ms, then.up_ms), down_ms=mean(first.down_ms, then.down_ms),
                         delay_ms=mean(first.delay_ms, then.delay_ms), bytes=then.bytes)
 
+    def per_token(self, tokens: float) -> _Demands:
+        """A round's demands charged per token when it gives `tokens` tokens on average."""
+        return _Demands(edge_ms=self.edge_ms / tokens, cloud_ms=self.cloud_ms / tokens, up_ms=self.up_ms / tokens,
+                        down_ms=self.down_ms / tokens, delay_ms=self.delay_ms / tokens,
+                        bytes=round(self.bytes / tokens))
+
     def time_among_ms(self, arriving: list[float], mean: _Demands) -> float:
         """This step's time when it finds `arriving` streams at each queue, each needing `mean`'s demand there."""
         return self.delay_ms + sum(d + q * m for d, q, m in zip(self.resources(), arriving, mean.resources(),
@@ -161,8 +173,54 @@ def _step_demands(plan: Plan, edge: Profile, cloud: Profile, link: Link, rows: i
                     down_ms=down * ms_per_byte, delay_ms=link.rtt_ms + link.overhead_ms, bytes=up + down)
 
 
-def _steady(plan: Plan, edge: Profile, cloud: Profile, link: Link, workload: Workload
-            ) -> tuple[float, float, _Demands]:
+def _round_demands(plan: Plan, edge: Profile, cloud: Profile, link: Link, context: int, depth: int,
+                   draft_ms: float | None, edge_batch: float = 1.0, cloud_batch: float = 1.0) -> _Demands:
+    """One speculative round of `depth` drafts (`edge_service.speculation.speculate`): drafting, then k + 1
+    positions through every block of the plan in one exchange, and the head over each. `draft_ms` is a draft
+    model's time per draft; None: the edge's own blocks draft (front, back blocks and head per draft)."""
+    rows = depth + 1
+
+    def one(part: PartCost, batch: float) -> float:
+        return part.decode_at(context) * part.batch_share(batch)
+
+    def many(part: PartCost, batch: float) -> float:  # rows positions in one step, on a cache of `context`
+        return one(part, batch) + max(0.0, part.prefill_at(rows) - part.prefill_at(1))
+
+    def blocks(layers: list[PartCost], start: int, end: int, cost: Callable[[PartCost, float], float],
+               batch: float) -> float:
+        return sum(cost(p, batch) for p in layers[start:end])
+
+    n = edge.num_layers
+    front_one = one(edge.embed, edge_batch) + blocks(edge.layers, 0, plan.cut_a, one, edge_batch)
+    back_one = blocks(edge.layers, plan.cut_b, n, one, edge_batch) + one(edge.head, edge_batch)
+    if draft_ms is None:  # the front runs each draft as it is made (and the token before them); back and head each
+        edge_ms = rows * front_one + depth * back_one
+    else:  # a draft model drafts; the front runs the token and every draft in one step
+        edge_ms = depth * draft_ms + many(edge.embed, edge_batch) + blocks(edge.layers, 0, plan.cut_a, many,
+                                                                          edge_batch)
+    edge_ms += blocks(edge.layers, plan.cut_b, n, many, edge_batch) + rows * one(edge.head, edge_batch)
+    edge_ms += edge.request_ms
+    cloud_ms = blocks(cloud.layers, plan.cut_a, plan.cut_b, many, cloud_batch) + cloud.request_cost_ms(cloud_batch)
+    up, up_cpu = _frame(plan, edge, cloud, rows, tokens=False)
+    down, down_cpu = _frame(plan, cloud, edge, rows, tokens=False)
+    ms_per_byte = 8 / link.bandwidth_bps * 1000
+    return _Demands(edge_ms=edge_ms + up_cpu + down_cpu, cloud_ms=cloud_ms, up_ms=up * ms_per_byte,
+                    down_ms=down * ms_per_byte, delay_ms=link.rtt_ms + link.overhead_ms, bytes=up + down)
+
+
+def _decode_demands(plan: Plan, edge: Profile, cloud: Profile, link: Link, context: int, edge_batch: float,
+                    cloud_batch: float, depth: int, drafts: DraftProfile | None) -> _Demands:
+    """A decode step's demands per output token: a plain step, or a speculative round's per token it gives."""
+    accept = drafts.acceptance(plan) if drafts is not None and depth > 0 else None
+    if accept is None:
+        return _step_demands(plan, edge, cloud, link, 1, context, True, edge_batch, cloud_batch)
+    assert drafts is not None
+    demands = _round_demands(plan, edge, cloud, link, context, depth, drafts.draft_ms, edge_batch, cloud_batch)
+    return demands.per_token(expected_tokens(accept, depth))
+
+
+def _steady(plan: Plan, edge: Profile, cloud: Profile, link: Link, workload: Workload, depth: int = 0,
+            drafts: DraftProfile | None = None) -> tuple[float, float, _Demands]:
     """Time to first token, time per output token and the decode step's demands, with `workload.streams`
     generations that each start again when they end (a served load: prompts interleave with other streams'
     decode steps). Each tier's batch size is the mean number of streams at it, found as a damped fixed point."""
@@ -171,7 +229,7 @@ def _steady(plan: Plan, edge: Profile, cloud: Profile, link: Link, workload: Wor
     edge_batch = cloud_batch = float(streams)
     for _ in range(60):
         first = _step_demands(plan, edge, cloud, link, prompt, prompt, False, edge_batch, cloud_batch)
-        decode = _step_demands(plan, edge, cloud, link, 1, context, True, edge_batch, cloud_batch)
+        decode = _decode_demands(plan, edge, cloud, link, context, edge_batch, cloud_batch, depth, drafts)
         mean = _Demands.mix(first, decode, output)
         _, queued, arriving = mean.solve(streams)
         if streams == 1:
@@ -202,12 +260,17 @@ def edge_memory_bytes(plan: Plan, edge: Profile, context: int, streams: int = 1)
     return int(weights + (kv + activations) * streams)
 
 
-def predict(plan: Plan, edge: Profile, cloud: Profile, link: Link, workload: Workload) -> Estimate:
-    """What `plan` costs for `workload` with these profiles and this link."""
+def predict(plan: Plan, edge: Profile, cloud: Profile, link: Link, workload: Workload, depth: int = 0,
+            drafts: DraftProfile | None = None) -> Estimate:
+    """What `plan` costs for `workload` with these profiles and this link; with `depth` drafts per round of the
+    measured `drafts` when the plan can speculate (a plan that cannot decodes plainly)."""
     assert edge.num_layers == cloud.num_layers == plan.num_layers, "profiles and plan disagree on the model"
     edge_parts, cloud_parts = edge.on(plan.edge_backend), cloud.on(plan.cloud_backend)
     prompt, output, streams = workload.prompt_tokens, workload.output_tokens, workload.streams
-    ttft, tpot, decode = _steady(plan, edge_parts, cloud_parts, link, workload)
+    ttft, tpot, decode = _steady(plan, edge_parts, cloud_parts, link, workload, depth, drafts)
+    memory = edge_memory_bytes(plan, edge, prompt + output, streams)
+    if drafts is not None and depth > 0 and drafts.acceptance(plan) is not None:
+        memory += drafts.weights_bytes  # the draft model's weights (its cache is small beside the plan's)
     return Estimate(time_to_first_token_ms=ttft, time_per_output_token_ms=tpot, total_ms=ttft + (output - 1) * tpot,
-                    edge_memory_bytes=edge_memory_bytes(plan, edge, prompt + output, streams),
+                    edge_memory_bytes=memory,
                     bytes_per_token=float(decode.bytes))

@@ -14,6 +14,7 @@ from typing import Protocol
 
 from partitioner.costmodel import Workload
 from partitioner.search import Choice, Constraints, SearchResult, search
+from profiling.acceptance import DraftProfile
 from profiling.codec_loss import codec_losses
 from profiling.link_estimator import Link, LinkEstimator, probe_link
 from profiling.profile import Profile
@@ -40,10 +41,11 @@ class PlanInputs:
     cloud: Profile
     link: Link
     codec_loss: dict[str, float] = field(default_factory=dict)  # codec -> perplexity ratio - 1; empty: not measured
+    drafts: DraftProfile | None = None  # measured acceptance of the edge's draft: the search weighs speculation
 
     @classmethod
     def gather(cls, edge: Profile, cloud: Profile | CloudPeer, link: Link | LinkEstimator,
-               losses_of: LoadedModel | None = None) -> PlanInputs:
+               losses_of: LoadedModel | None = None, drafts: DraftProfile | None = None) -> PlanInputs:
         """Fetch the cloud's profile, probe the link and measure the codec losses, as far as each is asked for.
 
         Args:
@@ -51,6 +53,8 @@ class PlanInputs:
             cloud: the cloud's profile, or the cloud to fetch it from.
             link: a known link, or the estimator to probe it into (then `cloud` must be the cloud itself).
             losses_of: the model whose codec losses a codec accuracy limit needs; None: not measured.
+            drafts: the edge's draft's measured acceptance (`profiling.acceptance.measure_drafts`), when it may
+                speculate; None: plans are weighed decoding plainly.
 
         Raises:
             CloudUnavailableError: the cloud cannot be reached.
@@ -67,7 +71,7 @@ class PlanInputs:
         losses = codec_losses(losses_of) if losses_of is not None else {}
         if losses:
             log.info("measured codec losses (perplexity ratio - 1): %s", losses)
-        return cls(edge, cloud_profile, link, losses)
+        return cls(edge, cloud_profile, link, losses, drafts)
 
     def on(self, link: Link) -> PlanInputs:
         """The same profiles and losses on another link (the estimate now)."""
@@ -79,7 +83,7 @@ def describe(result: SearchResult, link: Link, workload: Workload) -> str:
     def line(name: str, ch: Choice) -> str:
         e = ch.estimate
         flag = "" if ch.feasible else "  (not allowed by the constraints)"
-        return (f"  {name:16} {ch.plan.describe():60} total {e.total_ms:9.1f} ms  first token "
+        return (f"  {name:16} {ch.describe():60} total {e.total_ms:9.1f} ms  first token "
                 f"{e.time_to_first_token_ms:8.1f} ms  per token {e.time_per_output_token_ms:7.2f} ms  "
                 f"device {e.edge_memory_bytes / MIB:7.1f} MiB  {e.bytes_per_token:6.0f} B/token{flag}")
     best = result.best
@@ -102,6 +106,6 @@ def plan_for(inputs: PlanInputs, workload: Workload, constraints: Constraints, s
                         "profile one model")
     if inputs.codec_loss:
         constraints = constraints.model_copy(update={"codec_loss": inputs.codec_loss})
-    result = search(edge, cloud, inputs.link, workload, constraints, n_trials=trials, seed=seed)
-    log.info("chose %s (predicted %.1f ms per request)", result.best.plan.describe(), result.best.estimate.total_ms)
+    result = search(edge, cloud, inputs.link, workload, constraints, n_trials=trials, seed=seed, drafts=inputs.drafts)
+    log.info("chose %s (predicted %.1f ms per request)", result.best.describe(), result.best.estimate.total_ms)
     return result

@@ -17,6 +17,7 @@ import optuna
 from pydantic import Field
 
 from partitioner.costmodel import Estimate, Workload, predict
+from profiling.acceptance import DraftProfile, can_draft
 from profiling.link_estimator import Link
 from profiling.profile import ZSTD_LEVELS, Profile
 from splitcore.defaults import MIB, mib_bytes
@@ -25,6 +26,7 @@ from splitcore.plan import BackendName, CodecName, Plan, Tier
 from splitcore.schema import StrictModel
 
 CODECS: tuple[CodecName, ...] = ("fp32", "fp16", "bf16", "int8")
+DEPTHS: tuple[int, ...] = (0, 1, 2, 3, 4, 6, 8)  # speculation depths a search weighs, with measured drafts
 Objective = Literal["total_ms", "time_to_first_token_ms", "time_per_output_token_ms"]
 
 
@@ -59,6 +61,10 @@ class Choice(StrictModel):
     plan: Plan
     estimate: Estimate
     feasible: bool = True
+    speculate: int = Field(default=0, ge=0, description="drafts per round the estimate assumes (0: plain decoding)")
+
+    def describe(self) -> str:
+        return self.plan.describe() + (f", speculate {self.speculate}" if self.speculate else "")
 
 
 class SearchResult(StrictModel):
@@ -119,6 +125,20 @@ class _Space:
     cloud_runtimes: list[BackendName | None]
 
 
+def _depths(plan: Plan, drafts: DraftProfile | None) -> tuple[int, ...]:
+    """The speculation depths to weigh for `plan`: only 0 without measured drafts or when it cannot draft."""
+    return DEPTHS if drafts is not None and can_draft(plan) else (0,)
+
+
+def _best_depth(plan: Plan, edge: Profile, cloud: Profile, link: Link, workload: Workload,
+                drafts: DraftProfile | None, objective: Objective, c: Constraints) -> tuple[int, Estimate]:
+    """The plan at its best speculation depth (one that fits the device when any does): a depth is a handful of
+    cost-model calls, so each plan the study suggests is weighed at every depth, and the study searches cuts."""
+    options = [(k, predict(plan, edge, cloud, link, workload, k, drafts)) for k in _depths(plan, drafts)]
+    fitting = [o for o in options if _fits(o[1], c)] or options
+    return min(fitting, key=lambda o: getattr(o[1], objective))
+
+
 def _space(c: Constraints, edge: Profile, cloud: Profile) -> _Space:
     """The cuts, codecs and runtimes a study may suggest.
 
@@ -163,14 +183,15 @@ def _best(choices: Iterable[Choice], objective: Objective) -> Choice | None:
 
 
 def exact_best(edge: Profile, cloud: Profile, link: Link, workload: Workload, c: Constraints,
-               objective: Objective = "total_ms") -> Choice:
-    """The optimum by enumeration.
+               objective: Objective = "total_ms", drafts: DraftProfile | None = None) -> Choice:
+    """The optimum by enumeration (over speculation depths too, with measured `drafts`).
 
     Raises:
         InfeasibleError: no plan meets the constraints.
     """
     space = plan_space(edge.num_layers, c, runtime_options(edge), runtime_options(cloud))
-    choices = [Choice(plan=p, estimate=predict(p, edge, cloud, link, workload)) for p in space]
+    choices = [Choice(plan=p, estimate=predict(p, edge, cloud, link, workload, k, drafts), speculate=k)
+               for p in space for k in _depths(p, drafts)]
     best = _best((ch for ch in choices if _fits(ch.estimate, c)), objective)
     if best is None:
         raise InfeasibleError(_binding(choices, edge, c))
@@ -192,20 +213,22 @@ def _binding(choices: list[Choice], edge: Profile, c: Constraints) -> str:
 
 
 def search(edge: Profile, cloud: Profile, link: Link, workload: Workload, c: Constraints,
-           objective: Objective = "total_ms", n_trials: int = 150, seed: int = 0) -> SearchResult:
-    """Minimise `objective` with Optuna's TPE sampler under the constraints; seeded, so reproducible.
+           objective: Objective = "total_ms", n_trials: int = 150, seed: int = 0,
+           drafts: DraftProfile | None = None) -> SearchResult:
+    """Minimise `objective` with Optuna's TPE sampler under the constraints; seeded, so reproducible. With
+    measured `drafts`, the speculation depth is chosen together with the cuts (each plan at its best depth).
 
     Raises:
         InfeasibleError: no plan meets the constraints (checked exactly: the space is enumerable).
     """
     started = time.perf_counter()
     space = _space(c, edge, cloud)
-    cache: dict[Plan, Estimate] = {}
+    cache: dict[Plan, tuple[int, Estimate]] = {}
 
     def evaluate(plan: Plan) -> Estimate:
         if plan not in cache:
-            cache[plan] = predict(plan, edge, cloud, link, workload)
-        return cache[plan]
+            cache[plan] = _best_depth(plan, edge, cloud, link, workload, drafts, objective, c)
+        return cache[plan][1]
 
     def objective_fn(trial: optuna.Trial) -> float:
         plan = _suggest(trial, space, c)
@@ -221,10 +244,10 @@ def search(edge: Profile, cloud: Profile, link: Link, workload: Workload, c: Con
     for plan in _anchors(space, c):
         study.enqueue_trial(plan)
     study.optimize(objective_fn, n_trials=n_trials)
-    feasible = [Choice(plan=p, estimate=e) for p, e in cache.items() if _fits(e, c)]
-    best = _best(feasible, objective)
+    evaluated = [Choice(plan=p, estimate=e, speculate=k) for p, (k, e) in cache.items()]
+    best = _best((ch for ch in evaluated if _fits(ch.estimate, c)), objective)
     if best is None:
-        raise InfeasibleError(_binding([Choice(plan=p, estimate=e) for p, e in cache.items()], edge, c))
+        raise InfeasibleError(_binding(evaluated, edge, c))
     return SearchResult(best=best, baselines=baselines(edge, cloud, link, workload, c, objective),
                         trials=len(study.trials),
                         evaluated_plans=len(cache), search_s=time.perf_counter() - started)

@@ -8,15 +8,16 @@ from contextlib import AbstractContextManager
 from pathlib import Path
 
 
-def _shipped_model() -> Path:
-    """The checkpoint the project ships: beside the code in a checkout (or an editable install), else where `pip
-    install` put it (pyproject's data-files: `<prefix>/share/edgesplit/models/default`)."""
-    checkout = Path(__file__).resolve().parent.parent / "models" / "default"
-    installed = Path(sysconfig.get_path("data")) / "share" / "edgesplit" / "models" / "default"
+def _shipped_model(name: str = "default") -> Path:
+    """A checkpoint the project ships: beside the code in a checkout (or an editable install), else where `pip
+    install` put it (pyproject's data-files: `<prefix>/share/edgesplit/models/<name>`)."""
+    checkout = Path(__file__).resolve().parent.parent / "models" / name
+    installed = Path(sysconfig.get_path("data")) / "share" / "edgesplit" / "models" / name
     return checkout if (checkout / "config.json").is_file() or not (installed / "config.json").is_file() else installed
 
 
 DEFAULT_MODEL_DIR = _shipped_model()
+DEFAULT_DRAFT_DIR = _shipped_model("draft")  # the shipped model's speculation draft (same tokenizer, 1.05M params)
 MIB = 2**20  # bytes in a mebibyte: settings and flags give sizes in MiB
 
 

@@ -122,7 +122,8 @@ def bench_model(name: str, config: PretrainedConfig, args: argparse.Namespace, w
     path, params = build(name, config, work)
     n = config.num_hidden_layers
     prompt = [(7 * i + 11) % 256 + 3 for i in range(args.prompt)]
-    edge_args = ["--cut", "edge", "--threads", "1", "--emulate-slowdown", str(args.slowdown), "--no-adaptive",
+    edge_args = ["--cut", "edge", "--speculate", "off", "--threads", "1", "--emulate-slowdown", str(args.slowdown),
+                 "--no-adaptive",
                  "--allow-tokens-off-device", "--max-concurrent-requests", str(max(32, args.streams))]
     first = LINKS[args.links[0]]
     cores = sorted(os.sched_getaffinity(0))

@@ -85,6 +85,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--cloud-url", help="the cloud's base URL, for its memory (optional)")
     ap.add_argument("--spawn", action="store_true", help="start a cloud and an edge on loopback for the run")
     ap.add_argument("--model", type=Path, default=Path(DEFAULT_MODEL_DIR), help="--spawn: the checkpoint")
+    ap.add_argument("--speculate", default="off", help="--spawn: the edge's --speculate (off: plain decode steps, "
+                    "which the cloud batches; bench/speculation.py measures speculation)")
     ap.add_argument("--cut", default="2:6", help="--spawn: the edge's plan ('cloud': the cloud does all the work)")
     ap.add_argument("--head", choices=["edge", "cloud"], default="edge", help="--spawn: where the head runs")
     ap.add_argument("--mode", choices=["closed", "open"], default="closed")
@@ -125,7 +127,7 @@ def main(argv: list[str] | None = None) -> None:
             edge = f"http://127.0.0.1:{edge_port}"
             tokens_leave = args.cut.startswith(("cloud", "0")) or args.head == "cloud"
             edge_args = ["--model", str(args.model), "--cloud", cloud, "--cut", args.cut, "--head", args.head,
-                         "--codec", "int8", "--max-concurrent-requests", "64",
+                         "--codec", "int8", "--max-concurrent-requests", "64", "--speculate", args.speculate,
                          *(["--allow-tokens-off-device"] if tokens_leave else [])]
             proc = stack.enter_context(serve("edge", edge_args, edge_port, logs / "edge.log"))
             wait_healthy(f"{edge}/health", proc)

@@ -98,7 +98,7 @@ def bench_model(name: str, path: Path, cut: str, args: argparse.Namespace, work:
     edges = {"edge-only": ["--cut", "edge"]}
     for transport in args.transports:
         edges[f"split over {transport}"] = ["--cloud", cloud, "--cut", cut, "--codec", "int8", "--cloud-transport",
-                                            transport, *args.edge_args]
+                                            transport, "--speculate", "off", *args.edge_args]
     samples: dict[str, list[float]] = {k: [] for k in [*edges, "floor http", "floor websocket"]}
     with contextlib.ExitStack() as stack:
         pins = ({1}, {0}) if args.pin else (None, None)  # (cloud, edges): a core each, as two machines would have

@@ -215,7 +215,7 @@ def test_wrong_admin_tokens_are_answered_ever_more_slowly_until_the_right_one() 
 def test_an_operator_sets_the_speculation_depth_live(urls: tuple[str, str], models: dict[str, LoadedModel]) -> None:
     edge, _ = urls
     loaded = models["gpt2"]
-    assert httpx.get(edge + "/admin/plan", headers=AUTH).json()["speculate"] == "off"
+    assert httpx.get(edge + "/admin/plan", headers=AUTH).json()["speculate"] == "auto"  # the default
     bad = httpx.post(edge + "/admin/plan", json={"speculate": "99"}, headers=AUTH)
     assert bad.status_code == 400 and "speculate" in bad.text
     set_ = httpx.post(edge + "/admin/plan", json={"speculate": "3", "cut": "1:3", "codec": "fp32"}, headers=AUTH,
@@ -229,5 +229,5 @@ def test_an_operator_sets_the_speculation_depth_live(urls: tuple[str, str], mode
         assert out["choices"][0]["text"] == reference_text(loaded, ids, 8)
     finally:
         off = httpx.post(edge + "/admin/plan", json={"speculate": "off"}, headers=AUTH)
-        httpx.post(edge + "/admin/plan", json={"cut": "edge"}, headers=AUTH, timeout=30)
+        httpx.post(edge + "/admin/plan", json={"speculate": "auto", "cut": "edge"}, headers=AUTH, timeout=30)
     assert off.json() == {"changed": True, "speculate": "off"}

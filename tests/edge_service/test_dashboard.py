@@ -9,6 +9,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+import httpx
 import pytest
 
 from splitcore.loading import LoadedModel
@@ -55,7 +56,19 @@ def test_the_dashboard_draws_the_plan_and_repartitions_from_its_form(models: dic
                 expect(page.locator("#request-chart [data-axis='minutes ago']")).to_have_count(1)
                 expect(page.locator("#bandwidth-chart [data-axis='round trip, ms']")).to_have_count(1, timeout=15_000)
                 expect(page.locator("#bandwidth-chart [data-axis='bandwidth, Mbit/s (log)']")).to_have_count(1)
+                spec = page.locator("#speculation")
+                expect(spec).to_contain_text("setting auto, draft: self")  # the defaults, on a test model
+                expect(spec).to_contain_text("no speculative round yet")
+                ids = loaded.tokenizer.encode("the dashboard counts rounds")
+                httpx.post(f"{url}/v1/completions", json={"prompt": ids, "max_tokens": 12, "temperature": 0},
+                           timeout=60).raise_for_status()
+                expect(spec).to_contain_text("tokens per round trip", timeout=10_000)
+                expect(spec).to_contain_text("acceptance by draft position")
                 page.screenshot(path=str(ARTIFACTS / "dashboard.png"), full_page=True)
+                page.select_option("#speculate", "2")
+                page.click("#set-speculate")
+                expect(page.locator("#status")).to_contain_text("switched to speculate 2", timeout=15_000)
+                expect(spec).to_contain_text("setting 2, draft: self", timeout=10_000)
 
                 page.fill("#cut", "2:4")
                 page.click("#apply-cut")

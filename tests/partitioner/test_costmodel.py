@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from partitioner.costmodel import HTTP_BYTES, Workload, edge_memory_bytes, predict
+from profiling.acceptance import DraftProfile
 from profiling.link_estimator import Link
 from profiling.profile import BATCH_CONTEXT, PartCost
 from profiling.synthetic import synthetic_profile
@@ -193,3 +194,36 @@ def test_the_edges_own_software_per_exchange_is_paid_by_split_steps_only() -> No
     for plan, extra in ((split, 2.0), (alone, 0.0)):
         assert predict(plan, busy_edge, CLOUD, LINK, work).time_per_output_token_ms == pytest.approx(
             predict(plan, EDGE, CLOUD, LINK, work).time_per_output_token_ms + extra)
+
+
+def _drafts(accept: float, draft_ms: float | None = None) -> DraftProfile:
+    cuts = {f"{a}:{b}": [accept] * 8 for a in range(1, 3) for b in range(a + 1, 4)}
+    return DraftProfile(source="self" if draft_ms is None else "draft", accept_by_cut=cuts, accept=[accept] * 8,
+                        draft_ms=draft_ms, tokens=100, weights_bytes=0 if draft_ms is None else 1_000_000)
+
+
+@pytest.mark.parametrize("draft_ms", [None, 1.0])
+def test_a_speculative_round_pays_one_round_trip_for_every_token_it_gives(draft_ms: float | None) -> None:
+    plan, work = Plan(num_layers=4, cut_a=1, cut_b=3, codec="int8"), Workload(prompt_tokens=16, output_tokens=33)
+    fast, slow = (Link(bandwidth_bps=1e12, rtt_ms=rtt) for rtt in (10.0, 110.0))
+    sure = _drafts(1.0, draft_ms)
+    for depth in (1, 3, 7):  # every draft accepted: depth + 1 tokens per round, so per round trip
+        gap = (predict(plan, EDGE, CLOUD, slow, work, depth, sure).time_per_output_token_ms
+               - predict(plan, EDGE, CLOUD, fast, work, depth, sure).time_per_output_token_ms)
+        assert gap == pytest.approx(100.0 / (depth + 1))
+    plain = predict(plan, EDGE, CLOUD, slow, work).time_per_output_token_ms
+    assert predict(plan, EDGE, CLOUD, slow, work, 0, sure).time_per_output_token_ms == plain  # depth 0: plain
+    assert predict(plan, EDGE, CLOUD, slow, work, 3, sure).time_per_output_token_ms < plain / 2
+    # drafts never accepted give one token per round and cost their drafting and the wider verify
+    assert predict(plan, EDGE, CLOUD, slow, work, 3, _drafts(0.0, draft_ms)).time_per_output_token_ms > plain
+
+
+def test_plans_that_cannot_draft_decode_plainly_and_a_draft_model_counts_on_the_device() -> None:
+    work, sure = Workload(prompt_tokens=16, output_tokens=9), _drafts(1.0, 1.0)
+    for plan in (Plan(num_layers=4, cut_a=4, cut_b=4), Plan(num_layers=4, cut_a=1, cut_b=4)):
+        assert predict(plan, EDGE, CLOUD, LINK, work, 4, sure) == predict(plan, EDGE, CLOUD, LINK, work)
+    split = Plan(num_layers=4, cut_a=1, cut_b=3)
+    assert (predict(split, EDGE, CLOUD, LINK, work, 4, sure).edge_memory_bytes
+            == predict(split, EDGE, CLOUD, LINK, work).edge_memory_bytes + 1_000_000)
+    assert (predict(split, EDGE, CLOUD, LINK, work, 4, _drafts(1.0)).edge_memory_bytes
+            == predict(split, EDGE, CLOUD, LINK, work).edge_memory_bytes)  # self: no extra weights

@@ -122,3 +122,26 @@ def test_a_profile_without_other_runtimes_leaves_plans_on_each_tiers_default() -
     assert {(p.edge_backend, p.cloud_backend) for p in plan_space(4, Constraints())} == {(None, None)}
     best = search(edge, cloud, Link(bandwidth_bps=1e8, rtt_ms=5), Workload(), Constraints(), n_trials=40).best
     assert best.plan.edge_backend is None and best.plan.cloud_backend is None
+
+
+def test_the_search_weighs_speculation_depths_with_the_cuts() -> None:
+    from profiling.acceptance import DraftProfile
+
+    sizes = {"hidden_size": 256, "layer_weights_bytes": 20_000_000, "embed_weights_bytes": 5_000_000}
+    edge = synthetic_profile("edge", [4.0] * 6, prefill_per_token=0.3, head_ms=1.0, **sizes)
+    cloud = synthetic_profile("cloud", [0.5] * 6, prefill_per_token=0.05, head_ms=0.2, **sizes)
+    work = Workload(prompt_tokens=32, output_tokens=64)
+    # skipping the middle drafts well only when the cloud's part is short
+    cuts = {f"{a}:{b}": [0.9 if b - a <= 3 else 0.2] * 8 for a in range(1, 5) for b in range(a + 1, 6)}
+    drafts = DraftProfile(source="self", accept_by_cut=cuts, tokens=100)
+    # the edge is too small for the model: every plan crosses the link
+    small = Constraints(edge_memory_bytes=int(
+        0.6 * (sum(edge.layer_weights_bytes) + edge.embed_weights_bytes + (edge.head_weights_bytes or 0))))
+    slow = Link(bandwidth_bps=10e6, rtt_ms=80.0)
+    found = search(edge, cloud, slow, work, small, drafts=drafts, seed=1)
+    exact = exact_best(edge, cloud, slow, work, small, drafts=drafts)
+    assert exact.speculate > 0 and exact.plan.cut_b - exact.plan.cut_a <= 3  # a cut that drafts well
+    assert found.best.estimate.total_ms <= 1.01 * exact.estimate.total_ms
+    plain = exact_best(edge, cloud, slow, work, small)
+    assert plain.speculate == 0 and exact.estimate.total_ms < 0.6 * plain.estimate.total_ms
+    assert found.best.describe().endswith(f"speculate {found.best.speculate}")

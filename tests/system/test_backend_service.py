@@ -1,4 +1,5 @@
-"""Both tiers on ONNX Runtime as real servers on loopback: same text as the unsplit model; runtimes switched live."""
+"""Both tiers on ONNX Runtime as real servers on loopback: same text as the unsplit model, speculating (verify
+frames and rollbacks on both runtimes' caches); runtimes switched live."""
 
 from __future__ import annotations
 
@@ -32,7 +33,10 @@ def test_both_tiers_on_onnxruntime_give_the_unsplit_models_text_and_switch_runti
     with edge_and_cloud(loaded, cloud_settings, cut="1:3", codec="fp32", backend="onnxruntime", onnx_dir=onnx_dir,
                         admin_token=TOKEN) as tiers:
         edge, app = tiers.edge_url, tiers.edge_app
-        assert _complete(edge, n)["choices"][0]["text"] == expected
+        both_ort = _complete(edge, n)
+        assert both_ort["choices"][0]["text"] == expected
+        # speculation (auto, the default) drafted, verified and rolled back on both runtimes' caches
+        assert both_ort["edgesplit"]["speculation"]["round_trips"] > 0
         runner = app.state.runtime.orchestrator.runners.get()
         assert runner.name == "onnxruntime" and {(0, 1, True), (3, 4, False)} <= set(runner._sessions)
         mixed = httpx.post(f"{edge}/admin/plan", headers=AUTH, timeout=60,

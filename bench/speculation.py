@@ -83,7 +83,7 @@ def plot(report: dict, path: Path) -> Path:
             mine = [r for r in rows if r["draft"] == draft]
             labels = [r["depth"] for r in mine]
             ax.plot(labels, [r["tpot_over_depth0"] for r in mine], marker="o",
-                    label="own blocks" if draft == "self" else Path(draft).name + " (draft model)")
+                    label="own blocks" if draft == "self" else f"draft model ({draft})")
             for r in mine:
                 ax.annotate(f"{r['tokens_per_round_trip']:.1f}", (r["depth"], r["tpot_over_depth0"]), fontsize=7,
                             textcoords="offset points", xytext=(0, 5), ha="center")

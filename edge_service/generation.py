@@ -56,13 +56,15 @@ class LinkStats:
     prefill_bytes_down: int = 0
     decode_bytes_up: int = 0
     decode_bytes_down: int = 0
-    decode_steps: int = 0
+    decode_steps: int = 0  # exchanges after the prompt's
+    decode_tokens: int = 0  # tokens those exchanges gave (more than one per exchange when speculating)
     cloud_compute_ms: float = 0.0
     round_trip_ms: float = 0.0
 
     def as_dict(self) -> dict:
-        per_up = self.decode_bytes_up / self.decode_steps if self.decode_steps else 0.0
-        per_down = self.decode_bytes_down / self.decode_steps if self.decode_steps else 0.0
+        tokens = self.decode_tokens or self.decode_steps
+        per_up = self.decode_bytes_up / tokens if tokens else 0.0
+        per_down = self.decode_bytes_down / tokens if tokens else 0.0
         return {**self.__dict__, "decode_bytes_up_per_token": round(per_up, 1),
                 "decode_bytes_down_per_token": round(per_down, 1)}
 

@@ -228,13 +228,15 @@ class Orchestrator:
         """
         for _ in range(3):  # at most: a replay, then a fallback
             try:
-                started = time.perf_counter()
+                started, exchanges = time.perf_counter(), ctx.link.decode_steps
                 tokens = (speculate(self, ctx, int(ids[-1]), depth) if depth
                           else [self._step(ctx, ids, len(prefix))])
                 if not depth and self.tuner is not None and ctx.draft is not None and len(ids) == 1:
                     self.tuner.observe_plain((time.perf_counter() - started) * 1000)
                 if ctx.plan.uses_cloud:
                     self.breaker.succeeded()
+                if ctx.link.decode_steps > exchanges:
+                    ctx.link.decode_tokens += len(tokens)
                 return tokens
             except (CloudSessionLostError, SessionNotFoundError) as exc:
                 if ctx.replays:  # lost again straight after a replay: treat as a failing cloud

@@ -244,7 +244,8 @@ class LinkUsage(StrictModel):
     prefill_bytes_down: int
     decode_bytes_up: int
     decode_bytes_down: int
-    decode_steps: int
+    decode_steps: int = Field(description="exchanges with the cloud after the prompt's")
+    decode_tokens: int = Field(description="tokens those exchanges gave: more than one each when speculating")
     cloud_compute_ms: float
     round_trip_ms: float
     decode_bytes_up_per_token: float

@@ -26,8 +26,10 @@ def run_demo(model_dir: Path | None, cut: str | None, codec: str, prompt: str, m
           f"codec {codec}")
     print(f"starting   cloud on 127.0.0.1:{cloud_port}, edge on 127.0.0.1:{edge_port} (logs in {logs})")
     cloud_args = ["--model", str(model_dir)]
+    # a fixed depth: the demo's request is seeded, and only a fixed depth reproduces a seeded sample (`auto`, the
+    # default, decodes seeded sampled requests plainly)
     edge_args = ["--model", str(model_dir), "--cloud", f"http://127.0.0.1:{cloud_port}", "--cut", cut,
-                 "--codec", codec]
+                 "--codec", codec, "--speculate", "4"]
     with serve("cloud", cloud_args, cloud_port, logs / "cloud.log") as cloud, \
             serve("edge", edge_args, edge_port, logs / "edge.log") as edge:
         wait_healthy(f"http://127.0.0.1:{cloud_port}/health", cloud)
@@ -46,6 +48,10 @@ def run_demo(model_dir: Path | None, cut: str | None, codec: str, prompt: str, m
     print(f"prefill    {link['prefill_bytes_up']} bytes up, {link['prefill_bytes_down']} bytes down")
     print(f"per token  {link['decode_bytes_up_per_token']:.0f} bytes up, {link['decode_bytes_down_per_token']:.0f} "
           f"bytes down (raw fp32 hidden state: {raw_fp32} bytes)")
+    spec = ext.get("speculation")
+    if spec and spec["round_trips"]:
+        print(f"speculated {spec['drafted']} drafts, {spec['accepted']} accepted, in {spec['round_trips']} round trips "
+              f"(up to {spec['depth']} drafts each; --speculate off decodes one token per round trip)")
 
 
 def _plan(model_dir: Path, cloud_url: str, prompt_tokens: int, output_tokens: int) -> None:

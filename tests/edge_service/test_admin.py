@@ -68,7 +68,7 @@ def test_a_plan_set_by_hand_serves_new_requests_exactly(urls: tuple[str, str], m
     ids = loaded.tokenizer.encode("an operator repartitions")
     out = httpx.post(edge + "/v1/completions", json={"prompt": ids, "max_tokens": 8, "temperature": 0},
                      timeout=60).json()
-    assert out["edgesplit"]["cut"] == [1, 3] and out["edgesplit"]["link"]["decode_steps"] == 7
+    assert out["edgesplit"]["cut"] == [1, 3] and out["edgesplit"]["link"]["decode_tokens"] == 7
     assert out["choices"][0]["text"] == reference_text(loaded, ids, 8)
     again = httpx.post(edge + "/admin/plan", json={"cut": "1:3", "codec": "fp32"}, headers=AUTH, timeout=30)
     assert again.status_code == 200 and not again.json()["changed"]

@@ -144,8 +144,11 @@ def test_auto_learns_from_its_rounds_and_still_looks_now_and_then() -> None:
     assert tuner.accept[0] == 0.0 and tuner.accept[1] is None  # only the first draft was judged
     assert tuner.depth() == 0  # a plain step is timed before anything is chosen
     tuner.observe_plain(3.0)
-    depths = [tuner.depth() for _ in range(8)]
-    assert depths.count(0) == 6 and depths.count(4) == 2  # off, but still looking now and then
+    depths = [tuner.depth() for _ in range(60)]
+    looks = [i for i, d in enumerate(depths) if d]
+    assert set(depths) == {0, 4} and len(looks) == 4  # off, but still looking now and then
+    gaps = [b - a for a, b in zip(looks, looks[1:], strict=False)]
+    assert gaps == [8, 16, 32]  # less often each time it still does not pay
     for _ in range(30):  # the link turns slow and drafts right
         tuner.observe(drafted=4, accepted=4, draft_ms=2.0, round_ms=60.0)
         tuner.observe_plain(55.0)

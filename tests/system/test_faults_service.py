@@ -101,7 +101,7 @@ def test_a_killed_cloud_is_survived_and_a_restarted_one_is_used_again(tmp_path: 
             def split_again() -> bool:
                 r = httpx.post(f"{edge}/v1/completions", json={"prompt": PROMPT, "max_tokens": 8, "temperature": 0},
                                timeout=30).json()
-                return r["edgesplit"]["fallback"] is None and r["edgesplit"]["link"]["decode_steps"] == 7
+                return r["edgesplit"]["fallback"] is None and r["edgesplit"]["link"]["decode_tokens"] == 7
             deadline = time.monotonic() + 15
             while not split_again():
                 assert time.monotonic() < deadline, "the edge never went back to the restarted cloud"

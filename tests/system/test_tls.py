@@ -69,4 +69,4 @@ def test_edge_and_cloud_speak_mutual_tls_and_strangers_are_turned_away(tmp_path:
             wait_healthy(f"{url}/health", edge)
             out = httpx.post(f"{url}/v1/completions", json={"prompt": "And", "max_tokens": 8, "temperature": 0},
                              timeout=60).json()
-            assert out["edgesplit"]["fallback"] is None and out["edgesplit"]["link"]["decode_steps"] == 7
+            assert out["edgesplit"]["fallback"] is None and out["edgesplit"]["link"]["decode_tokens"] == 7

@@ -86,8 +86,8 @@ class Orchestrator:
                  link_observer: Callable[[int, float, float], None] | None = None, slowdown: float = 1.0,
                  fallback: bool = False, step_timeout_s: float | None = None,
                  breaker: CloudBreaker | None = None, max_concurrent_steps: int | None = None,
-                 runners: Runners | None = None, speculate: int | str = 0, draft: DraftModel | None = None
-                 ) -> None:
+                 runners: Runners | None = None, speculate: int | str = 0, draft: DraftModel | None = None,
+                 speculate_max_streams: int | None = None) -> None:
         assert loaded.tokenizer is not None, "the edge owns the tokenizer"
         assert slowdown >= 1.0, "the emulated slowdown stretches compute; it cannot speed it up"
         self.tokenizer = loaded.tokenizer
@@ -109,6 +109,12 @@ class Orchestrator:
         self.tuner: DepthTuner | None = None
         self.set_speculation(speculate)
         self.draft = draft  # a draft model; None: the edge's own blocks draft (the cloud's middle skipped)
+        # `auto` drafts only while at most this many generations run here (None: always): drafting trades the
+        # edge's compute for round trips, and a busy edge has no compute to spare (as vLLM's
+        # speculative_disable_by_batch_size)
+        self.speculate_max_streams = speculate_max_streams
+        self._running = 0  # generations running now
+        self._running_lock = threading.Lock()
         self.plan = plan
         self.set_plan(plan)
 
@@ -125,7 +131,12 @@ class Orchestrator:
     def speculation_snapshot(self) -> dict:
         """The speculation setting, what drafts, and what `auto` has measured (None unless auto)."""
         return {"setting": self.speculation, "draft": self.draft.loaded.name if self.draft is not None else "self",
-                "can_draft": _drafts(self.plan), "auto": self.tuner.snapshot() if self.tuner is not None else None}
+                "can_draft": _drafts(self.plan), "auto": self.tuner.snapshot() if self.tuner is not None else None,
+                "max_streams": self.speculate_max_streams, "running": self._running}
+
+    def _spare_compute(self) -> bool:
+        """Whether few enough generations run here for `auto` to draft (`speculate_max_streams`)."""
+        return self.speculate_max_streams is None or self._running <= self.speculate_max_streams
 
     def expect_depth(self, depth: int) -> None:
         """The planner's predicted best depth for the current plan: `auto` starts (and explores) from it."""
@@ -172,6 +183,8 @@ class Orchestrator:
         gaps: list[float] = []
         ends = set(request.stop_token_ids) | (set() if request.ignore_eos else self.eos_ids)
         told = 0  # log-probabilities already sent with a piece
+        with self._running_lock:
+            self._running += 1
         try:
             pending = self._advance(ctx, torch.tensor(request.prompt_ids), request.prompt_ids)
             last = time.perf_counter()
@@ -203,6 +216,8 @@ class Orchestrator:
             if piece := text.flush():
                 yield Piece(piece, len(tokens), tuple(ctx.logprobs[told:]))
         finally:
+            with self._running_lock:
+                self._running -= 1
             if ctx.opened:
                 self.cloud.end_session(ctx.session)  # type: ignore[union-attr]
         yield Finished(reason, len(request.prompt_ids), tokens, ctx.plan, ctx.link, first_token_ms,
@@ -213,6 +228,8 @@ class Orchestrator:
         """Drafts for the next round: none unless this generation speculates, and never more than the tokens it
         may still produce after the round's own one."""
         if ctx.draft is None:  # not speculating, or on a plan that cannot (`_drafts`; fallback is edge-only)
+            return 0
+        if self.tuner is not None and not self._spare_compute():
             return 0
         wanted = self.tuner.depth() if self.tuner is not None else int(self.speculate)
         return max(0, min(wanted, room - 1))
@@ -231,7 +248,8 @@ class Orchestrator:
                 started, exchanges = time.perf_counter(), ctx.link.decode_steps
                 tokens = (speculate(self, ctx, int(ids[-1]), depth) if depth
                           else [self._step(ctx, ids, len(prefix))])
-                if not depth and self.tuner is not None and ctx.draft is not None and len(ids) == 1:
+                if not depth and self.tuner is not None and ctx.draft is not None and len(ids) == 1 \
+                        and self._spare_compute():  # a busy edge's plain steps would flatter drafting later
                     self.tuner.observe_plain((time.perf_counter() - started) * 1000)
                 if ctx.plan.uses_cloud:
                     self.breaker.succeeded()

@@ -96,6 +96,7 @@ class EdgeRuntime:
                                     fallback=settings.fallback, step_timeout_s=settings.cloud_step_timeout_s,
                                     max_concurrent_steps=settings.max_concurrent_steps or usable_cores(),
                                     speculate=settings.speculate, draft=_draft(settings, loaded),
+                                    speculate_max_streams=settings.speculate_max_streams or None,
                                     runners=Runners(loaded.layered, settings.backend, settings.onnx_dir,
                                                     quantize=settings.onnx_quantize,
                                                     batching=settings.batch_limits(),

@@ -90,6 +90,23 @@ def test_a_seeded_sampled_generation_with_speculation_is_reproducible(models: di
     assert first == again and len(first) == N
 
 
+def test_auto_leaves_seeded_samples_plain_and_pauses_on_a_busy_edge(models: dict[str, LoadedModel]) -> None:
+    loaded = models["llama"]
+    plan = Plan(num_layers=4, cut_a=1, cut_b=3, codec="fp32")
+    seeded = _generate(loaded, plan, "auto", sampling=SamplingParams(temperature=1.0, seed=7))
+    assert seeded.speculation is None  # auto's depth follows the timings: a seeded sample would not reproduce
+
+    def rounds(max_streams: int) -> int:
+        orchestrator = Orchestrator(loaded, plan, in_process_cloud(loaded), speculate="auto",
+                                    speculate_max_streams=max_streams)
+        done = list(orchestrator.generate(GenerationRequest(prompt_ids=PROMPT, max_tokens=N)))[-1]
+        assert isinstance(done, Finished) and done.token_ids == reference_tokens(loaded, PROMPT, N)
+        assert done.speculation is not None
+        return done.speculation.round_trips
+    assert rounds(1) > 0  # this generation alone: auto drafts
+    assert rounds(0) == 0  # more generations than the limit (this one): plain steps, the same tokens
+
+
 def _chi_square_critical(df: int, z: float = 3.09) -> float:
     """The chi-square value exceeded with probability about 0.001 (z = 3.09), by Wilson and Hilferty."""
     return df * (1 - 2 / (9 * df) + z * math.sqrt(2 / (9 * df))) ** 3

@@ -24,8 +24,9 @@ on that machine). Prefill is not shared: a prompt's positions cost the same in a
 
 Speculation (`depth` k > 0 with a measured `DraftProfile`): a decode round drafts k tokens on the edge, sends
 k + 1 positions through the cloud in one exchange and runs the back blocks and the head over all of them; it gives
-`expected_tokens(acceptance, k)` tokens, so each of its demands is charged per token as the round's demand over
-that count. k + 1 positions in one step cost a lone step plus what the profile's prefill adds from 1 to k + 1.
+the tokens rounds of depth k gave when replayed on the measured text (`DraftProfile.round_tokens`), so each of
+its demands is charged per token as the round's demand over that count. k + 1 positions in one step cost a lone
+step plus what the profile's prefill adds from 1 to k + 1.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from collections.abc import Callable
 
 from pydantic import Field
 
-from profiling.acceptance import DraftProfile, expected_tokens
+from profiling.acceptance import DraftProfile
 from profiling.link_estimator import Link
 from profiling.profile import PartCost, Profile
 from splitcore.codec import DTYPE_BY_NAME, raw_nbytes
@@ -211,12 +212,12 @@ def _round_demands(plan: Plan, edge: Profile, cloud: Profile, link: Link, contex
 def _decode_demands(plan: Plan, edge: Profile, cloud: Profile, link: Link, context: int, edge_batch: float,
                     cloud_batch: float, depth: int, drafts: DraftProfile | None) -> _Demands:
     """A decode step's demands per output token: a plain step, or a speculative round's per token it gives."""
-    accept = drafts.acceptance(plan) if drafts is not None and depth > 0 else None
-    if accept is None:
+    tokens = drafts.round_tokens(plan, depth) if drafts is not None and depth > 0 else None
+    if tokens is None:
         return _step_demands(plan, edge, cloud, link, 1, context, True, edge_batch, cloud_batch)
     assert drafts is not None
     demands = _round_demands(plan, edge, cloud, link, context, depth, drafts.draft_ms, edge_batch, cloud_batch)
-    return demands.per_token(expected_tokens(accept, depth))
+    return demands.per_token(tokens)
 
 
 def _steady(plan: Plan, edge: Profile, cloud: Profile, link: Link, workload: Workload, depth: int = 0,

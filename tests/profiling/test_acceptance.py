@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from profiling.acceptance import DraftProfile, can_draft, conditional_acceptance, measure_drafts
+from profiling.acceptance import DraftProfile, can_draft, conditional_acceptance, measure_drafts, replayed_rounds
 from splitcore.loading import LoadedModel
 from splitcore.plan import Plan
 
@@ -39,3 +39,15 @@ def test_a_draft_that_is_the_model_is_always_accepted_and_skipping_blocks_is_mea
     assert all(0.0 <= x <= 1.0 for accept in own.accept_by_cut.values() for x in accept)
     # a random tiny model skipping blocks is not the model: some draft somewhere is rejected
     assert min(x for accept in own.accept_by_cut.values() for x in accept) < 1.0
+
+
+def test_rounds_are_replayed_along_the_agreements() -> None:
+    run = [True, True, False, True, True, True]
+    # depth 2: rounds at 0 (two drafts kept, one token more) and 3 (the same): 6 tokens in 2 rounds
+    # depth 1: rounds at 0 (2 tokens), 2 (a miss: 1), 3 (2), 5 (2): 7 tokens in 4 rounds
+    assert replayed_rounds([run], depth=2) == [1.0, 1.75, 3.0]
+    # the replay sees that rounds start after misses, where the text is hard: fewer tokens than every-start
+    # chances say (first draft 1/2 here, then 1 after an accepted one)
+    hard = [[False, True, True, True]] * 3
+    assert conditional_acceptance(hard, depth=2) == [0.75, 1.0]
+    assert replayed_rounds(hard, depth=2)[2] == 2.0  # rounds at 0 (miss: 1 token) and 1 (two kept: 3 tokens)

@@ -91,7 +91,7 @@ async def get_plan(request: Request) -> dict:
     rt = _runtime(request)
     return {**rt.replanner.snapshot(), "link": rt.link.estimate().__dict__,
             "speculate": rt.orchestrator.speculation,
-            "speculation": {**rt.orchestrator.speculation_snapshot(), "totals": rt.metrics.spec_totals}}
+            "speculation": {**rt.orchestrator.speculation_snapshot(), "totals": rt.metrics.spec_totals()}}
 
 
 @guarded.post("/plan")

@@ -12,6 +12,8 @@ from edge_service.orchestrator import Finished
 from splitcore.errors import CloudUnavailableError, EdgesplitError
 from splitcore.metrics import LATENCY_BUCKETS_S, TOKEN_BUCKETS, BatchMetrics
 
+SPEC_KINDS = ("drafted", "accepted", "round_trips")  # speculation's counted tokens (SpeculationStats' fields)
+
 
 @dataclass(frozen=True)
 class RequestRecord:
@@ -76,7 +78,6 @@ class EdgeMetrics:
                                      buckets=(1.0, 1.25, 1.5, 2.0, 2.5, 3.0, 4.0, 5.0, 7.0, 9.0, 17.0), registry=r)
         self.spec_counts = Counter("edgesplit_edge_speculation_tokens", "Speculation's tokens since start: drafted, "
                                    "accepted (drafts the verify kept) and verify round trips", ["kind"], registry=r)
-        self.spec_totals = {"generations": 0, "drafted": 0, "accepted": 0, "round_trips": 0}  # for the dashboard
         self.in_flight = 0  # generations running now (the admission limit reads it)
         self.active.set_function(lambda: self.in_flight)
         self.ended = 0  # generations ended since start, for giving their memory back (`splitcore.memory`)
@@ -114,16 +115,21 @@ class EdgeMetrics:
         if spec is not None and spec.round_trips:
             self.spec_acceptance.observe(spec.accepted / spec.drafted if spec.drafted else 0.0)
             self.spec_tokens.observe((spec.accepted + spec.round_trips) / spec.round_trips)
-            self.spec_totals["generations"] += 1
-            for kind in ("drafted", "accepted", "round_trips"):
+            for kind in SPEC_KINDS:
                 self.spec_counts.labels(kind).inc(getattr(spec, kind))
-                self.spec_totals[kind] += getattr(spec, kind)
         self.replays.inc(done.replays)
         self.recent.append(RequestRecord(time.time(), endpoint, done.finish_reason, done.time_to_first_token_ms,
                                          done.total_ms, len(done.token_ids)))
         link = done.link
         self.link_bytes.labels("sent").inc(link.prefill_bytes_up + link.decode_bytes_up)
         self.link_bytes.labels("received").inc(link.prefill_bytes_down + link.decode_bytes_down)
+
+    def spec_totals(self) -> dict[str, int]:
+        """Speculation since start, for the dashboard: speculating generations, and the counters' tokens."""
+        get = self.registry.get_sample_value
+        totals = {kind: int(get("edgesplit_edge_speculation_tokens_total", {"kind": kind}) or 0)
+                  for kind in SPEC_KINDS}
+        return {"generations": int(get("edgesplit_edge_speculation_acceptance_ratio_count") or 0), **totals}
 
     def failed(self, exc: BaseException, endpoint: str) -> None:
         """Record a generation that ended in an error."""

@@ -23,6 +23,7 @@ from edge_service.breaker import CloudBreaker
 from edge_service.generation import Finished, FinishReason, GenerationRequest, LinkStats, Piece, TokenChoice
 from edge_service.speculation import DepthTuner, DraftModel, SpeculationStats, speculate
 from edge_service.textstream import TextStream
+from profiling.acceptance import can_draft
 from splitcore.backends import Runner, Runners, State
 from splitcore.codec import DTYPE_BY_NAME
 from splitcore.defaults import step_bound
@@ -131,7 +132,7 @@ class Orchestrator:
     def speculation_snapshot(self) -> dict:
         """The speculation setting, what drafts, and what `auto` has measured (None unless auto)."""
         return {"setting": self.speculation, "draft": self.draft.loaded.name if self.draft is not None else "self",
-                "can_draft": _drafts(self.plan), "auto": self.tuner.snapshot() if self.tuner is not None else None,
+                "can_draft": can_draft(self.plan), "auto": self.tuner.snapshot() if self.tuner is not None else None,
                 "max_streams": self.speculate_max_streams, "running": self._running}
 
     def _spare_compute(self) -> bool:
@@ -286,7 +287,7 @@ class Orchestrator:
         ctx.plan, ctx.session, ctx.position, ctx.opened, ctx.rollback = plan, uuid.uuid4(), 0, False, False
         ctx.runner = self.runners.get(plan.edge_backend)
         ctx.front, ctx.back = ctx.runner.new_state(), ctx.runner.new_state()
-        ctx.draft = self._draft_state(ctx.runner) if ctx.draft is not None and _drafts(plan) else None
+        ctx.draft = self._draft_state(ctx.runner) if ctx.draft is not None and can_draft(plan) else None
         ctx.draft_lag.clear()
 
     def _context(self, request: GenerationRequest) -> _Context:
@@ -310,7 +311,7 @@ class Orchestrator:
         # A seeded sampled request is reproducible only at one depth (the drafts decide which random numbers are
         # drawn), and `auto` moves with the timings: such a request decodes plainly unless a depth is fixed.
         reproducible = sampling.seed is not None and not sampler.greedy and self.speculate == "auto"
-        speculating = self.speculate != 0 and _drafts(plan) and not reproducible
+        speculating = self.speculate != 0 and can_draft(plan) and not reproducible
         return _Context(plan=plan, session=uuid.uuid4(), runner=runner, front=runner.new_state(),
                         back=runner.new_state(),
                         codec=FrameCodec(DTYPE_BY_NAME[plan.codec], plan.zstd_level),
@@ -407,13 +408,6 @@ class Orchestrator:
             link.decode_bytes_down += len(data)
             link.decode_steps += 1
         return answer.tensor
-
-
-def _drafts(plan: Plan) -> bool:
-    """Whether a generation on `plan` can speculate: the edge must embed the tokens (front blocks) and run the
-    back blocks and head (the draft skips only the cloud's middle), and the cloud must run something (an
-    edge-only plan has no round trip to save)."""
-    return plan.uses_cloud and plan.cut_a > 0 and plan.head == "edge" and len(plan.edge_back) > 0
 
 
 def _edge_only(plan: Plan) -> Plan:

@@ -19,9 +19,9 @@ from edge_service.cloud_client import CloudClient
 from edge_service.metrics import EdgeMetrics
 from edge_service.orchestrator import Orchestrator
 from edge_service.settings import EdgeSettings
-from partitioner.costmodel import Workload, predict
+from partitioner.costmodel import Workload
 from partitioner.planning import PlanInputs, describe, plan_for
-from partitioner.search import DEPTHS, Constraints, SearchResult
+from partitioner.search import Constraints, SearchResult, best_depth
 from profiling.link_estimator import Link, LinkEstimator
 from splitcore.errors import PlanError
 from splitcore.plan import Plan
@@ -116,9 +116,9 @@ class Replanner:
         """The cost model's time for one request of the workload, or None before profiles exist."""
         if self.inputs is None:
             return None
-        i = self.inputs
-        depths = DEPTHS if i.drafts is not None else (0,)  # at its best depth, as the search weighs plans
-        return min(predict(plan, i.edge, i.cloud, link, self.workload, k, i.drafts).total_ms for k in depths)
+        i = self.inputs  # at its best depth, as the search weighs plans
+        _, estimate = best_depth(plan, i.edge, i.cloud, link, self.workload, i.drafts, "total_ms", self.constraints)
+        return estimate.total_ms
 
     def switch(self, plan: Plan, reason: str, link: Link | None = None) -> PlanChange | None:
         """Make `plan` current: check privacy, have the cloud load its blocks, swap; None if it already is.

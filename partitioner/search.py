@@ -130,7 +130,7 @@ def _depths(plan: Plan, drafts: DraftProfile | None) -> tuple[int, ...]:
     return DEPTHS if drafts is not None and can_draft(plan) else (0,)
 
 
-def _best_depth(plan: Plan, edge: Profile, cloud: Profile, link: Link, workload: Workload,
+def best_depth(plan: Plan, edge: Profile, cloud: Profile, link: Link, workload: Workload,
                 drafts: DraftProfile | None, objective: Objective, c: Constraints) -> tuple[int, Estimate]:
     """The plan at its best speculation depth (one that fits the device when any does): a depth is a handful of
     cost-model calls, so each plan the study suggests is weighed at every depth, and the study searches cuts."""
@@ -227,7 +227,7 @@ def search(edge: Profile, cloud: Profile, link: Link, workload: Workload, c: Con
 
     def evaluate(plan: Plan) -> Estimate:
         if plan not in cache:
-            cache[plan] = _best_depth(plan, edge, cloud, link, workload, drafts, objective, c)
+            cache[plan] = best_depth(plan, edge, cloud, link, workload, drafts, objective, c)
         return cache[plan][1]
 
     def objective_fn(trial: optuna.Trial) -> float:

@@ -25,6 +25,7 @@ from splitcore.plan import Plan
 from splitcore.ranges import LayerRange
 from splitcore.schema import StrictModel
 from splitcore.shard import ShardState, run_range
+from splitcore.testing import reference_tokens
 
 PROMPTS = ("And God said unto Moses,", "Blessed are they that", "And it came to pass, when the king",
            "The LORD is my shepherd;")  # the shipped model's corpus is the King James Bible
@@ -76,8 +77,9 @@ def expected_tokens(accept: list[float], depth: int) -> float:
 
 
 def can_draft(plan: Plan) -> bool:
-    """What speculation needs of a plan: the edge embeds (front blocks), runs blocks after the cloud's and the
-    head, and the cloud runs something (the same rule as the edge's orchestrator)."""
+    """Whether a generation on `plan` can speculate (the edge's orchestrator and the planner both ask): the edge
+    embeds the tokens (front blocks) and runs the back blocks and head (the draft skips only the cloud's middle),
+    and the cloud runs something (an edge-only plan has no round trip to save)."""
     return plan.uses_cloud and plan.cut_a > 0 and plan.head == "edge" and len(plan.edge_back) > 0
 
 
@@ -122,17 +124,11 @@ def greedy_texts(loaded: LoadedModel, tokens: int = 48, prompts: tuple[str, ...]
                  ) -> list[tuple[torch.Tensor, int]]:
     """The model's own greedy continuation of each prompt: (ids of prompt and continuation, prompt length)."""
     assert loaded.tokenizer is not None, "acceptance is measured on text"
-    m, out = loaded.layered, []
-    everything = LayerRange(start=0, end=m.num_layers)
+    out = []
     for prompt in prompts:
         ids = list(loaded.tokenizer.encode(prompt))
-        prompt_length = len(ids)
-        state = ShardState(m.new_cache())
-        step = torch.tensor(ids)
-        for _ in range(min(tokens, m.max_positions - len(ids) - 1)):
-            ids.append(int(m.logits(run_range(m, state, everything, input_ids=step)).argmax()))
-            step = torch.tensor(ids[-1:])
-        out.append((torch.tensor(ids), prompt_length))
+        n = min(tokens, loaded.layered.max_positions - len(ids) - 1)
+        out.append((torch.tensor(ids + reference_tokens(loaded, ids, n, min_new_tokens=n)), len(ids)))
     return out
 
 

@@ -87,7 +87,7 @@ class EdgeSettings(TierSettings):
         description="auto drafts only while at most this many generations run on the edge (0: no limit); beyond, "
                     "the edge's compute is worth more to its other streams' batched plain steps than to drafts "
                     "(edgesplit loadtest on loopback, auto against off: 8 streams 0.77x the tokens/s, 4 streams "
-                    "0.79x-1.44x over three runs, 2 streams 1.00x-1.24x)")
+                    "0.79x-1.44x over three runs, 2 streams 1.00x-1.23x)")
     draft_model: str | None = Field(default=None,
         description="what drafts: a small checkpoint directory with the same tokenizer, or 'self' (the edge's own "
                     "blocks, the cloud's middle skipped); default: the shipped draft (models/draft) with the "

@@ -13,7 +13,7 @@ CUT ?= 2:6
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[test,bench]'
+	$(BIN)/python -m pip install --quiet -e '.[test,bench,ray]'
 	touch $(STAMP)
 
 install: $(STAMP)

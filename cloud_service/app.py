@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import uuid
 from collections.abc import AsyncIterator
 
@@ -23,13 +24,14 @@ from splitcore.batching import BatchObserver
 from splitcore.channel import CHANNEL_PATH
 from splitcore.defaults import usable_cores
 from splitcore.errors import PlanError, SessionNotFoundError
-from splitcore.http import BodyLimit, install_error_handlers
+from splitcore.http import AnswerHeader, BodyLimit, install_error_handlers
 from splitcore.loading import LoadedModel, load_checkpoint
 from splitcore.logs import RequestIds
 from splitcore.memory import release_forever
 from splitcore.metrics import install_metrics_route
 from splitcore.plan import parse_cut
 from splitcore.ranges import LayerRange
+from splitcore.replicas import REPLICA_HEADER
 from splitcore.wire import MEDIA_TYPE, short_id
 
 log = logging.getLogger(__name__)
@@ -55,8 +57,13 @@ def build_engine(settings: CloudSettings, loaded: LoadedModel | None = None,
                        runners=runners, batch_wait_s=settings.batch_wait_ms / 1000)
 
 
-def create_app(settings: CloudSettings, loaded: LoadedModel | None = None) -> FastAPI:
-    """The cloud app; `loaded` lets tests pass an in-memory model instead of a checkpoint directory."""
+def create_app(settings: CloudSettings, loaded: LoadedModel | None = None, replica: str | None = None) -> FastAPI:
+    """The cloud app; `loaded` lets tests pass an in-memory model instead of a checkpoint directory.
+
+    `replica` names this app as one replica of several (`cloud_service.ray_app`): its answers carry the name in
+    `x-edgesplit-replica`, and it offers no frame channel (a channel would carry all of an edge's sessions to
+    one replica; each frame is routed by its session instead).
+    """
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -82,6 +89,9 @@ def create_app(settings: CloudSettings, loaded: LoadedModel | None = None) -> Fa
                        total_s=settings.body_timeout_s)  # every route, JSON ones too
     app.add_middleware(EdgeAuth, tokens=tokens)  # who calls is known before any body is read
     app.add_middleware(RequestIds)  # outermost: every line a request logs carries its id
+    replica_fields = {"replica": replica, "pid": os.getpid()} if replica is not None else {}
+    if replica is not None:
+        app.add_middleware(AnswerHeader, name=REPLICA_HEADER, value=replica)
 
     frame_body = {"requestBody": {"required": True, "content": {
         MEDIA_TYPE: {"schema": {"type": "string", "format": "binary"}},
@@ -94,10 +104,11 @@ def create_app(settings: CloudSettings, loaded: LoadedModel | None = None) -> Fa
         answer = await frames.answer(request.app.state.engine, await request.body(), request.state.edge)
         return Response(answer, media_type=MEDIA_TYPE)
 
-    @app.websocket(CHANNEL_PATH)
-    async def channel(ws: WebSocket) -> None:
-        """The same frames as `/v1/shard/forward`, tagged, over one connection per edge (`splitcore.channel`)."""
-        await serve_channel(ws, lambda: ws.app.state.engine, frames)
+    if replica is None:
+        @app.websocket(CHANNEL_PATH)
+        async def channel(ws: WebSocket) -> None:
+            """The same frames as `/v1/shard/forward`, tagged, over one connection per edge (`splitcore.channel`)."""
+            await serve_channel(ws, lambda: ws.app.state.engine, frames)
 
     @app.delete("/v1/sessions/{session_id}", status_code=204)
     async def end_session(session_id: uuid.UUID, request: Request) -> Response:
@@ -113,7 +124,8 @@ def create_app(settings: CloudSettings, loaded: LoadedModel | None = None) -> Fa
         m = engine.model
         return {"model": engine.loaded.name, "fingerprint": engine.loaded.fingerprint, "model_type": m.model_type,
                 "num_layers": m.num_layers, "hidden_size": m.hidden_size, "vocab_size": m.vocab_size,
-                "held_layers": [engine.held.start, engine.held.end]}
+                "held_layers": [engine.held.start, engine.held.end], "frame_channel": replica is None,
+                **replica_fields}
 
     @app.post("/v1/layers")
     async def hold_layers(wanted: LayerRange, request: Request) -> dict:
@@ -146,7 +158,7 @@ def create_app(settings: CloudSettings, loaded: LoadedModel | None = None) -> Fa
         store = request.app.state.engine.store
         engine: ShardEngine = request.app.state.engine
         return {"status": "ok", "sessions": len(store), "cache_bytes": store.cache_bytes, "evictions": store.evictions,
-                "batch_size": engine.batch_size}
+                "batch_size": engine.batch_size, **replica_fields}
 
     return app
 

@@ -62,12 +62,13 @@ class ShardEngine:
             codec = self._local.codec = FrameCodec(limits=self.limits)
         return codec
 
-    def forward(self, data: bytes, caller: str = "", *, timeout_s: float | None = None) -> bytes:
+    def forward(self, data: bytes, caller: str = "", *, timeout_s: float | None = None,
+                session: uuid.UUID | None = None) -> bytes:
         """Decode a request frame, run its blocks for its session, encode the answer.
 
         `caller` is the edge (its token's name, or its address on an open cloud): a session it opens is its
-        own, and its per-edge session limit counts it. `timeout_s` is there for the orchestrator's `CloudLink`
-        protocol: in process there is no link to time out.
+        own, and its per-edge session limit counts it. `timeout_s` and `session` are there for the
+        orchestrator's `CloudLink` protocol: in process there is no link to time out and one engine to route to.
 
         Raises:
             FrameError, PlanError, SessionNotFoundError, SessionConflictError, CapacityError.
@@ -75,8 +76,8 @@ class ShardEngine:
         received = time.perf_counter()
         frame = self._decoder().decode(data)
         self._check_frame(frame)
-        session = self._open(frame, caller) if frame.position == 0 else self.store.get(frame.session, caller)
-        return self.forward_frame(session, frame, received)
+        held = self._open(frame, caller) if frame.position == 0 else self.store.get(frame.session, caller)
+        return self.forward_frame(held, frame, received)
 
     @property
     def batch_size(self) -> int:

@@ -44,6 +44,19 @@ class CloudSettings(TierSettings):
     max_sessions_per_caller: int = Field(default=64,
         description="live sessions one edge (its token's name; its address on an open cloud) may hold; beyond: 429")
 
+    ray: bool = Field(default=False,
+        description="run the cloud as Ray Serve replicas behind Ray's HTTP proxy (needs `pip install .[ray]`)")
+    ray_address: str | None = Field(default=None,
+        description="with --ray: the Ray cluster to join ('auto', or host:port of `ray start --head`); default: "
+                    "RAY_ADDRESS, else a one-node cluster started here and stopped on exit")
+    replicas: int = Field(default=1, ge=1, description="with --ray: replicas of the cloud, each with all the settings")
+    autoscale: str | None = Field(default=None, pattern=r"^\d+:\d+$",
+        description="with --ray: 'MIN:MAX' replicas, scaled by Ray Serve on steps in flight per replica "
+                    "(instead of --replicas)")
+    replica_cpus: float = Field(default=1.0, gt=0, description="with --ray: CPUs Ray reserves for each replica")
+    steps_per_replica: float = Field(default=16.0, gt=0,
+        description="with --autoscale: steps in flight per replica Ray Serve scales to (its target_ongoing_requests)")
+
     _no_empty_token = field_validator("auth_token", "edge_tokens", mode="before")(empty_is_none)
 
     @property

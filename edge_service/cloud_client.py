@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import logging
 import ssl
+import threading
 import time
 import uuid
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import Literal, NoReturn
@@ -29,6 +31,7 @@ from splitcore.errors import (
     CloudUnavailableError,
 )
 from splitcore.http import read_error
+from splitcore.replicas import REPLICA_HEADER, SESSION_HEADER
 from splitcore.wire import MEDIA_TYPE, short_id
 
 log = logging.getLogger(__name__)
@@ -67,9 +70,15 @@ class CloudClient:
         self._channel = FrameChannel(self.base_url, channel_headers, verify if isinstance(verify, ssl.SSLContext)
                                      else None, connect_timeout_s) if transport == "websocket" else None
         self._channel_retry_at = 0.0  # monotonic time before which frames go over HTTP (a refused handshake)
+        self.replicas = ReplicaSessions()  # which replica of a replicated cloud holds each session
 
-    def forward(self, frame: bytes, *, timeout_s: float | None = None) -> bytes:
+    def forward(self, frame: bytes, *, timeout_s: float | None = None, session: uuid.UUID | None = None) -> bytes:
         """Send one frame, return the answer frame; `timeout_s` bounds this step (default: the client's).
+
+        `session` (the frame's) goes in Ray Serve's session header, so a replicated cloud routes the frame to the
+        replica that holds the session's cache (`cloud_service.ray_router`). Where a replica answered the
+        session before and the cloud now fails it, the session is lost with that replica, not the whole cloud:
+        `CloudSessionLostError`, so the caller replays it (to another replica) before giving up on the cloud.
 
         Raises:
             CloudUnavailableError: the cloud could not be reached, timed out or failed.
@@ -88,12 +97,22 @@ class CloudClient:
         kwargs: dict = {}
         if timeout_s is not None:
             kwargs["timeout"] = httpx.Timeout(timeout_s, connect=min(timeout_s, self.connect_timeout_s))
+        if session is not None:
+            kwargs["headers"] = {SESSION_HEADER: str(session)}
         try:
             response = self._request("POST", "/v1/shard/forward", content=frame, **kwargs)
         except CloudRefusedError as exc:
             if exc.cloud_status == 404:
                 raise CloudSessionLostError(str(exc), 404) from exc
             raise
+        except CloudUnavailableError as exc:
+            replica = self.replicas.session_replica(session)
+            if replica is None or session is None:
+                raise
+            raise CloudSessionLostError(f"replica {replica} holding session {short_id(session)} failed: {exc}",
+                                        503) from exc
+        if (replica := response.headers.get(REPLICA_HEADER)) is not None and session is not None:
+            self.replicas.answered(session, replica)
         return response.content
 
     @property
@@ -114,8 +133,9 @@ class CloudClient:
 
     def end_session(self, session: uuid.UUID) -> None:
         """Free the session's cloud cache; a session the cloud no longer holds is fine."""
+        self.replicas.ended(session)
         try:
-            self._request("DELETE", f"/v1/sessions/{session}")
+            self._request("DELETE", f"/v1/sessions/{session}", headers={SESSION_HEADER: str(session)})
         except CloudRefusedError as exc:
             if exc.cloud_status != 404:  # 404: already expired or evicted, nothing left to free
                 log.warning("could not end cloud session %s: %s", short_id(session), exc)
@@ -140,8 +160,14 @@ class CloudClient:
         return self._request("GET", "/health").json()
 
     def info(self) -> dict:
-        """The cloud's model identity and held blocks."""
-        return self._request("GET", "/v1/info").json()
+        """The cloud's model identity and held blocks; a cloud that offers no frame channel (replicas, each
+        frame routed by its session) gets frames over HTTP from then on."""
+        info = self._request("GET", "/v1/info").json()
+        if info.get("frame_channel") is False and self._channel is not None:
+            log.info("the cloud at %s routes each frame to its session's replica: frames go over HTTP", self.base_url)
+            self._channel.close()
+            self._channel = None
+        return info
 
     def hold(self, start: int, end: int) -> tuple[int, int]:
         """Ask the cloud to load blocks [start, end); return the blocks it holds now."""
@@ -174,6 +200,34 @@ class CloudClient:
             refused = CloudModelMismatchError if kind == "model_mismatch" else CloudRefusedError
             raise refused(f"cloud refused the request ({status}): {message}", status)
         raise CloudUnavailableError(f"cloud failed ({status}): {message}")
+
+
+class ReplicaSessions:
+    """Which replica of a replicated cloud (`cloud_service.ray_app`) answered each live session, and how many
+    sessions each replica has taken; empty for a single cloud. Thread-safe (generations run in threads)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._of: dict[uuid.UUID, str] = {}
+        self.sessions: Counter[str] = Counter()  # sessions each replica took (a replay counts again)
+        self.on_new: Callable[[str], None] | None = None  # told each replica that takes a session (metrics)
+
+    def answered(self, session: uuid.UUID, replica: str) -> None:
+        with self._lock:
+            if self._of.get(session) == replica:
+                return
+            self._of[session] = replica
+            self.sessions[replica] += 1
+        if self.on_new is not None:
+            self.on_new(replica)
+
+    def session_replica(self, session: uuid.UUID | None) -> str | None:
+        with self._lock:
+            return self._of.get(session) if session is not None else None
+
+    def ended(self, session: uuid.UUID) -> None:
+        with self._lock:
+            self._of.pop(session, None)
 
 
 def _error_of(response: httpx.Response) -> tuple[str, str | None]:

@@ -66,6 +66,9 @@ class EdgeMetrics:
         self.rtt = Gauge("edgesplit_edge_link_rtt_seconds", "Estimated link round-trip time", registry=r)
         self.fallbacks = Counter("edgesplit_edge_fallbacks", "Generations finished on the edge alone after a cloud "
                                  "failure (or while the cloud was backed off)", registry=r)
+        self.replica_sessions = Counter("edgesplit_edge_cloud_replica_sessions",
+                                        "Cloud sessions opened, by the replica that took them (a replicated cloud)",
+                                        ["replica"], registry=r)
         self.probe_bytes = Counter("edgesplit_edge_link_probe_bytes", "Bytes of link probes sent to the cloud",
                                    registry=r)
         self.replays = Counter("edgesplit_edge_replays", "Cloud caches rebuilt by replaying a prefix", registry=r)

@@ -48,7 +48,8 @@ log = logging.getLogger(__name__)
 class CloudLink(Protocol):
     """What the orchestrator needs of the cloud: one frame in, one frame out; and freeing a session."""
 
-    def forward(self, frame: bytes, *, timeout_s: float | None = None) -> bytes: ...
+    def forward(self, frame: bytes, *, timeout_s: float | None = None, session: uuid.UUID | None = None
+                ) -> bytes: ...
 
     def end_session(self, session: uuid.UUID) -> None: ...
 
@@ -388,7 +389,8 @@ class Orchestrator:
                                  meta=ctx.meta if first else b"")
         sent = time.perf_counter()
         ctx.opened = True
-        data = self.cloud.forward(frame, timeout_s=None if first else self.step_timeout_s)  # type: ignore[union-attr]
+        data = self.cloud.forward(frame, timeout_s=None if first else self.step_timeout_s,  # type: ignore[union-attr]
+                                  session=ctx.session)
         elapsed_ms = (time.perf_counter() - sent) * 1000
         answer = ctx.codec.decode(data)
         expected = Kind.TOKENS if plan.head == "cloud" else Kind.HIDDEN

@@ -90,6 +90,7 @@ class EdgeRuntime:
         estimator = LinkEstimator()
         cloud = cloud_client(settings)
         cloud.on_probe = metrics.probe_bytes.inc
+        cloud.replicas.on_new = lambda replica: metrics.replica_sessions.labels(replica).inc()
         auto = settings.cut == "auto"
         plan = Plan(num_layers=n, cut_a=n, cut_b=n) if auto else plan_from_settings(settings, n)
         orchestrator = Orchestrator(loaded, plan, cloud, estimator.observe, slowdown=settings.emulate_slowdown,

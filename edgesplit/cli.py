@@ -42,6 +42,13 @@ def _serve_cloud(args: argparse.Namespace) -> None:
     settings = settings_from_args(CloudSettings, args)
     read_config(settings.model_dir)  # refuse a missing or unsupported checkpoint before starting the server
     configure_logging("cloud", settings.log_level, settings.log_format)
+    if settings.ray:
+        try:
+            from cloud_service.ray_app import serve_forever
+        except ImportError as exc:
+            raise UserError(f"--ray needs Ray Serve: pip install '.[ray]' ({exc})") from exc
+        serve_forever(settings)
+        return
     tls = _uvicorn_tls(settings.ssl_certfile, settings.ssl_keyfile, settings.ssl_ca_certs)
     uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level=settings.log_level,
                 log_config=None, access_log=False,  # one line per decoded token would cost more than the step

@@ -96,6 +96,26 @@ def install_error_handlers(app: FastAPI, log_bodies: bool = False) -> None:
         return JSONResponse(body, status_code=status)
 
 
+class AnswerHeader:
+    """ASGI middleware: one fixed header on every HTTP answer (e.g. which replica answered)."""
+
+    def __init__(self, app: ASGIApp, name: str, value: str) -> None:
+        self.app = app
+        self.header = (name.lower().encode("latin-1"), value.encode("latin-1"))
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_with_header(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message = {**message, "headers": [*message.get("headers", []), self.header]}
+            await send(message)
+
+        await self.app(scope, receive, send_with_header)
+
+
 class BodyLimit:
     """ASGI middleware: refuse a request body over `max_bytes` with 413 before it is all in memory, and one that
     arrives too slowly with 408.

@@ -67,7 +67,7 @@ def test_an_exchange_that_opened_the_cloud_connection_is_not_a_link_sample(model
         connected_at = 0.0
         calls = 0
 
-        def forward(self, frame: bytes, *, timeout_s: float | None = None) -> bytes:
+        def forward(self, frame: bytes, *, timeout_s: float | None = None, session: object = None) -> bytes:
             self.calls += 1
             if self.calls % 2:
                 self.connected_at = time.perf_counter()

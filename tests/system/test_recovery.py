@@ -26,7 +26,7 @@ class FlakyCloud:
         self.engine, self.after, self.fault, self.frames = engine, after, fault, 0
         self.sessions: list[uuid.UUID] = []
 
-    def forward(self, frame: bytes, *, timeout_s: float | None = None) -> bytes:
+    def forward(self, frame: bytes, *, timeout_s: float | None = None, session: object = None) -> bytes:
         self.frames += 1
         if self.frames == self.after:
             if self.fault == "lose":  # as a restarted cloud does: every session is gone

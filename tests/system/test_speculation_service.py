@@ -45,7 +45,7 @@ def test_a_session_lost_mid_verification_is_replayed_from_the_accepted_prefix(mo
     class Forgetful:  # the cloud drops the session just before the second verify frame (several positions)
         verifies = 0
 
-        def forward(self, frame: bytes, *, timeout_s: float | None = None) -> bytes:
+        def forward(self, frame: bytes, *, timeout_s: float | None = None, session: object = None) -> bytes:
             decoded = codec.decode(frame)
             if decoded.position > 0 and decoded.tensor.shape[0] > 1:
                 self.verifies += 1

@@ -14,6 +14,7 @@ from fastapi import FastAPI, Request, Response, WebSocket
 from fastapi.concurrency import run_in_threadpool
 
 from cloud_service.channel import FrameService, serve_channel
+from cloud_service.direct import DirectListener, ReplicaIdentity
 from cloud_service.engine import ShardEngine
 from cloud_service.identity import EdgeAuth, EdgeTokens
 from cloud_service.metrics import CloudMetrics
@@ -24,14 +25,14 @@ from splitcore.batching import BatchObserver
 from splitcore.channel import CHANNEL_PATH
 from splitcore.defaults import usable_cores
 from splitcore.errors import PlanError, SessionNotFoundError
-from splitcore.http import AnswerHeader, BodyLimit, install_error_handlers
+from splitcore.http import AnswerHeaders, BodyLimit, install_error_handlers
 from splitcore.loading import LoadedModel, load_checkpoint
 from splitcore.logs import RequestIds
 from splitcore.memory import release_forever
 from splitcore.metrics import install_metrics_route
 from splitcore.plan import parse_cut
 from splitcore.ranges import LayerRange
-from splitcore.replicas import REPLICA_HEADER
+from splitcore.replicas import REPLICA_HEADER, REPLICA_URL_HEADER
 from splitcore.wire import MEDIA_TYPE, short_id
 
 log = logging.getLogger(__name__)
@@ -57,12 +58,13 @@ def build_engine(settings: CloudSettings, loaded: LoadedModel | None = None,
                        runners=runners, batch_wait_s=settings.batch_wait_ms / 1000)
 
 
-def create_app(settings: CloudSettings, loaded: LoadedModel | None = None, replica: str | None = None) -> FastAPI:
+def create_app(settings: CloudSettings, loaded: LoadedModel | None = None,
+               replica: ReplicaIdentity | None = None) -> FastAPI:
     """The cloud app; `loaded` lets tests pass an in-memory model instead of a checkpoint directory.
 
-    `replica` names this app as one replica of several (`cloud_service.ray_app`): its answers carry the name in
-    `x-edgesplit-replica`, and it offers no frame channel (a channel would carry all of an edge's sessions to
-    one replica; each frame is routed by its session instead).
+    `replica` makes this app one replica of several (`cloud_service.ray_app`): its answers carry its name (and
+    the address of its own listener, `cloud_service.direct`, when it has one), and it offers no frame channel
+    (a channel would carry all of an edge's sessions to one replica; each frame is routed by its session).
     """
 
     @contextlib.asynccontextmanager
@@ -74,7 +76,14 @@ def create_app(settings: CloudSettings, loaded: LoadedModel | None = None, repli
         store = app.state.engine.store
         tasks = [asyncio.create_task(_sweep_forever(store, app.state.engine)),
                  asyncio.create_task(release_forever(lambda: store.freed, store.stepping))]
+        listener = None
+        if replica is not None and replica.host is not None:
+            listener = DirectListener(app, settings, replica.host)
+            answer_headers[REPLICA_URL_HEADER] = f"http://{replica.advertise or replica.host}:{await listener.start()}"
+            log.info("replica %s also listens at %s", replica.name, answer_headers[REPLICA_URL_HEADER])
         yield
+        if listener is not None:
+            await listener.stop()
         for task in tasks:
             task.cancel()
 
@@ -89,9 +98,10 @@ def create_app(settings: CloudSettings, loaded: LoadedModel | None = None, repli
                        total_s=settings.body_timeout_s)  # every route, JSON ones too
     app.add_middleware(EdgeAuth, tokens=tokens)  # who calls is known before any body is read
     app.add_middleware(RequestIds)  # outermost: every line a request logs carries its id
-    replica_fields = {"replica": replica, "pid": os.getpid()} if replica is not None else {}
+    replica_fields = {"replica": replica.name, "pid": os.getpid()} if replica is not None else {}
+    answer_headers = {REPLICA_HEADER: replica.name} if replica is not None else {}  # and its address, once open
     if replica is not None:
-        app.add_middleware(AnswerHeader, name=REPLICA_HEADER, value=replica)
+        app.add_middleware(AnswerHeaders, headers=answer_headers)
 
     frame_body = {"requestBody": {"required": True, "content": {
         MEDIA_TYPE: {"schema": {"type": "string", "format": "binary"}},

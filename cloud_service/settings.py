@@ -54,6 +54,9 @@ class CloudSettings(TierSettings):
         description="with --ray: 'MIN:MAX' replicas, scaled by Ray Serve on steps in flight per replica "
                     "(instead of --replicas)")
     replica_cpus: float = Field(default=1.0, gt=0, description="with --ray: CPUs Ray reserves for each replica")
+    replica_direct: bool = Field(default=True,
+        description="with --ray: each replica also listens on a port of its own (on --host) and edges send a "
+                    "session's frames after the first there, skipping Ray's proxy (about 10 ms per request)")
     steps_per_replica: float = Field(default=16.0, gt=0,
         description="with --autoscale: steps in flight per replica Ray Serve scales to (its target_ongoing_requests)")
 

@@ -12,10 +12,8 @@ from __future__ import annotations
 
 import logging
 import ssl
-import threading
 import time
 import uuid
-from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import Literal, NoReturn
@@ -23,6 +21,7 @@ from typing import Literal, NoReturn
 import httpx
 
 from edge_service.channel_client import ChannelRefusedError, FrameChannel
+from edge_service.replicas import ReplicaSessions
 from splitcore.errors import (
     CapacityError,
     CloudModelMismatchError,
@@ -31,12 +30,13 @@ from splitcore.errors import (
     CloudUnavailableError,
 )
 from splitcore.http import read_error
-from splitcore.replicas import REPLICA_HEADER, SESSION_HEADER
+from splitcore.replicas import SESSION_HEADER
 from splitcore.wire import MEDIA_TYPE, short_id
 
 log = logging.getLogger(__name__)
 
 Transport = Literal["websocket", "http"]
+FIRST_FRAME_RETRIES_S = (0.2, 1.0)  # a replicated cloud's failed first frame is tried again after these waits
 CHANNEL_RETRY_S = 300.0  # after a refused channel handshake, frames go over HTTP this long before a new try
 
 
@@ -94,25 +94,39 @@ class CloudClient:
                     self._raise_for(exc.status, *exc.error)
                 self._channel_retry_at = time.monotonic() + CHANNEL_RETRY_S
                 log.warning("%s; frames go over HTTP for the next %.0f s", exc, CHANNEL_RETRY_S)
+        return self._forward_http(frame, timeout_s, session)
+
+    def _forward_http(self, frame: bytes, timeout_s: float | None, session: uuid.UUID | None) -> bytes:
+        """One POST: to the replica holding `session` (its own address when it gave one), or through the cloud's
+        front door. A first frame to a replicated cloud is retried: its proxy may still route to a replica that
+        has just died."""
         kwargs: dict = {}
         if timeout_s is not None:
             kwargs["timeout"] = httpx.Timeout(timeout_s, connect=min(timeout_s, self.connect_timeout_s))
         if session is not None:
             kwargs["headers"] = {SESSION_HEADER: str(session)}
-        try:
-            response = self._request("POST", "/v1/shard/forward", content=frame, **kwargs)
-        except CloudRefusedError as exc:
-            if exc.cloud_status == 404:
-                raise CloudSessionLostError(str(exc), 404) from exc
-            raise
-        except CloudUnavailableError as exc:
-            replica = self.replicas.session_replica(session)
-            if replica is None or session is None:
+        route = self.replicas.route(session)
+        path = f"{route.url}/v1/shard/forward" if route is not None and route.url else "/v1/shard/forward"
+        waits = FIRST_FRAME_RETRIES_S if route is None and self.replicas.replicated else ()
+        for wait in (*waits, None):
+            try:
+                response = self._request("POST", path, content=frame, **kwargs)
+                break
+            except CloudRefusedError as exc:
+                if exc.cloud_status == 404:
+                    raise CloudSessionLostError(str(exc), 404) from exc
                 raise
-            raise CloudSessionLostError(f"replica {replica} holding session {short_id(session)} failed: {exc}",
-                                        503) from exc
-        if (replica := response.headers.get(REPLICA_HEADER)) is not None and session is not None:
-            self.replicas.answered(session, replica)
+            except CloudUnavailableError as exc:
+                if route is not None and session is not None:  # the replica holding it failed, not the cloud
+                    if route.url is not None and path.startswith(route.url):
+                        self.replicas.direct_failed(route.url)
+                    raise CloudSessionLostError(f"replica {route.replica} holding session {short_id(session)} "
+                                                f"failed: {exc}", 503) from exc
+                if wait is None:
+                    raise
+                log.warning("%s; trying again in %.1f s", exc, wait)
+                time.sleep(wait)
+        self.replicas.answered(session, response.headers, direct=path != "/v1/shard/forward")
         return response.content
 
     @property
@@ -133,9 +147,11 @@ class CloudClient:
 
     def end_session(self, session: uuid.UUID) -> None:
         """Free the session's cloud cache; a session the cloud no longer holds is fine."""
+        route = self.replicas.route(session)
         self.replicas.ended(session)
+        base = route.url if route is not None and route.url else ""
         try:
-            self._request("DELETE", f"/v1/sessions/{session}", headers={SESSION_HEADER: str(session)})
+            self._request("DELETE", f"{base}/v1/sessions/{session}", headers={SESSION_HEADER: str(session)})
         except CloudRefusedError as exc:
             if exc.cloud_status != 404:  # 404: already expired or evicted, nothing left to free
                 log.warning("could not end cloud session %s: %s", short_id(session), exc)
@@ -200,34 +216,6 @@ class CloudClient:
             refused = CloudModelMismatchError if kind == "model_mismatch" else CloudRefusedError
             raise refused(f"cloud refused the request ({status}): {message}", status)
         raise CloudUnavailableError(f"cloud failed ({status}): {message}")
-
-
-class ReplicaSessions:
-    """Which replica of a replicated cloud (`cloud_service.ray_app`) answered each live session, and how many
-    sessions each replica has taken; empty for a single cloud. Thread-safe (generations run in threads)."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._of: dict[uuid.UUID, str] = {}
-        self.sessions: Counter[str] = Counter()  # sessions each replica took (a replay counts again)
-        self.on_new: Callable[[str], None] | None = None  # told each replica that takes a session (metrics)
-
-    def answered(self, session: uuid.UUID, replica: str) -> None:
-        with self._lock:
-            if self._of.get(session) == replica:
-                return
-            self._of[session] = replica
-            self.sessions[replica] += 1
-        if self.on_new is not None:
-            self.on_new(replica)
-
-    def session_replica(self, session: uuid.UUID | None) -> str | None:
-        with self._lock:
-            return self._of.get(session) if session is not None else None
-
-    def ended(self, session: uuid.UUID) -> None:
-        with self._lock:
-            self._of.pop(session, None)
 
 
 def _error_of(response: httpx.Response) -> tuple[str, str | None]:

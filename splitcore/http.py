@@ -96,12 +96,13 @@ def install_error_handlers(app: FastAPI, log_bodies: bool = False) -> None:
         return JSONResponse(body, status_code=status)
 
 
-class AnswerHeader:
-    """ASGI middleware: one fixed header on every HTTP answer (e.g. which replica answered)."""
+class AnswerHeaders:
+    """ASGI middleware: the headers in `headers` on every HTTP answer (e.g. which replica answered); the dict is
+    read per answer, so its owner may add to it later."""
 
-    def __init__(self, app: ASGIApp, name: str, value: str) -> None:
+    def __init__(self, app: ASGIApp, headers: dict[str, str]) -> None:
         self.app = app
-        self.header = (name.lower().encode("latin-1"), value.encode("latin-1"))
+        self.headers = headers
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -110,7 +111,8 @@ class AnswerHeader:
 
         async def send_with_header(message: Message) -> None:
             if message["type"] == "http.response.start":
-                message = {**message, "headers": [*message.get("headers", []), self.header]}
+                ours = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in self.headers.items()]
+                message = {**message, "headers": [*message.get("headers", []), *ours]}
             await send(message)
 
         await self.app(scope, receive, send_with_header)

@@ -58,6 +58,7 @@ from splitcore.loading import LoadedModel, load_checkpoint
 from splitcore.metrics import sample_totals
 from splitcore.plan import Plan as SplitPlan
 from splitcore.ranges import LayerRange
+from splitcore.replicas import SESSION_HEADER
 from splitcore.schema import SessionMeta
 from splitcore.wire import MEDIA_TYPE, Flags, FrameCodec
 
@@ -85,8 +86,12 @@ class _Connection:
         host, port = httpx.URL(url).host, httpx.URL(url).port
         return cls(*await asyncio.open_connection(host, port))
 
-    async def request(self, method: str, path: str, body: bytes = b"") -> tuple[int, bytes]:
-        head = (f"{method} {path} HTTP/1.1\r\nhost: bench\r\ncontent-type: {MEDIA_TYPE}\r\n"
+    async def request(self, method: str, path: str, body: bytes = b"", session: uuid.UUID | None = None
+                      ) -> tuple[int, bytes]:
+        """One request; `session` goes in the session header, as an edge sends it (a replicated cloud routes by
+        it)."""
+        routed = f"{SESSION_HEADER}: {session}\r\n" if session is not None else ""
+        head = (f"{method} {path} HTTP/1.1\r\nhost: bench\r\ncontent-type: {MEDIA_TYPE}\r\n{routed}"
                 f"content-length: {len(body)}\r\n\r\n")
         self.writer.write(head.encode() + body)
         lines = (await self.reader.readuntil(b"\r\n\r\n")).decode("latin-1").split("\r\n")
@@ -123,7 +128,7 @@ async def _generation(conn: _Connection, plan: Plan, loaded: LoadedModel, prompt
             frame = codec.encode(sid, position, plan.layers, payload, flags,
                                  meta=meta.model_dump_json().encode() if i == 0 else b"")
             t = time.perf_counter()
-            status, body = await conn.request("POST", "/v1/shard/forward", frame)
+            status, body = await conn.request("POST", "/v1/shard/forward", frame, sid)
             if status != 200:
                 raise RuntimeError(f"the cloud answered {status}: {body[:200]!r}")
             out = codec.decode(body)
@@ -141,11 +146,13 @@ async def _generation(conn: _Connection, plan: Plan, loaded: LoadedModel, prompt
         level.failed += 1
         print(f"  a generation failed: {exc!r}", flush=True)
     finally:
-        await conn.request("DELETE", f"/v1/sessions/{sid}")
+        await conn.request("DELETE", f"/v1/sessions/{sid}", session=sid)
 
 
-async def _level(url: str, plan: Plan, loaded: LoadedModel, streams: int, prompt_tokens: int, output_tokens: int,
-                 duration_s: float) -> dict:
+async def run_level(url: str, plan: Plan, loaded: LoadedModel, streams: int, prompt_tokens: int, output_tokens: int,
+                 duration_s: float, counters: bool = True) -> dict:
+    """One level: `streams` emulated edges for `duration_s`; `counters=False` leaves out the cloud's /metrics
+    figures (a replicated cloud answers each scrape from any one replica)."""
     level = Level()
     gen = torch.Generator().manual_seed(streams)
     started = time.perf_counter()
@@ -168,11 +175,11 @@ async def _level(url: str, plan: Plan, loaded: LoadedModel, streams: int, prompt
         finally:
             await conn.close()
     warmed: list[float] = []
-    before = await _cloud_counters(url)
+    before = await _cloud_counters(url) if counters else dict.fromkeys(_COUNTERS, 0.0)
     cpu = time.process_time()
     await asyncio.gather(*(edge(i) for i in range(streams)))
     cpu = time.process_time() - cpu
-    after = await _cloud_counters(url)
+    after = await _cloud_counters(url) if counters else before
     counted = {k: after[k] - before[k] for k in before}
     steps = max(1.0, counted["edgesplit_cloud_step_duration_seconds_count"])
     # the window: from the last edge's end of warm-up to the deadline (the whole run if that leaves too little)
@@ -304,7 +311,7 @@ def bench_model(path: Path, name: str, args: argparse.Namespace, work: Path) -> 
             for streams in args.streams:
                 if profile is not None and streams in CHECKED and not args.profile_once and not fresh:
                     profile = cloud_profile(path, args.threads, work)  # the machine's speed just before the level
-                row = asyncio.run(_level(url, plan, loaded, streams, args.prompt_tokens, args.output_tokens,
+                row = asyncio.run(run_level(url, plan, loaded, streams, args.prompt_tokens, args.output_tokens,
                                          args.duration_s))
                 fresh = False  # a level has run since the profile was measured
                 single = rows[0]["output_tokens_per_s"] if rows else row["output_tokens_per_s"]

@@ -50,20 +50,41 @@ def _replica_class() -> type:
             wildcard = host in ("0.0.0.0", "::", "")
             self.replica = ReplicaIdentity(name, host, ray.util.get_node_ip_address() if wildcard else host)
 
-        def __serve_build_asgi_app__(self) -> Any:  # noqa: N802  # Ray Serve's hook, called in the replica
+        def __serve_build_asgi_app__(self) -> Any:  # Ray Serve's hook, called in the replica
             from cloud_service.app import create_app
             from splitcore.logs import configure_logging
 
             configure_logging("cloud", self.settings.log_level, self.settings.log_format)
-            return create_app(self.settings, replica=self.replica)
+            self.cloud_app = create_app(self.settings, replica=self.replica)
+            return self.cloud_app
+
+        def record_autoscaling_stats(self) -> dict[str, float]:
+            """What the autoscaler reads (`sessions_policy`): this replica's live sessions and queued steps; most
+            frames come through the replica's own listener, which Ray's request counts do not see."""
+            engine = getattr(self.cloud_app.state, "engine", None)
+            if engine is None:  # still loading
+                return {"sessions": 0.0, "waiting": 0.0}
+            batcher = engine.runners.batcher
+            return {"sessions": float(len(engine.store)), "waiting": float(batcher.waiting if batcher else 0)}
 
     return CloudReplica
+
+
+def sessions_policy(ctx: Any) -> tuple[float, dict]:
+    """Ray Serve autoscaling policy: enough replicas that each holds at most `target_ongoing_requests` live
+    sessions (or queued steps, or requests through the proxy, whichever asks for more). Ray applies the bounds
+    and the up- and down-scaling delays around it."""
+    target = ctx.config.get_target_ongoing_requests()
+    metrics = ctx.aggregated_metrics or {}
+    load = max(sum(metrics.get("sessions", {}).values()), sum(metrics.get("waiting", {}).values()),
+               float(ctx.total_num_requests))
+    return max(1.0, load / target), {}
 
 
 def build_application(settings: CloudSettings) -> Application:
     """The Serve application: `settings.replicas` replicas, or autoscaled within `settings.autoscale`."""
     from ray import serve
-    from ray.serve.config import AutoscalingConfig, RequestRouterConfig
+    from ray.serve.config import AutoscalingConfig, AutoscalingPolicy, RequestRouterConfig
 
     from cloud_service.ray_router import SessionRouter
 
@@ -71,7 +92,9 @@ def build_application(settings: CloudSettings) -> Application:
     if settings.autoscale:
         low, high = (int(x) for x in settings.autoscale.split(":"))
         scaling = {"autoscaling_config": AutoscalingConfig(
-            min_replicas=low, max_replicas=max(low, high), target_ongoing_requests=settings.steps_per_replica)}
+            min_replicas=low, max_replicas=max(low, high), target_ongoing_requests=settings.sessions_per_replica,
+            upscale_delay_s=5.0, downscale_delay_s=60.0, look_back_period_s=5.0,
+            policy=AutoscalingPolicy(policy_function=sessions_policy))}
     deployment = serve.deployment(
         _replica_class(), name=DEPLOYMENT_NAME,
         ray_actor_options={"num_cpus": settings.replica_cpus},

@@ -51,14 +51,14 @@ class CloudSettings(TierSettings):
                     "RAY_ADDRESS, else a one-node cluster started here and stopped on exit")
     replicas: int = Field(default=1, ge=1, description="with --ray: replicas of the cloud, each with all the settings")
     autoscale: str | None = Field(default=None, pattern=r"^\d+:\d+$",
-        description="with --ray: 'MIN:MAX' replicas, scaled by Ray Serve on steps in flight per replica "
-                    "(instead of --replicas)")
+        description="with --ray: 'MIN:MAX' replicas, scaled by Ray Serve to --sessions-per-replica (instead of "
+                    "--replicas); a new replica takes new sessions, one scaled down has its sessions replayed")
     replica_cpus: float = Field(default=1.0, gt=0, description="with --ray: CPUs Ray reserves for each replica")
     replica_direct: bool = Field(default=True,
         description="with --ray: each replica also listens on a port of its own (on --host) and edges send a "
                     "session's frames after the first there, skipping Ray's proxy (about 10 ms per request)")
-    steps_per_replica: float = Field(default=16.0, gt=0,
-        description="with --autoscale: steps in flight per replica Ray Serve scales to (its target_ongoing_requests)")
+    sessions_per_replica: float = Field(default=16.0, gt=0,
+        description="with --autoscale: live sessions (or queued steps) per replica Ray Serve scales to")
 
     _no_empty_token = field_validator("auth_token", "edge_tokens", mode="before")(empty_is_none)
 

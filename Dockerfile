@@ -5,7 +5,9 @@ WORKDIR /app
 RUN pip install --no-cache-dir --index-url https://download.pytorch.org/whl/cpu torch==2.13.0
 COPY . .
 # A plain install: code, and the shipped model under /usr/local/share/edgesplit (the default --model).
-RUN pip install --no-cache-dir . && rm -rf /app
+# EXTRAS=ray adds Ray Serve (docker-compose.ray.yml).
+ARG EXTRAS=""
+RUN pip install --no-cache-dir ".${EXTRAS:+[$EXTRAS]}" && rm -rf /app
 WORKDIR /
 EXPOSE 8000 8001
 ENTRYPOINT ["edgesplit"]

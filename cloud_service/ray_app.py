@@ -107,6 +107,12 @@ def build_application(settings: CloudSettings) -> Application:
     return deployment.bind(settings)  # type: ignore[attr-defined]  # serve.deployment(cls) is a Deployment
 
 
+def app_builder(args: dict[str, Any]) -> Application:
+    """For `serve run` / `serve deploy` config files (deploy/ray-serve.yaml): `args` are `CloudSettings` fields
+    (`model_dir`, `replicas`, `autoscale`, ...); the rest comes from `CLOUD_*` variables as for `serve cloud`."""
+    return build_application(CloudSettings(**args))
+
+
 def serve_forever(settings: CloudSettings) -> None:
     """Deploy on Ray and block until SIGINT or SIGTERM, then take the application down."""
     import ray

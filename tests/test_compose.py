@@ -64,7 +64,7 @@ def test_the_image_installs_the_cpu_build_of_the_pinned_torch_first() -> None:
                   if d.startswith("torch=="))
     torch_line = next(line for line in dockerfile.splitlines() if line.startswith("RUN") and "torch==" in line)
     assert "download.pytorch.org/whl/cpu" in torch_line and torch_line.rstrip().endswith(pinned)
-    assert dockerfile.index(torch_line) < dockerfile.index("pip install --no-cache-dir .")
+    assert dockerfile.index(torch_line) < dockerfile.index("pip install --no-cache-dir \".")
 
 
 def test_the_cli_parses_every_flag_compose_passes() -> None:

@@ -8,8 +8,9 @@ what a second replica gives, and how long a killed replica's sessions wait for t
    thread, and split edges (2:6 int8, greedy, no speculation) to each; the same request goes to each edge in
    turn (as `bench/step_overhead.py`). Ray's cost per step is its split's decode time per token minus the
    direct split's over the same transport (HTTP: a replicated cloud offers no frame channel), paired per round
-   and the median taken; also against the direct cloud's default transport (the channel), and the two clouds'
-   probe round trips (the transport floor with and without Ray's proxy).
+   and the median taken; also against the direct cloud's default transport (the channel), and the probe round
+   trips (the transport floor) of the direct cloud, of Ray's proxy (a session's first frame) and of the
+   replica's own listener (its other frames, `cloud_service.direct`).
 2. **throughput**: Ray clouds of 1 and 2 replicas (one CPU and one thread each), driven by emulated edges
    (`edgesplit.tools.batchbench`: cloud-only, closed loop, each stream its own session and connection) at 1, 8
    and 32 streams. On this 2-core machine the driver, Ray's proxy and the replicas share the two cores, so 2
@@ -42,6 +43,7 @@ from edgesplit.tools.checkpoints import model_dir
 from edgesplit.tools.reports import write_report
 from edgesplit.tools.stepbench import decode_ms_per_token, probe_floor_ms
 from splitcore.loading import load_checkpoint
+from splitcore.replicas import REPLICA_URL_HEADER
 from splitcore.wire import HEADER_BYTES
 
 CUT = "2:6"
@@ -96,7 +98,9 @@ def overhead(path: Path, args: argparse.Namespace, work: Path) -> dict:
             p = stack.enter_context(serve("edge", flags, port, work / f"edge-{label.replace(', ', '-')}.log"))
             urls[label] = f"http://127.0.0.1:{port}"
             wait_healthy(f"{urls[label]}/health", p)
-        samples: dict[str, list[float]] = {k: [] for k in [*edges, "floor direct", "floor ray"]}
+        own = httpx.get(f"{ray}/health").headers[REPLICA_URL_HEADER]  # the replica's own listener
+        samples: dict[str, list[float]] = {k: [] for k in [*edges, "floor direct", "floor ray proxy",
+                                                           "floor ray replica"]}
         with httpx.Client(timeout=300) as client:
             for url in urls.values():
                 decode_ms_per_token(client, url, prompt, args.tokens)  # warm-up
@@ -104,7 +108,8 @@ def overhead(path: Path, args: argparse.Namespace, work: Path) -> dict:
                 for label, url in urls.items():
                     samples[label].append(decode_ms_per_token(client, url, prompt, args.tokens))
                 samples["floor direct"].append(probe_floor_ms(client, direct, frame_bytes, args.probe_rounds))
-                samples["floor ray"].append(probe_floor_ms(client, ray, frame_bytes, args.probe_rounds))
+                samples["floor ray proxy"].append(probe_floor_ms(client, ray, frame_bytes, args.probe_rounds))
+                samples["floor ray replica"].append(probe_floor_ms(client, own, frame_bytes, args.probe_rounds))
 
     def paired(a: str, b: str) -> float:
         return statistics.median(x - y for x, y in zip(samples[a], samples[b], strict=True))
@@ -114,12 +119,14 @@ def overhead(path: Path, args: argparse.Namespace, work: Path) -> dict:
            "ray_x_direct_http": med["direct, http"] / med["ray, http"],
            "ray_over_edge_only_ms": paired("ray, http", "edge-only"),
            "direct_http_over_edge_only_ms": paired("direct, http", "edge-only"),
-           "floor_ray_over_direct_ms": med["floor ray"] - med["floor direct"], "samples": samples}
+           "floor_ray_proxy_over_direct_ms": med["floor ray proxy"] - med["floor direct"],
+           "floor_ray_replica_over_direct_ms": med["floor ray replica"] - med["floor direct"], "samples": samples}
     print(f"overhead (shipped model, {CUT} int8, {args.tokens} tokens, median of {args.repeats}): decode ms/token "
           + ", ".join(f"{k} {v:.2f}" for k, v in med.items()), flush=True)
     print(f"  Ray routing adds {row['ray_over_direct_http_ms']:.2f} ms per step over the direct cloud on HTTP "
           f"({row['ray_x_direct_http']:.2f}x its tokens/s), {row['ray_over_direct_channel_ms']:.2f} ms over its "
-          f"channel; probe floor {med['floor direct']:.2f} ms direct, {med['floor ray']:.2f} ms through Ray",
+          f"channel; probe floor {med['floor direct']:.2f} ms direct, {med['floor ray proxy']:.2f} ms through Ray's "
+          f"proxy, {med['floor ray replica']:.2f} ms at the replica's own listener",
           flush=True)
     return row
 

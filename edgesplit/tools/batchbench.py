@@ -58,7 +58,7 @@ from splitcore.loading import LoadedModel, load_checkpoint
 from splitcore.metrics import sample_totals
 from splitcore.plan import Plan as SplitPlan
 from splitcore.ranges import LayerRange
-from splitcore.replicas import SESSION_HEADER
+from splitcore.replicas import REPLICA_URL_HEADER, SESSION_HEADER
 from splitcore.schema import SessionMeta
 from splitcore.wire import MEDIA_TYPE, Flags, FrameCodec
 
@@ -80,6 +80,15 @@ class _Connection:
 
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.reader, self.writer = reader, writer
+        self.headers: dict[str, str] = {}  # the latest answer's headers, names in lower case
+        self._replicas: dict[str, _Connection] = {}  # a replicated cloud's replicas' own listeners, as an edge
+
+    async def replica(self, url: str) -> _Connection:
+        """A connection to a replica's own listener (`cloud_service.direct`), opened once, as an edge does."""
+        known = self._replicas.get(url)
+        if known is None or known.reader.at_eof():  # the replica closed it while idle (keep-alive timeout)
+            self._replicas[url] = await _Connection.open(url)
+        return self._replicas[url]
 
     @classmethod
     async def open(cls, url: str) -> _Connection:
@@ -96,12 +105,16 @@ class _Connection:
         self.writer.write(head.encode() + body)
         lines = (await self.reader.readuntil(b"\r\n\r\n")).decode("latin-1").split("\r\n")
         status = int(lines[0].split()[1])
-        length = next((int(h.split(":", 1)[1]) for h in lines[1:] if h.lower().startswith("content-length:")), 0)
+        self.headers = {k.strip().lower(): v.strip() for k, _, v in (h.partition(":") for h in lines[1:] if h)}
+        length = int(self.headers.get("content-length", 0))
         return status, await self.reader.readexactly(length) if length else b""
 
     async def close(self) -> None:
+        for replica in self._replicas.values():
+            await replica.close()
         self.writer.close()
-        await self.writer.wait_closed()
+        with contextlib.suppress(OSError):  # closed by the server already
+            await self.writer.wait_closed()
 
 
 @dataclass
@@ -123,14 +136,17 @@ async def _generation(conn: _Connection, plan: Plan, loaded: LoadedModel, prompt
     width = loaded.layered.hidden_size
     payload = prompt if plan.tokens else torch.randn(len(prompt), width)
     position, started, gaps = 0, time.perf_counter(), list[float]()
+    target = conn  # a replicated cloud: the session's replica's own listener after the first frame, as an edge
     try:
         for i in range(output_tokens):
             frame = codec.encode(sid, position, plan.layers, payload, flags,
                                  meta=meta.model_dump_json().encode() if i == 0 else b"")
             t = time.perf_counter()
-            status, body = await conn.request("POST", "/v1/shard/forward", frame, sid)
+            status, body = await target.request("POST", "/v1/shard/forward", frame, sid)
             if status != 200:
                 raise RuntimeError(f"the cloud answered {status}: {body[:200]!r}")
+            if i == 0 and (own := conn.headers.get(REPLICA_URL_HEADER)) is not None:
+                target = await conn.replica(own)
             out = codec.decode(body)
             now = time.perf_counter()
             level.token_times.append(now)
@@ -146,7 +162,8 @@ async def _generation(conn: _Connection, plan: Plan, loaded: LoadedModel, prompt
         level.failed += 1
         print(f"  a generation failed: {exc!r}", flush=True)
     finally:
-        await conn.request("DELETE", f"/v1/sessions/{sid}", session=sid)
+        with contextlib.suppress(OSError, asyncio.IncompleteReadError):  # a failed connection: the cloud's TTL frees it
+            await target.request("DELETE", f"/v1/sessions/{sid}", session=sid)
 
 
 async def run_level(url: str, plan: Plan, loaded: LoadedModel, streams: int, prompt_tokens: int, output_tokens: int,

@@ -63,8 +63,9 @@ def create_app(settings: CloudSettings, loaded: LoadedModel | None = None,
     """The cloud app; `loaded` lets tests pass an in-memory model instead of a checkpoint directory.
 
     `replica` makes this app one replica of several (`cloud_service.ray_app`): its answers carry its name (and
-    the address of its own listener, `cloud_service.direct`, when it has one), and it offers no frame channel
-    (a channel would carry all of an edge's sessions to one replica; each frame is routed by its session).
+    the address of its own listener, `cloud_service.direct`, when it has one), and it offers the frame channel on
+    that listener only (through the front door a channel would carry all of an edge's sessions to one replica;
+    each session's frames are routed to its replica instead).
     """
 
     @contextlib.asynccontextmanager
@@ -79,7 +80,8 @@ def create_app(settings: CloudSettings, loaded: LoadedModel | None = None,
         listener = None
         if replica is not None and replica.host is not None:
             listener = DirectListener(app, settings, replica.host)
-            answer_headers[REPLICA_URL_HEADER] = f"http://{replica.advertise or replica.host}:{await listener.start()}"
+            app.state.own_port = await listener.start()
+            answer_headers[REPLICA_URL_HEADER] = f"http://{replica.advertise or replica.host}:{app.state.own_port}"
             log.info("replica %s also listens at %s", replica.name, answer_headers[REPLICA_URL_HEADER])
         yield
         if listener is not None:
@@ -114,11 +116,16 @@ def create_app(settings: CloudSettings, loaded: LoadedModel | None = None,
         answer = await frames.answer(request.app.state.engine, await request.body(), request.state.edge)
         return Response(answer, media_type=MEDIA_TYPE)
 
-    if replica is None:
-        @app.websocket(CHANNEL_PATH)
-        async def channel(ws: WebSocket) -> None:
-            """The same frames as `/v1/shard/forward`, tagged, over one connection per edge (`splitcore.channel`)."""
-            await serve_channel(ws, lambda: ws.app.state.engine, frames)
+    @app.websocket(CHANNEL_PATH)
+    async def channel(ws: WebSocket) -> None:
+        """The same frames as `/v1/shard/forward`, tagged, over one connection per edge (`splitcore.channel`).
+
+        A replica offers it on its own listener only: through the front door (Ray's proxy) a channel would carry
+        every session of an edge to whichever replica the proxy picked."""
+        if replica is not None and ws.scope.get("server", ("", 0))[1] != getattr(ws.app.state, "own_port", None):
+            await ws.close()  # before the handshake: 403, and the edge sends frames over HTTP
+            return
+        await serve_channel(ws, lambda: ws.app.state.engine, frames)
 
     @app.delete("/v1/sessions/{session_id}", status_code=204)
     async def end_session(session_id: uuid.UUID, request: Request) -> Response:

@@ -66,9 +66,13 @@ class CloudClient:
             limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections),
             headers=headers, verify=verify,
         )
-        channel_headers = {k: v for k, v in headers.items() if k == "authorization"}
-        self._channel = FrameChannel(self.base_url, channel_headers, verify if isinstance(verify, ssl.SSLContext)
-                                     else None, connect_timeout_s) if transport == "websocket" else None
+        self._channel_headers = {k: v for k, v in headers.items() if k == "authorization"}
+        self._ssl = verify if isinstance(verify, ssl.SSLContext) else None
+        self._channel = FrameChannel(self.base_url, self._channel_headers, self._ssl,
+                                     connect_timeout_s) if transport == "websocket" else None
+        self._transport = transport
+        self._replica_channels: dict[str, FrameChannel] = {}  # a replicated cloud's replicas' own listeners
+        self._no_replica_channel: set[str] = set()  # replicas' addresses that refused a channel: HTTP there
         self._channel_retry_at = 0.0  # monotonic time before which frames go over HTTP (a refused handshake)
         self.replicas = ReplicaSessions()  # which replica of a replicated cloud holds each session
 
@@ -86,6 +90,11 @@ class CloudClient:
             CloudRefusedError: the cloud refused the frame (its status is kept).
             CapacityError: the cloud is at capacity; try again later.
         """
+        route = self.replicas.route(session)
+        if route is not None and route.url is not None and self._transport == "websocket":
+            answer = self._to_replica(route.replica, route.url, frame, timeout_s or self.timeout_s, session)
+            if answer is not None:
+                return answer
         if self._channel is not None and time.monotonic() >= self._channel_retry_at:
             try:
                 return self._over_channel(self._channel, frame, timeout_s or self.timeout_s)
@@ -95,6 +104,34 @@ class CloudClient:
                 self._channel_retry_at = time.monotonic() + CHANNEL_RETRY_S
                 log.warning("%s; frames go over HTTP for the next %.0f s", exc, CHANNEL_RETRY_S)
         return self._forward_http(frame, timeout_s, session)
+
+    def _to_replica(self, replica: str, url: str, frame: bytes, timeout_s: float, session: uuid.UUID | None
+                    ) -> bytes | None:
+        """`frame` over a channel to the replica's own listener (one per replica, opened on first use); None if
+        that replica offers none (the frame then goes over HTTP)."""
+        if url in self._no_replica_channel:
+            return None
+        channel = self._replica_channels.get(url)
+        if channel is None:
+            channel = self._replica_channels[url] = FrameChannel(url, self._channel_headers, self._ssl,
+                                                                 self.connect_timeout_s)
+        try:
+            answer = self._over_channel(channel, frame, timeout_s)
+        except ChannelRefusedError as exc:
+            if exc.error is not None:  # the replica's own refusal (a wrong token, capacity)
+                self._raise_for(exc.status, *exc.error)
+            self._no_replica_channel.add(url)
+            self._replica_channels.pop(url, None)
+            log.info("replica %s offers no frame channel (%s): its frames go over HTTP", replica, exc)
+            return None
+        except CloudUnavailableError as exc:  # its connection failed: the replica did, and the session with it
+            self._replica_channels.pop(url, None)
+            channel.close()
+            self.replicas.direct_failed(url)
+            raise CloudSessionLostError(f"replica {replica} holding session {short_id(session) if session else '-'} "
+                                        f"failed: {exc}", 503) from exc
+        self.replicas.reached(url)
+        return answer
 
     def _forward_http(self, frame: bytes, timeout_s: float | None, session: uuid.UUID | None) -> bytes:
         """One POST: to the replica holding `session` (its own address when it gave one), or through the cloud's
@@ -131,9 +168,10 @@ class CloudClient:
 
     @property
     def connected_at(self) -> float:
-        """`time.perf_counter()` when the frame channel last opened (0 without one): an exchange that began before
-        it paid for the handshake too."""
-        return self._channel.connected_at if self._channel is not None else 0.0
+        """`time.perf_counter()` when a frame channel (the cloud's, or a replica's) last opened (0 without one): an
+        exchange that began before it may have paid for the handshake too."""
+        channels = [*([self._channel] if self._channel is not None else []), *self._replica_channels.values()]
+        return max((c.connected_at for c in channels), default=0.0)
 
     def _over_channel(self, channel: FrameChannel, frame: bytes, timeout_s: float) -> bytes:
         answer, refusal = channel.exchange(frame, timeout_s)
@@ -194,6 +232,8 @@ class CloudClient:
     def close(self) -> None:
         if self._channel is not None:
             self._channel.close()
+        for channel in list(self._replica_channels.values()):
+            channel.close()
         self._http.close()
 
     def _request(self, method: str, path: str, **kwargs: object) -> httpx.Response:

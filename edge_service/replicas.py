@@ -71,6 +71,11 @@ class ReplicaSessions:
         if new and self.on_new is not None:
             self.on_new(replica)
 
+    def reached(self, url: str) -> None:
+        """A replica's own address answered (over its frame channel)."""
+        with self._lock:
+            self._reached.add(url)
+
     def direct_failed(self, url: str) -> None:
         """A replica's own address failed. One that never answered is not reachable from here (a private
         network): its replica's sessions go through the proxy from now on. One that did has lost its replica."""

@@ -5,10 +5,10 @@ what a second replica gives, and how long a killed replica's sessions wait for t
     python bench/scaleout.py --parts overhead --repeats 9
 
 1. **overhead**: a direct cloud (`serve cloud`) and a one-replica Ray cloud (`serve cloud --ray`), each on one
-   thread, and split edges (2:6 int8, greedy, no speculation) to each; the same request goes to each edge in
-   turn (as `bench/step_overhead.py`). Ray's cost per step is its split's decode time per token minus the
-   direct split's over the same transport (HTTP: a replicated cloud offers no frame channel), paired per round
-   and the median taken; also against the direct cloud's default transport (the channel), and the probe round
+   thread, and split edges (2:6 int8, greedy, no speculation) to each over both transports; the same request
+   goes to each edge in turn (as `bench/step_overhead.py`). Ray's cost per step is its split's decode time per
+   token minus the direct split's over the same transport (a channel or HTTP to the session's replica after the
+   first frame), paired per round and the median taken; and the probe round
    trips (the transport floor) of the direct cloud, of Ray's proxy (a session's first frame) and of the
    replica's own listener (its other frames, `cloud_service.direct`).
 2. **throughput**: Ray clouds of 1 and 2 replicas (one CPU and one thread each), driven by emulated edges
@@ -91,7 +91,8 @@ def overhead(path: Path, args: argparse.Namespace, work: Path) -> dict:
         edges = {"edge-only": ["--cut", "edge", *common],
                  "direct, channel": ["--cloud", direct, "--cloud-transport", "websocket", *split],
                  "direct, http": ["--cloud", direct, "--cloud-transport", "http", *split],
-                 "ray, http": ["--cloud", ray, *split]}
+                 "ray, channel": ["--cloud", ray, "--cloud-transport", "websocket", *split],
+                 "ray, http": ["--cloud", ray, "--cloud-transport", "http", *split]}
         urls = {}
         for label, flags in edges.items():
             port = free_port()
@@ -115,19 +116,21 @@ def overhead(path: Path, args: argparse.Namespace, work: Path) -> dict:
         return statistics.median(x - y for x, y in zip(samples[a], samples[b], strict=True))
     med = {k: statistics.median(v) for k, v in samples.items()}
     row = {"ms_per_token": med, "ray_over_direct_http_ms": paired("ray, http", "direct, http"),
-           "ray_over_direct_channel_ms": paired("ray, http", "direct, channel"),
+           "ray_over_direct_channel_ms": paired("ray, channel", "direct, channel"),
+           "ray_http_over_direct_channel_ms": paired("ray, http", "direct, channel"),
+           "ray_x_direct_channel": med["direct, channel"] / med["ray, channel"],
            "ray_x_direct_http": med["direct, http"] / med["ray, http"],
-           "ray_over_edge_only_ms": paired("ray, http", "edge-only"),
+           "ray_over_edge_only_ms": paired("ray, channel", "edge-only"),
            "direct_http_over_edge_only_ms": paired("direct, http", "edge-only"),
            "floor_ray_proxy_over_direct_ms": med["floor ray proxy"] - med["floor direct"],
            "floor_ray_replica_over_direct_ms": med["floor ray replica"] - med["floor direct"], "samples": samples}
     print(f"overhead (shipped model, {CUT} int8, {args.tokens} tokens, median of {args.repeats}): decode ms/token "
           + ", ".join(f"{k} {v:.2f}" for k, v in med.items()), flush=True)
-    print(f"  Ray routing adds {row['ray_over_direct_http_ms']:.2f} ms per step over the direct cloud on HTTP "
-          f"({row['ray_x_direct_http']:.2f}x its tokens/s), {row['ray_over_direct_channel_ms']:.2f} ms over its "
-          f"channel; probe floor {med['floor direct']:.2f} ms direct, {med['floor ray proxy']:.2f} ms through Ray's "
-          f"proxy, {med['floor ray replica']:.2f} ms at the replica's own listener",
-          flush=True)
+    print(f"  Ray routing adds {row['ray_over_direct_channel_ms']:.2f} ms per step over the direct cloud on the "
+          f"channel ({row['ray_x_direct_channel']:.2f}x its tokens/s), {row['ray_over_direct_http_ms']:.2f} ms on "
+          f"HTTP ({row['ray_x_direct_http']:.2f}x); probe floor {med['floor direct']:.2f} ms direct, "
+          f"{med['floor ray proxy']:.2f} ms through Ray's proxy, {med['floor ray replica']:.2f} ms at the replica's "
+          "own listener", flush=True)
     return row
 
 

@@ -83,6 +83,27 @@ def test_a_sessions_later_frames_go_to_its_replicas_own_listener(models: dict[st
         client.close()
 
 
+def test_over_the_channel_a_sessions_later_frames_use_its_replicas_own_channel(models: dict[str, LoadedModel]
+                                                                               ) -> None:
+    app = create_app(CloudSettings(), models["gpt2"], replica=ReplicaIdentity("replica-c", "127.0.0.1"))
+    with LoopbackServer(app) as front:
+        own = httpx.get(f"{front}/health").headers[REPLICA_URL_HEADER]
+        with pytest.raises(InvalidStatus):  # through the front door a channel would pin every session to one replica
+            connect(front.replace("http", "ws") + CHANNEL_PATH, open_timeout=5)
+        client = CloudClient(front)  # the default transport: channels
+        sid = uuid.uuid4()
+        client.forward(frame(models["gpt2"], sid, 0), session=sid)  # the front channel is refused: HTTP
+        assert client.connected_at == 0 and _gauge(front, "edgesplit_cloud_open_channels") == 0
+        for position in (3, 4):
+            FrameCodec(Dtype.FP32).decode(client.forward(frame(models["gpt2"], sid, position), session=sid))
+        assert client.connected_at > 0 and _gauge(own, "edgesplit_cloud_open_channels") == 1
+        client.close()
+
+
+def _gauge(url: str, name: str) -> float:
+    return metric_samples(url)[name][0].value
+
+
 def _steps(url: str) -> float:
     """Frames the app has answered (its step histogram's count): the same for every door, it is one app."""
     return metric_samples(url)["edgesplit_cloud_step_duration_seconds_count"][0].value

@@ -8,7 +8,7 @@ CLOUD_PORT ?= 8001
 EDGE_PORT ?= 8000
 CUT ?= 2:6
 
-.PHONY: demo test install serve-cloud serve-edge bench-overhead bench-accuracy bench-adaptive bench-links bench-backends bench-batching bench-packed bench-step bench-speculation loadtest fuzz soak model draft-model perplexity clean
+.PHONY: demo test install serve-cloud serve-edge bench-overhead bench-accuracy bench-adaptive bench-links bench-backends bench-batching bench-packed bench-step bench-speculation bench-scaleout loadtest fuzz soak model draft-model perplexity clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -61,6 +61,10 @@ bench-speculation: $(STAMP)
 
 bench-step: $(STAMP)
 	$(BIN)/python bench/step_overhead.py
+
+# The cloud on Ray Serve against a direct cloud: routing cost per step, 1 and 2 replicas, a killed replica (about 10 minutes).
+bench-scaleout: $(STAMP)
+	$(BIN)/python bench/scaleout.py
 
 # Every plan against the planner's choice on four emulated links, two 124M models (about 40 minutes).
 bench-links: $(STAMP)

@@ -175,7 +175,8 @@ def create_app(settings: CloudSettings, loaded: LoadedModel | None = None,
         store = request.app.state.engine.store
         engine: ShardEngine = request.app.state.engine
         return {"status": "ok", "sessions": len(store), "cache_bytes": store.cache_bytes, "evictions": store.evictions,
-                "batch_size": engine.batch_size, **replica_fields}
+                "batch_size": engine.batch_size, **replica_fields,
+                **({"url": answer_headers[REPLICA_URL_HEADER]} if REPLICA_URL_HEADER in answer_headers else {})}
 
     return app
 

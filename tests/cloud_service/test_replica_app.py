@@ -70,7 +70,8 @@ def test_a_sessions_later_frames_go_to_its_replicas_own_listener(models: dict[st
     with LoopbackServer(app) as front:  # stands for Ray's proxy
         own = httpx.get(f"{front}/health").headers[REPLICA_URL_HEADER]
         assert own.startswith("http://127.0.0.1:") and own != front
-        assert httpx.get(f"{own}/health").json()["replica"] == "replica-b", "the same app behind its own port"
+        health = httpx.get(f"{own}/health").json()
+        assert health["replica"] == "replica-b" and health["url"] == own, "the same app behind its own port"
         client = CloudClient(front, transport="http")
         sid = uuid.uuid4()
         client.forward(frame(models["gpt2"], sid, 0), session=sid)

@@ -22,6 +22,7 @@ import threading
 from typing import TYPE_CHECKING, Any
 
 from cloud_service.settings import CloudSettings
+from splitcore.errors import UserError
 
 if TYPE_CHECKING:
     from ray.serve import Application
@@ -114,13 +115,20 @@ def app_builder(args: dict[str, Any]) -> Application:
 
 
 def serve_forever(settings: CloudSettings) -> None:
-    """Deploy on Ray and block until SIGINT or SIGTERM, then take the application down."""
+    """Deploy on Ray and block until SIGINT or SIGTERM, then take the application down.
+
+    Raises:
+        UserError: settings that a replicated cloud cannot honour.
+    """
     import ray
     from ray import serve
 
     if settings.ssl_certfile is not None:
-        raise SystemExit("--ray serves plain HTTP through Ray's proxy; terminate TLS in front of it "
-                         "(e.g. a load balancer), or run the cloud without --ray")
+        raise UserError("--ray serves plain HTTP through Ray's proxy; terminate TLS in front of it (e.g. a load "
+                        "balancer), or run the cloud without --ray")
+    if settings.layers is not None:
+        raise UserError("--ray replicas hold every block: --layers would be one replica's alone after an edge "
+                        "asks for more (POST /v1/layers reaches one replica)")
     threads = settings.threads or max(1, int(settings.replica_cpus))
     settings = settings.model_copy(update={"threads": threads})
     address = settings.ray_address or os.environ.get("RAY_ADDRESS")

@@ -74,6 +74,20 @@ def test_a_certificate_without_its_key_is_refused_before_serving(capsys: pytest.
 
 
 @pytest.mark.parametrize(("flags", "says"), [
+    (["--layers", "2:6"], "--ray replicas hold every block"),
+    (["--ssl-certfile", "cloud.pem", "--ssl-keyfile", "cloud.key"], "terminate TLS in front of it"),
+])
+def test_a_replicated_cloud_refuses_what_it_cannot_honour_before_starting_ray(
+        flags: list[str], says: str, capsys: pytest.CaptureFixture[str]) -> None:
+    from edgesplit.cli import main
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["serve", "cloud", "--ray", *flags, "--port", "1"])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and says in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize(("flags", "says"), [
     (["--bandwidth", "fast"], "'fast' is not a bandwidth"),
     (["--rtt", "soon"], "'soon' is not a duration"),
     (["--bandwidth", "0mbit"], "must be more than 0"),

@@ -124,9 +124,9 @@ class CloudClient:
             self._replica_channels.pop(url, None)
             log.info("replica %s offers no frame channel (%s): its frames go over HTTP", replica, exc)
             return None
-        except CloudUnavailableError as exc:  # its connection failed: the replica did, and the session with it
-            self._replica_channels.pop(url, None)
-            channel.close()
+        except CloudUnavailableError as exc:  # the replica failed (or stalled), and the session with it
+            # The channel stays: it reconnects on its next use (a dead replica's refuses, and its sessions are
+            # replayed elsewhere); closing it would fail every other session's step waiting on it.
             self.replicas.direct_failed(url)
             raise CloudSessionLostError(f"replica {replica} holding session {short_id(session) if session else '-'} "
                                         f"failed: {exc}", 503) from exc

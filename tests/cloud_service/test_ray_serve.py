@@ -32,15 +32,16 @@ PROMPTS = [f"And it came to pass in the {n} day" for n in
 TOKENS = 80
 
 
-def replicas_of(cloud: str, want: int, timeout_s: float = 120.0) -> dict[str, int]:
-    """Replica id -> pid, polled from the cloud's /health (Ray routes each poll to any replica) until `want`."""
-    seen: dict[str, int] = {}
+def replicas_of(cloud: str, want: int, timeout_s: float = 120.0) -> dict[str, dict]:
+    """Replica id -> its /health (pid, own address), polled through the front door (Ray routes each poll to any
+    replica) until `want` have answered."""
+    seen: dict[str, dict] = {}
     deadline = time.monotonic() + timeout_s
     while len(seen) < want:
-        assert time.monotonic() < deadline, f"only replicas {seen} answered within {timeout_s:.0f} s"
+        assert time.monotonic() < deadline, f"only replicas {list(seen)} answered within {timeout_s:.0f} s"
         try:
             health = httpx.get(f"{cloud}/health", timeout=5).json()
-            seen[health["replica"]] = health["pid"]
+            seen[health["replica"]] = health
         except (httpx.TransportError, KeyError, ValueError):
             time.sleep(0.5)
     return seen
@@ -78,7 +79,7 @@ def test_sessions_spread_over_replicas_and_a_killed_replica_loses_no_generation(
                  "--speculate", "off", "--cloud-step-timeout-s", "5"]
     with serve("cloud", cloud_args, cloud_port, tmp_path / "cloud.log", env={"CLOUD_AUTH_TOKEN": TOKEN}) as proc:
         wait_healthy(f"{cloud}/health", proc, timeout_s=180)
-        pids = replicas_of(cloud, 2)
+        replicas = replicas_of(cloud, 2)
         with serve("edge", edge_args, edge_port, tmp_path / "edge.log", env={"EDGE_CLOUD_TOKEN": TOKEN}) as e:
             wait_healthy(f"{edge}/health", e)
             assert httpx.get(f"{cloud}/v1/info").status_code == 401, "the replicas keep the cloud's auth"
@@ -88,9 +89,12 @@ def test_sessions_spread_over_replicas_and_a_killed_replica_loses_no_generation(
                 concurrent.futures.wait(started, timeout=60)
                 took = {s.labels["replica"]: s.value for s in metric_samples(edge)
                         ["edgesplit_edge_cloud_replica_sessions_total"]}
-                assert set(took) == set(pids), f"sessions went to {took}, the replicas are {pids}"
+                assert set(took) == set(replicas), f"sessions went to {took}, the replicas are {list(replicas)}"
+                for name, health in replicas.items():  # each replica says what it holds, at its own address
+                    own = httpx.get(f"{health['url']}/health").json()
+                    assert own["replica"] == name and own["sessions"] == took[name], (own, took)
                 victim = max(took, key=lambda r: took[r])  # the one holding the most live sessions
-                os.kill(pids[victim], signal.SIGKILL)
+                os.kill(replicas[victim]["pid"], signal.SIGKILL)
                 outs = [r.result(timeout=180) for r in runs]
             after = metric_samples(edge)
     for prompt, out in zip(PROMPTS, outs, strict=True):

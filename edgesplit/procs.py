@@ -39,6 +39,22 @@ def wait_healthy(url: str, proc: subprocess.Popen, timeout_s: float = 120.0) -> 
     raise TimeoutError(f"{url} not healthy after {timeout_s:.0f} s: {last}")
 
 
+def replica_healths(url: str, want: int, timeout_s: float = 120.0) -> dict[str, dict]:
+    """Replica id -> its `/health` answer (pid, own address) from a replicated cloud (`serve cloud --ray`), polled
+    through its front door (each poll reaches any replica) until `want` replicas have answered."""
+    seen: dict[str, dict] = {}
+    deadline = time.monotonic() + timeout_s
+    while len(seen) < want:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"only replicas {list(seen)} answered within {timeout_s:.0f} s")
+        try:
+            health = httpx.get(f"{url}/health", timeout=5).json()
+            seen[health["replica"]] = health
+        except (httpx.TransportError, KeyError, ValueError):  # not up yet, or a cloud of one (no replica field)
+            time.sleep(0.1)
+    return seen
+
+
 def _status(response: httpx.Response) -> str | None:
     """The `status` field of a health answer (None when it has none)."""
     try:

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from types import TracebackType
@@ -50,6 +51,29 @@ class LoopbackServer:
                  tb: TracebackType | None) -> None:
         self.server.should_exit = True
         self.thread.join(timeout=30)
+
+
+def stream_completion(url: str, body: dict, on_chunk: Callable[[int], None] = lambda i: None,
+                      timeout_s: float = 60) -> dict:
+    """Stream one completion (`body` with `"stream": true`); call `on_chunk(i)` after the i-th text chunk; gather
+    the text, each chunk's arrival (monotonic), whether `[DONE]` came, an error event, the `edgesplit` figures."""
+    out: dict = {"text": "", "times": [], "done": False, "error": None, "edgesplit": None}
+    with httpx.stream("POST", f"{url}/v1/completions", json=body, timeout=timeout_s) as r:
+        assert r.status_code == 200, r.read()
+        for line in r.iter_lines():
+            if line == "data: [DONE]":
+                out["done"] = True
+            elif line.startswith("data: "):
+                event = json.loads(line[6:])
+                if "error" in event:
+                    out["error"] = event["error"]
+                elif event.get("choices") and event["choices"][0]["text"]:
+                    out["text"] += event["choices"][0]["text"]
+                    out["times"].append(time.monotonic())
+                    on_chunk(len(out["times"]))
+                elif "edgesplit" in event:
+                    out["edgesplit"] = event["edgesplit"]
+    return out
 
 
 def metric_samples(url: str) -> dict[str, list[Sample]]:

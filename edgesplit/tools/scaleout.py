@@ -37,7 +37,7 @@ from pathlib import Path
 
 import httpx
 
-from edgesplit.procs import free_port, serve, wait_healthy
+from edgesplit.procs import free_port, replica_healths, serve, wait_healthy
 from edgesplit.tools.batchbench import monolithic, plans, run_level
 from edgesplit.tools.checkpoints import model_dir
 from edgesplit.tools.reports import write_report
@@ -59,22 +59,8 @@ def ray_cloud(path: Path, replicas: int, work: Path, label: str) -> Iterator[str
             "--max-sessions-per-caller", "1024"]
     with serve("cloud", args, port, work / f"{label}.log") as proc:
         wait_healthy(f"{url}/health", proc, timeout_s=240)
-        replica_pids(url, replicas)
+        replica_healths(url, replicas)
         yield url
-
-
-def replica_pids(url: str, want: int, timeout_s: float = 120.0) -> dict[str, int]:
-    """Replica id -> pid from a Ray cloud's /health (each poll reaches any replica), once `want` have answered."""
-    seen: dict[str, int] = {}
-    deadline = time.monotonic() + timeout_s
-    while len(seen) < want:
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"only replicas {seen} answered within {timeout_s:.0f} s")
-        with contextlib.suppress(httpx.TransportError, KeyError, ValueError):
-            health = httpx.get(f"{url}/health", timeout=5).json()
-            seen[health["replica"]] = health["pid"]
-        time.sleep(0.1)
-    return seen
 
 
 def overhead(path: Path, args: argparse.Namespace, work: Path) -> dict:
@@ -175,7 +161,7 @@ def _stream(url: str, prompt: str, tokens: int) -> dict:
 def recovery(path: Path, args: argparse.Namespace, work: Path) -> dict:
     edge_args = ["--model", str(path), "--cut", CUT, "--codec", "int8", "--speculate", "off", "--threads", "1"]
     with ray_cloud(path, 2, work, "ray-cloud-recovery") as cloud:
-        pids = replica_pids(cloud, 2)
+        pids = {name: h["pid"] for name, h in replica_healths(cloud, 2).items()}
         port = free_port()
         edge = f"http://127.0.0.1:{port}"
         with serve("edge", [*edge_args, "--cloud", cloud], port, work / "edge-recovery.log") as proc:

@@ -7,20 +7,18 @@ Real processes: `edgesplit serve cloud --ray` (which starts the cluster), a real
 from __future__ import annotations
 
 import concurrent.futures
-import json
 import os
 import signal
-import time
 from pathlib import Path
 
 import httpx
 import pytest
 
-from edgesplit.procs import free_port, serve, wait_healthy
+from edgesplit.procs import free_port, replica_healths, serve, wait_healthy
 from splitcore.defaults import DEFAULT_MODEL_DIR
 from splitcore.loading import load_checkpoint
 from splitcore.testing import reference_text
-from tests.servers import metric_samples
+from tests.servers import metric_samples, stream_completion
 
 pytestmark = pytest.mark.e2e  # starts a Ray cluster: out of the fast loop
 
@@ -32,41 +30,10 @@ PROMPTS = [f"And it came to pass in the {n} day" for n in
 TOKENS = 80
 
 
-def replicas_of(cloud: str, want: int, timeout_s: float = 120.0) -> dict[str, dict]:
-    """Replica id -> its /health (pid, own address), polled through the front door (Ray routes each poll to any
-    replica) until `want` have answered."""
-    seen: dict[str, dict] = {}
-    deadline = time.monotonic() + timeout_s
-    while len(seen) < want:
-        assert time.monotonic() < deadline, f"only replicas {list(seen)} answered within {timeout_s:.0f} s"
-        try:
-            health = httpx.get(f"{cloud}/health", timeout=5).json()
-            seen[health["replica"]] = health
-        except (httpx.TransportError, KeyError, ValueError):
-            time.sleep(0.5)
-    return seen
-
-
-def stream(url: str, prompt: str, first_token: concurrent.futures.Future | None = None) -> dict:
+def stream(url: str, prompt: str, first_token: concurrent.futures.Future) -> dict:
     body = {"prompt": prompt, "max_tokens": TOKENS, "temperature": 0, "stream": True,
             "stream_options": {"include_usage": True}}
-    out: dict = {"text": "", "error": None, "done": False}
-    with httpx.stream("POST", f"{url}/v1/completions", json=body, timeout=120) as r:
-        assert r.status_code == 200, r.read()
-        for line in r.iter_lines():
-            if line == "data: [DONE]":
-                out["done"] = True
-            elif line.startswith("data: "):
-                event = json.loads(line[6:])
-                if "error" in event:
-                    out["error"] = event["error"]
-                elif event.get("choices") and event["choices"][0]["text"]:
-                    out["text"] += event["choices"][0]["text"]
-                    if first_token is not None and not first_token.done():
-                        first_token.set_result(None)
-                elif "edgesplit" in event:
-                    out["edgesplit"] = event["edgesplit"]
-    return out
+    return stream_completion(url, body, lambda i: first_token.set_result(None) if i == 1 else None, timeout_s=120)
 
 
 def test_sessions_spread_over_replicas_and_a_killed_replica_loses_no_generation(tmp_path: Path) -> None:
@@ -79,7 +46,7 @@ def test_sessions_spread_over_replicas_and_a_killed_replica_loses_no_generation(
                  "--speculate", "off", "--cloud-step-timeout-s", "5"]
     with serve("cloud", cloud_args, cloud_port, tmp_path / "cloud.log", env={"CLOUD_AUTH_TOKEN": TOKEN}) as proc:
         wait_healthy(f"{cloud}/health", proc, timeout_s=180)
-        replicas = replicas_of(cloud, 2)
+        replicas = replica_healths(cloud, 2)
         with serve("edge", edge_args, edge_port, tmp_path / "edge.log", env={"EDGE_CLOUD_TOKEN": TOKEN}) as e:
             wait_healthy(f"{edge}/health", e)
             assert httpx.get(f"{cloud}/v1/info").status_code == 401, "the replicas keep the cloud's auth"

@@ -6,7 +6,6 @@ Both tiers run the shipped model with the cloud's shard API behind a bearer toke
 
 from __future__ import annotations
 
-import json
 import signal
 import subprocess
 import time
@@ -22,7 +21,7 @@ from edgesplit.procs import free_port, serve, wait_healthy
 from splitcore.defaults import DEFAULT_MODEL_DIR
 from splitcore.loading import LoadedModel, load_checkpoint
 from splitcore.testing import reference_text
-from tests.servers import metric_samples
+from tests.servers import metric_samples, stream_completion
 
 pytestmark = pytest.mark.e2e  # spawns processes, drives a browser or fuzzes: out of the fast loop (-m 'not e2e')
 
@@ -55,26 +54,10 @@ def edge_to(cloud_port: int, log: Path, *extra: str) -> Iterator[str]:
 
 
 def stream(url: str, max_tokens: int, on_chunk: Callable[[int], None] = lambda i: None) -> dict:
-    """Stream one greedy completion; call `on_chunk(i)` after each text chunk; gather text, gaps and figures."""
+    """Stream one greedy completion of PROMPT; call `on_chunk(i)` after each text chunk."""
     body = {"prompt": PROMPT, "max_tokens": max_tokens, "temperature": 0, "stream": True,
             "stream_options": {"include_usage": True}}
-    out: dict = {"text": "", "times": [], "done": False, "error": None, "edgesplit": None}
-    with httpx.stream("POST", f"{url}/v1/completions", json=body, timeout=60) as r:
-        assert r.status_code == 200, r.read()
-        for line in r.iter_lines():
-            if line == "data: [DONE]":
-                out["done"] = True
-            elif line.startswith("data: "):
-                event = json.loads(line[6:])
-                if "error" in event:
-                    out["error"] = event["error"]
-                elif event.get("choices") and event["choices"][0]["text"]:
-                    out["text"] += event["choices"][0]["text"]
-                    out["times"].append(time.monotonic())
-                    on_chunk(len(out["times"]))
-                elif "edgesplit" in event:
-                    out["edgesplit"] = event["edgesplit"]
-    return out
+    return stream_completion(url, body, on_chunk)
 
 
 def max_gap_s(times: list[float]) -> float:

@@ -21,7 +21,7 @@ from typing import Literal, NoReturn
 import httpx
 
 from edge_service.channel_client import ChannelRefusedError, FrameChannel
-from edge_service.replicas import ReplicaSessions
+from edge_service.replicas import ReplicaSessions, Route
 from splitcore.errors import (
     CapacityError,
     CloudModelMismatchError,
@@ -103,7 +103,7 @@ class CloudClient:
                     self._raise_for(exc.status, *exc.error)
                 self._channel_retry_at = time.monotonic() + CHANNEL_RETRY_S
                 log.warning("%s; frames go over HTTP for the next %.0f s", exc, CHANNEL_RETRY_S)
-        return self._forward_http(frame, timeout_s, session)
+        return self._forward_http(frame, timeout_s, session, route)
 
     def _to_replica(self, replica: str, url: str, frame: bytes, timeout_s: float, session: uuid.UUID | None
                     ) -> bytes | None:
@@ -133,16 +133,16 @@ class CloudClient:
         self.replicas.reached(url)
         return answer
 
-    def _forward_http(self, frame: bytes, timeout_s: float | None, session: uuid.UUID | None) -> bytes:
-        """One POST: to the replica holding `session` (its own address when it gave one), or through the cloud's
-        front door. A first frame to a replicated cloud is retried: its proxy may still route to a replica that
+    def _forward_http(self, frame: bytes, timeout_s: float | None, session: uuid.UUID | None,
+                      route: Route | None) -> bytes:
+        """One POST: to `route`, the replica holding `session` (its own address when it gave one), or through the
+        cloud's front door. A first frame to a replicated cloud is retried: its proxy may still route to a replica that
         has just died."""
         kwargs: dict = {}
         if timeout_s is not None:
             kwargs["timeout"] = httpx.Timeout(timeout_s, connect=min(timeout_s, self.connect_timeout_s))
         if session is not None:
             kwargs["headers"] = {SESSION_HEADER: str(session)}
-        route = self.replicas.route(session)
         path = f"{route.url}/v1/shard/forward" if route is not None and route.url else "/v1/shard/forward"
         waits = FIRST_FRAME_RETRIES_S if route is None and self.replicas.replicated else ()
         for wait in (*waits, None):

@@ -32,22 +32,23 @@ ROOT = Path(__file__).resolve().parents[1]
 TOKEN = "bench-link-estimate"
 
 
-def bulk_bits_per_second(port: int, size: int = 1 << 20, repeats: int = 7) -> float:
+def bulk_bits_per_second(port: int, size: int = 1 << 20, pairs: int = 15) -> float:
     """What the frame channel carries to the cloud at 127.0.0.1:`port`: (big - small) bytes over the extra round
-    trip time, medians. The messages are not frames, so the cloud answers each with a short refusal."""
+    trip time, the median over `pairs` of a small and a big message sent one after the other (so a drift of the
+    machine's speed falls on both of a pair). The messages are not frames, so the cloud answers each with a
+    short refusal."""
     from websockets.sync.client import connect
 
     with connect(f"ws://127.0.0.1:{port}{CHANNEL_PATH}", max_size=None, compression=None) as ws:
-        def median_ms(n: int) -> float:
-            message, times = pack(1, b"\0" * n), []
-            for _ in range(repeats):
-                started = time.perf_counter()
-                ws.send(message)
-                ws.recv(timeout=120)
-                times.append((time.perf_counter() - started) * 1000)
-            return statistics.median(times)
-        median_ms(64)  # warm up
-        return (size - 64) * 8 / ((median_ms(size) - median_ms(64)) / 1000)
+        def ms(message: bytes) -> float:
+            started = time.perf_counter()
+            ws.send(message)
+            ws.recv(timeout=120)
+            return (time.perf_counter() - started) * 1000
+        small, big = pack(1, b"\0" * 64), pack(1, b"\0" * size)
+        ms(small), ms(big)  # warm up
+        extra_ms = statistics.median(-ms(small) + ms(big) for _ in range(pairs))
+        return (size - 64) * 8 / (extra_ms / 1000)
 
 
 def estimate_after_traffic(cloud_port: int, edge_url_port: int, work: Path, name: str, requests: int) -> dict:

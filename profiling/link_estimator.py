@@ -1,8 +1,9 @@
 """Bandwidth and RTT from real exchanges with the cloud.
 
 Each exchange gives (bytes both ways, elapsed time, the cloud's own compute time). The transfer time,
-elapsed minus compute, is modelled as `rtt + bytes * 8 / bandwidth`: a least-squares line over a window of
-recent exchanges gives the RTT (intercept) and bandwidth (slope). Decode steps alone all have the same size,
+elapsed minus compute, is modelled as `rtt + bytes * 8 / bandwidth`: a line through the quickest exchange of
+each size gives the bandwidth (slope), and no large exchange may beat it (each bounds the bandwidth from below;
+on a link too fast for the jitter that bound is all there is). Decode steps alone all have the same size,
 which pins the RTT but not the bandwidth: an active probe (one small and one large body) supplies the spread
 when the service is idle. The confidence grows with the number of samples and the spread of their sizes.
 
@@ -70,7 +71,8 @@ class LinkEstimator:
         self.max_age_s = max_age_s  # exchanges older than this no longer count (unless too few are newer)
         self.min_recent = min_recent  # the newest this many always count, however old
         self.bytes_observed = 0  # both ways, every exchange since start
-        self._bandwidth_bps = prior_bandwidth_bps
+        self._resolved_bps = prior_bandwidth_bps  # the bandwidth last measured from a rise above the jitter
+        self._bandwidth_bps = prior_bandwidth_bps  # the bandwidth last reported from well-spread sizes
 
     def observe(self, bytes_total: int, elapsed_ms: float, compute_ms: float = 0.0) -> None:
         with self._lock:
@@ -102,14 +104,16 @@ class LinkEstimator:
         jitter = _jitter(samples)
         rise = slope * (envelope[-1][0] - envelope[0][0]) if len(envelope) >= 2 else 0.0
         resolved = slope > 0 and rise > jitter
+        # Whatever the line says, no exchange can beat the link: each large one bounds the bandwidth from below.
+        # A size class whose few exchanges all waited (a busy peer) must not read a fast link as slow.
+        bound = _lower_bound(samples)
         if resolved:  # the larger exchanges take measurably longer: the slope is the bandwidth
-            self._bandwidth_bps = 8 / (slope / 1000)
+            self._resolved_bps = self._bandwidth_bps = max(8 / (slope / 1000), bound)
         else:
-            # Their extra time is lost in the jitter (a fast link, loopback): the link carries the size spread in
-            # less than the jitter at most; the bandwidth seen last (or the prior) stands unless slower than that.
-            if jitter > 0 and len(envelope) >= 2:
-                floor = (envelope[-1][0] - envelope[0][0]) * 8 / (jitter / 1000)
-                self._bandwidth_bps = max(self._bandwidth_bps, floor)
+            # Their extra time is lost in the jitter (a fast link, loopback): the bandwidth last measured (or the
+            # prior) stands unless the quickest large exchange shows a faster link. Not kept as measured, so
+            # bounds of later windows do not ratchet each other up.
+            self._bandwidth_bps = max(self._resolved_bps, bound)
             confidence /= 2
         # The round trip of a typical exchange, each one's transfer at this bandwidth taken off.
         rtt = statistics.median(y - x * 8 / self._bandwidth_bps * 1000 for x, y in zip(xs, ys, strict=True))
@@ -133,6 +137,24 @@ def _envelope(samples: list[Sample]) -> list[tuple[float, float]]:
         if k not in quickest or s.transfer_ms < quickest[k].transfer_ms:
             quickest[k] = s
     return [(float(quickest[k].bytes_total), quickest[k].transfer_ms) for k in sorted(quickest)]
+
+
+def _lower_bound(samples: list[Sample], anchor_quantile: float = 0.1) -> float:
+    """The least bandwidth (bits/s) the quickest large exchange allows: its bytes over its time beyond the round
+    trip of the smallest frequent size (a low quantile of that class, not its minimum: the cloud's reported time
+    taken off makes the noise two-sided). 0 when no large exchange took longer than that round trip."""
+    classes: dict[int, list[Sample]] = {}
+    for s in samples:
+        classes.setdefault(_size_class(s.bytes_total), []).append(s)
+    anchors = [k for k in sorted(classes) if len(classes[k]) >= 3] or sorted(classes)
+    small = classes[anchors[0]]
+    times = sorted(s.transfer_ms for s in small)
+    rtt = times[int(anchor_quantile * (len(times) - 1))]
+    base = min(s.bytes_total for s in small)
+    largest = max(s.bytes_total for s in samples)
+    bounds = [(s.bytes_total - base) * 8 / ((s.transfer_ms - rtt) / 1000) for s in samples
+              if s.bytes_total >= largest / 2 and s.bytes_total >= 2 * base and s.transfer_ms > rtt]
+    return max(bounds, default=0.0)
 
 
 def _jitter(samples: list[Sample]) -> float:

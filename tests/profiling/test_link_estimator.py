@@ -100,3 +100,40 @@ def test_on_a_link_too_fast_for_the_frames_the_bandwidth_is_a_lower_bound() -> N
     assert not e.bandwidth_resolved
     assert e.bandwidth_bps >= (150_000 - 1200) * 8 / 0.3e-3 * 0.99  # what the jitter allows, at least
     assert e.rtt_ms == pytest.approx(1.1, abs=0.15)
+
+
+def test_a_size_class_whose_exchanges_all_waited_does_not_read_a_fast_link_as_slow() -> None:
+    """Loopback as measured (bench/link_estimate.py): decode steps of 508 bytes with 0.3 ms of jitter, two prefills
+    of each prompt length, and both of one length delayed by a busy peer. The line through each size's quickest
+    exchange then rose above the jitter and read a 4 Gbit/s link as 1 Gbit/s; the quickest large exchange bounds
+    the bandwidth from below."""
+    est = LinkEstimator(prior_bandwidth_bps=100e6)
+    for i in range(60):
+        nbytes, elapsed, compute = exchange(508, 4e9, 1.0, compute_ms=2.0)
+        est.observe(nbytes, elapsed + 0.1 * (i % 4), compute)
+    for nbytes in (3424, 6331, 15079, 73377, 108969, 144716) * 2:
+        waited = 2.5 if nbytes == 108969 else 0.0
+        _, elapsed, _ = exchange(nbytes, 4e9, 1.0, compute_ms=5.0)
+        est.observe(nbytes, elapsed + waited, 5.0)
+    e = est.estimate()
+    assert e.bandwidth_bps == pytest.approx(4e9, rel=0.1)
+    assert e.rtt_ms == pytest.approx(1.1, abs=0.15)
+
+
+def test_on_a_fast_link_a_noisy_window_does_not_ratchet_the_bound_up() -> None:
+    """An unresolved window's bound is reported, not kept as measured: a later window with only slower large
+    exchanges reads its own bound, not the highest any window ever saw."""
+    clock = Clock()
+    est = LinkEstimator(clock=clock, prior_bandwidth_bps=100e6, max_age_s=1.0, min_recent=4)
+
+    def window(bandwidth_bps: float) -> float:
+        for i in range(40):
+            nbytes = 150_000 if i % 10 == 0 else 1200
+            _, elapsed, _ = exchange(nbytes, bandwidth_bps, 1.0)
+            est.observe(nbytes, elapsed + 0.3 * (i % 2))
+        e = est.estimate()
+        assert not e.bandwidth_resolved
+        clock.now += 10.0
+        return e.bandwidth_bps
+    assert window(40e9) == pytest.approx(40e9, rel=0.05)
+    assert window(10e9) == pytest.approx(10e9, rel=0.05)

@@ -4,6 +4,7 @@ what they get alone."""
 from __future__ import annotations
 
 import gc
+import weakref
 
 import pytest
 import torch
@@ -74,16 +75,20 @@ def test_rows_full_of_holes_are_repacked_and_stay_exact(models: dict[str, Loaded
     monkeypatch.setattr(SlotBatch, "_repack", lambda self, live: (repacks.append(self.end), real(self, live))[1])
     slow = Pair(m, layers, torch.randn(5, m.hidden_size, generator=gen))
     short: list[Pair] = []
+    pairs: list[Pair] = []
     for round_ in range(150):
         if round_ % 10 == 0:  # the short sessions end and new ones start
+            ended = [weakref.ref(q.batched) for q in short]
+            pairs.clear()  # the last round's references to them
             short = [Pair(m, layers, torch.randn(2, m.hidden_size, generator=gen)) for _ in range(3)]
-            gc.collect()
-        pairs = [slow, *short] if round_ % 3 == 0 else short
+            assert all(state() is None for state in ended)  # their rows are free (no collection needed)
+        pairs = [slow, *short] if round_ % 3 == 0 else short[:]
         x = torch.randn(len(pairs), m.hidden_size, generator=gen)
-        got = batch.decode([p.batched for p in pairs], x, embed=False)
-        for i, p in enumerate(pairs):
+        got = batch.decode([q.batched for q in pairs], x, embed=False)
+        for i, q in enumerate(pairs):
             # 150 rounds of a model with large weights: batched and lone sums part in the last bits
-            torch.testing.assert_close(got[i], p.expected(x[i:i + 1])[0], rtol=1e-3, atol=1e-3)
+            torch.testing.assert_close(got[i], q.expected(x[i:i + 1])[0], rtol=1e-3, atol=1e-3)
+        del q
     assert 1 <= len(repacks) <= 10, repacks
     assert batch.end <= 2 * slow.batched.position + 17  # the holes did not accumulate
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import tempfile
 import time
 from pathlib import Path
@@ -10,6 +9,7 @@ from pathlib import Path
 import httpx
 
 from edgesplit.procs import free_port, serve, wait_healthy
+from edgesplit.sse import data_events
 from splitcore.defaults import DEFAULT_MODEL_DIR
 from splitcore.loading import read_config
 
@@ -91,10 +91,9 @@ def _stream(base_url: str, prompt: str, max_tokens: int) -> dict:
     with httpx.stream("POST", f"{base_url}/v1/completions", json=body, timeout=120) as response:
         if response.status_code != 200:
             raise RuntimeError(f"edge answered {response.status_code}: {response.read().decode()}")
-        for line in response.iter_lines():
-            if not line.startswith("data: ") or line == "data: [DONE]":
+        for chunk in data_events(response.iter_lines()):
+            if chunk is None:
                 continue
-            chunk = json.loads(line[6:])
             if "error" in chunk:
                 raise RuntimeError(chunk["error"]["message"])
             if chunk.get("usage"):

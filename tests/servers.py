@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -22,6 +21,7 @@ from cloud_service.settings import CloudSettings
 from edge_service.app import create_app as create_edge
 from edge_service.settings import EdgeSettings
 from edgesplit.procs import free_port
+from edgesplit.sse import data_events
 from splitcore.http import header_timeout_protocol
 from splitcore.loading import LoadedModel
 
@@ -60,19 +60,17 @@ def stream_completion(url: str, body: dict, on_chunk: Callable[[int], None] = la
     out: dict = {"text": "", "times": [], "done": False, "error": None, "edgesplit": None}
     with httpx.stream("POST", f"{url}/v1/completions", json=body, timeout=timeout_s) as r:
         assert r.status_code == 200, r.read()
-        for line in r.iter_lines():
-            if line == "data: [DONE]":
+        for event in data_events(r.iter_lines()):
+            if event is None:
                 out["done"] = True
-            elif line.startswith("data: "):
-                event = json.loads(line[6:])
-                if "error" in event:
-                    out["error"] = event["error"]
-                elif event.get("choices") and event["choices"][0]["text"]:
-                    out["text"] += event["choices"][0]["text"]
-                    out["times"].append(time.monotonic())
-                    on_chunk(len(out["times"]))
-                elif "edgesplit" in event:
-                    out["edgesplit"] = event["edgesplit"]
+            elif "error" in event:
+                out["error"] = event["error"]
+            elif event.get("choices") and event["choices"][0]["text"]:
+                out["text"] += event["choices"][0]["text"]
+                out["times"].append(time.monotonic())
+                on_chunk(len(out["times"]))
+            elif "edgesplit" in event:
+                out["edgesplit"] = event["edgesplit"]
     return out
 
 

@@ -26,7 +26,6 @@ import argparse
 import asyncio
 import concurrent.futures
 import contextlib
-import json
 import os
 import signal
 import statistics
@@ -38,6 +37,7 @@ from pathlib import Path
 import httpx
 
 from edgesplit.procs import free_port, replica_healths, serve, wait_healthy
+from edgesplit.sse import data_events
 from edgesplit.tools.batchbench import monolithic, plans, run_level
 from edgesplit.tools.checkpoints import model_dir
 from edgesplit.tools.reports import write_report
@@ -148,13 +148,13 @@ def _stream(url: str, prompt: str, tokens: int) -> dict:
             "stream_options": {"include_usage": True}}
     out: dict = {"times": [], "edgesplit": None}
     with httpx.stream("POST", f"{url}/v1/completions", json=body, timeout=300) as r:
-        for line in r.iter_lines():
-            if line.startswith("data: ") and line != "data: [DONE]":
-                event = json.loads(line[6:])
-                if event.get("choices") and event["choices"][0]["text"]:
-                    out["times"].append(time.monotonic())
-                elif "edgesplit" in event:
-                    out["edgesplit"] = event["edgesplit"]
+        for event in data_events(r.iter_lines()):
+            if event is None:
+                continue
+            if event.get("choices") and event["choices"][0]["text"]:
+                out["times"].append(time.monotonic())
+            elif "edgesplit" in event:
+                out["edgesplit"] = event["edgesplit"]
     return out
 
 

@@ -8,7 +8,6 @@ chunk arrived, the text, the plan it ran on and any error. Used by the adaptive 
 
 from __future__ import annotations
 
-import json
 import threading
 import time
 from collections.abc import Iterator
@@ -19,6 +18,7 @@ from pathlib import Path
 import httpx
 
 from edgesplit.procs import free_port, serve, wait_healthy
+from edgesplit.sse import data_events
 from edgesplit.tools.linkemu import LinkEmulator
 
 
@@ -110,10 +110,9 @@ def stream_once(client: httpx.Client, url: str, prompt: str, max_tokens: int) ->
             if response.status_code != 200:
                 done.error = response.read().decode(errors="replace")[:300]
                 return done
-            for line in response.iter_lines():
-                if not line.startswith("data: ") or line == "data: [DONE]":
+            for event in data_events(response.iter_lines()):
+                if event is None:
                     continue
-                event = json.loads(line[6:])
                 if "error" in event:
                     done.error = event["error"]["message"]
                 elif event.get("choices"):

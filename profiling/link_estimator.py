@@ -99,14 +99,15 @@ class LinkEstimator:
         # The bandwidth from the lower envelope: the quickest exchange of each size class. Queueing, scheduling
         # and a busy peer only ever add time, so the quickest are the link itself; a least-squares line through
         # every exchange let one slow prefill pull a fast link's estimate down by 10x (loopback, 8 Mbit/s).
-        envelope = _envelope(samples)
+        classes = _classes(samples)
+        envelope = _envelope(classes)
         slope = statistics.linear_regression(*zip(*envelope, strict=True))[0] if len(envelope) >= 2 else 0.0
-        jitter = _jitter(samples)
+        jitter = _jitter(classes)
         rise = slope * (envelope[-1][0] - envelope[0][0]) if len(envelope) >= 2 else 0.0
         resolved = slope > 0 and rise > jitter
         # Whatever the line says, no exchange can beat the link: each large one bounds the bandwidth from below.
         # A size class whose few exchanges all waited (a busy peer) must not read a fast link as slow.
-        bound = _lower_bound(samples)
+        bound = _lower_bound(classes)
         if resolved:  # the larger exchanges take measurably longer: the slope is the bandwidth
             self._resolved_bps = self._bandwidth_bps = max(8 / (slope / 1000), bound)
         else:
@@ -129,41 +130,40 @@ def _size_class(nbytes: int) -> int:
     return int(2 * math.log2(max(nbytes, 1)))
 
 
-def _envelope(samples: list[Sample]) -> list[tuple[float, float]]:
-    """(bytes, transfer ms) of the quickest exchange in each half-octave of sizes, smallest first."""
-    quickest: dict[int, Sample] = {}
-    for s in samples:
-        k = _size_class(s.bytes_total)
-        if k not in quickest or s.transfer_ms < quickest[k].transfer_ms:
-            quickest[k] = s
-    return [(float(quickest[k].bytes_total), quickest[k].transfer_ms) for k in sorted(quickest)]
-
-
-def _lower_bound(samples: list[Sample], anchor_quantile: float = 0.1) -> float:
-    """The least bandwidth (bits/s) the quickest large exchange allows: its bytes over its time beyond the round
-    trip of the smallest frequent size (a low quantile of that class, not its minimum: the cloud's reported time
-    taken off makes the noise two-sided). 0 when no large exchange took longer than that round trip."""
+def _classes(samples: list[Sample]) -> dict[int, list[Sample]]:
+    """The exchanges of each half-octave of sizes (`_size_class`), the classes in order of first appearance."""
     classes: dict[int, list[Sample]] = {}
     for s in samples:
         classes.setdefault(_size_class(s.bytes_total), []).append(s)
-    anchors = [k for k in sorted(classes) if len(classes[k]) >= 3] or sorted(classes)
-    small = classes[anchors[0]]
+    return classes
+
+
+def _envelope(classes: dict[int, list[Sample]]) -> list[tuple[float, float]]:
+    """(bytes, transfer ms) of the quickest exchange in each half-octave of sizes, smallest first."""
+    quickest = [min(classes[k], key=lambda s: s.transfer_ms) for k in sorted(classes)]
+    return [(float(s.bytes_total), s.transfer_ms) for s in quickest]
+
+
+def _lower_bound(classes: dict[int, list[Sample]], anchor_quantile: float = 0.1) -> float:
+    """The least bandwidth (bits/s) the quickest large exchange allows: its bytes over its time beyond the round
+    trip of the smallest frequent size (a low quantile of that class, not its minimum: the cloud's reported time
+    taken off makes the noise two-sided). 0 when no large exchange took longer than that round trip."""
+    ordered = [classes[k] for k in sorted(classes)]
+    small = next((members for members in ordered if len(members) >= 3), ordered[0])
     times = sorted(s.transfer_ms for s in small)
     rtt = times[int(anchor_quantile * (len(times) - 1))]
     base = min(s.bytes_total for s in small)
+    samples = [s for members in classes.values() for s in members]
     largest = max(s.bytes_total for s in samples)
     bounds = [(s.bytes_total - base) * 8 / ((s.transfer_ms - rtt) / 1000) for s in samples
               if s.bytes_total >= largest / 2 and s.bytes_total >= 2 * base and s.transfer_ms > rtt]
     return max(bounds, default=0.0)
 
 
-def _jitter(samples: list[Sample]) -> float:
+def _jitter(classes: dict[int, list[Sample]]) -> float:
     """How much slower than the quickest a typical exchange of the commonest size class is (ms): the noise a
     size's transfer time must rise above to be seen."""
-    classes: dict[int, list[float]] = {}
-    for s in samples:
-        classes.setdefault(_size_class(s.bytes_total), []).append(s.transfer_ms)
-    commonest = max(classes.values(), key=len)
+    commonest = [s.transfer_ms for s in max(classes.values(), key=len)]
     return statistics.median(commonest) - min(commonest) if len(commonest) >= 3 else 0.0
 
 

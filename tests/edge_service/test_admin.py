@@ -13,6 +13,7 @@ from splitcore.loading import LoadedModel
 from splitcore.testing import reference_text
 from tests.fakes import Clock
 from tests.servers import LoopbackServer, edge_and_cloud, metric_samples
+from tests.waiting import poll
 
 TOKEN = "s3cret-admin-token"
 AUTH = {"authorization": f"Bearer {TOKEN}"}
@@ -113,15 +114,11 @@ def test_bad_plan_requests_are_refused_with_a_reason(urls: tuple[str, str], body
 
 
 def test_bandwidth_history_and_metrics_are_served(urls: tuple[str, str], models: dict[str, LoadedModel]) -> None:
-    import time
 
     edge, cloud = urls
     httpx.post(edge + "/v1/completions", json={"prompt": "metrics", "max_tokens": 4, "temperature": 0}, timeout=60)
-    deadline = time.monotonic() + 15  # a re-plan check records a history point every second (later under load)
-    bw = httpx.get(edge + "/admin/bandwidth", headers=AUTH).json()
-    while not bw["history"] and time.monotonic() < deadline:
-        time.sleep(0.1)
-        bw = httpx.get(edge + "/admin/bandwidth", headers=AUTH).json()
+    # a re-plan check records a history point every second (later under load)
+    bw = poll(lambda: httpx.get(edge + "/admin/bandwidth", headers=AUTH).json(), lambda b: b["history"], 15)
     assert bw["estimate"]["samples"] > 0 and len(bw["history"]) >= 1
     requests = httpx.get(edge + "/admin/requests", headers=AUTH).json()["requests"]
     assert requests and requests[-1]["output_tokens"] >= 1

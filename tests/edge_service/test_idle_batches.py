@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
@@ -11,6 +10,7 @@ from edge_service.app import create_app
 from edge_service.settings import EdgeSettings
 from splitcore.loading import LoadedModel
 from tests.servers import LoopbackServer
+from tests.waiting import poll
 
 
 def test_an_idle_edge_drops_the_running_batch_of_generations_that_have_ended(models: dict[str, LoadedModel]) -> None:
@@ -24,7 +24,5 @@ def test_an_idle_edge_drops_the_running_batch_of_generations_that_have_ended(mod
         sizes = app.state.runtime.metrics.batches.size.collect()[0].samples
         rows = {s.name: s.value for s in sizes if s.name.endswith(("_sum", "_count"))}
         assert rows["edgesplit_edge_batch_size_sum"] > rows["edgesplit_edge_batch_size_count"]  # they batched
-        deadline = time.monotonic() + 10  # the edge looks every 2 s
-        while batcher._running and time.monotonic() < deadline:  # noqa: SLF001 (the storage this test is about)
-            time.sleep(0.2)
-        assert not batcher._running, "the ended generations' running batch is still held"  # noqa: SLF001
+        held = poll(lambda: batcher._running, lambda running: not running, 10)  # noqa: SLF001 (the edge looks every 2 s)
+        assert not held, "the ended generations' running batch is still held"

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import time
-
 import httpx
 
 from edge_service.app import create_app as create_edge
 from edge_service.settings import EdgeSettings
 from splitcore.loading import LoadedModel
 from tests.servers import LoopbackServer
+from tests.waiting import poll
 
 
 def test_requests_over_the_concurrency_limit_get_429_with_retry_after(models: dict[str, LoadedModel]) -> None:
@@ -23,10 +22,8 @@ def test_requests_over_the_concurrency_limit_get_429_with_retry_after(models: di
             refused = httpx.post(f"{url}/v1/completions", json={"prompt": "me too", "max_tokens": 2}, timeout=10)
             assert refused.status_code == 429 and refused.headers["retry-after"] == "1"
             assert refused.json()["error"]["type"] == "rate_limit_error"
-        deadline = time.monotonic() + 5  # the hung-up generation stops at its next step and frees the slot
-        while (after := httpx.post(f"{url}/v1/completions", json={"prompt": "now", "max_tokens": 2},
-                                   timeout=30)).status_code == 429 and time.monotonic() < deadline:
-            time.sleep(0.1)
+        after = poll(lambda: httpx.post(f"{url}/v1/completions", json={"prompt": "now", "max_tokens": 2}, timeout=30),
+                     lambda r: r.status_code != 429, 10)  # the hung-up generation frees the slot at its next step
         assert after.status_code == 200
 
 

@@ -12,6 +12,7 @@ from profiling.profile import Profile
 from splitcore.loading import LoadedModel
 from splitcore.testing import reference_text
 from tests.servers import LoopbackServer, edge_and_cloud
+from tests.waiting import poll
 
 
 def test_the_cloud_serves_its_profile_and_a_probe(models: dict[str, LoadedModel]) -> None:
@@ -44,14 +45,11 @@ def test_an_auto_planned_edge_without_a_cloud_serves_edge_only(models: dict[str,
 
 
 def test_an_idle_adaptive_edge_probes_the_link_to_keep_its_estimate_fresh(models: dict[str, LoadedModel]) -> None:
-    import time
 
     loaded = models["gpt2"]
     with edge_and_cloud(loaded, cut="auto", probe_interval_s=0.2) as tiers:
         link = tiers.edge_app.state.runtime.link
         at_start = link.bytes_observed  # the start-up probes the search planned on
-        deadline = time.monotonic() + 5
-        while link.bytes_observed == at_start and time.monotonic() < deadline:
-            time.sleep(0.05)
+        poll(lambda: link.bytes_observed, lambda seen: seen != at_start, 10, 0.05)
         estimate = link.estimate()
         assert link.bytes_observed > at_start and estimate.rtt_ms < 50

@@ -22,6 +22,7 @@ from splitcore.defaults import DEFAULT_MODEL_DIR
 from splitcore.loading import LoadedModel, load_checkpoint
 from splitcore.testing import reference_text
 from tests.servers import metric_samples, stream_completion
+from tests.waiting import poll
 
 pytestmark = pytest.mark.e2e  # spawns processes, drives a browser or fuzzes: out of the fast loop (-m 'not e2e')
 
@@ -85,10 +86,7 @@ def test_a_killed_cloud_is_survived_and_a_restarted_one_is_used_again(tmp_path: 
                 r = httpx.post(f"{edge}/v1/completions", json={"prompt": PROMPT, "max_tokens": 8, "temperature": 0},
                                timeout=30).json()
                 return r["edgesplit"]["fallback"] is None and r["edgesplit"]["link"]["decode_tokens"] == 7
-            deadline = time.monotonic() + 15
-            while not split_again():
-                assert time.monotonic() < deadline, "the edge never went back to the restarted cloud"
-                time.sleep(0.5)
+            assert poll(split_again, timeout_s=15, every_s=0.5), "the edge never went back to the restarted cloud"
             assert httpx.get(f"{edge}/health").json()["status"] == "ok"
 
 
@@ -115,16 +113,14 @@ def test_clients_hanging_up_mid_stream_free_both_tiers(tmp_path: Path) -> None:
                 for i, _line in enumerate(r.iter_lines()):
                     if i > 6:
                         break  # hang up mid-stream
-        deadline = time.monotonic() + 10
-        while True:
-            edge_active = _gauge(metric_samples(edge), "edgesplit_edge_active_requests")
+        def held() -> tuple[float, float, float]:
             cloud_metrics = metric_samples(f"http://127.0.0.1:{port}")
-            cloud_sessions = _gauge(cloud_metrics, "edgesplit_cloud_active_sessions")
-            cloud_steps = _gauge(cloud_metrics, "edgesplit_cloud_in_flight_steps")
-            if edge_active == 0 and cloud_sessions == 0 and cloud_steps == 0:
-                break
-            assert time.monotonic() < deadline, f"still {edge_active} requests on the edge, {cloud_sessions} sessions"
-            time.sleep(0.2)
+            return (_gauge(metric_samples(edge), "edgesplit_edge_active_requests"),
+                    _gauge(cloud_metrics, "edgesplit_cloud_active_sessions"),
+                    _gauge(cloud_metrics, "edgesplit_cloud_in_flight_steps"))
+        edge_active, cloud_sessions, cloud_steps = poll(held, lambda counts: not any(counts), 10, 0.2)
+        assert (edge_active, cloud_sessions, cloud_steps) == (0, 0, 0), \
+            f"still {edge_active} requests on the edge, {cloud_sessions} sessions and {cloud_steps} steps on the cloud"
         requests = metric_samples(edge)["edgesplit_edge_requests_total"]
         assert [s.value for s in requests if s.labels["outcome"] == "disconnected"] == [4]
 

@@ -18,6 +18,7 @@ from splitcore.metrics import sample_totals
 from splitcore.ranges import LayerRange
 from splitcore.schema import SessionMeta
 from splitcore.wire import MEDIA_TYPE, FrameCodec
+from tests.waiting import poll
 
 pytestmark = pytest.mark.e2e  # spawns processes, drives a browser or fuzzes: out of the fast loop (-m 'not e2e')
 
@@ -54,10 +55,8 @@ def test_after_a_burst_of_sessions_the_clouds_memory_comes_back(tmp_path: Path) 
                 peak = max(peak, rss_mib(url))
         for sid in sessions[:24]:  # half ended by their edge, the rest left to expire
             client.delete(f"{url}/v1/sessions/{sid}")
-        deadline = time.monotonic() + 30
-        while (httpx.get(f"{url}/health").json()["sessions"] or rss_mib(url) > 1.2 * start) \
-                and time.monotonic() < deadline:
-            time.sleep(0.5)
+        poll(lambda: (httpx.get(f"{url}/health").json()["sessions"], rss_mib(url)),
+             lambda held: not held[0] and held[1] <= 1.2 * start, 30, 0.5)
         end = rss_mib(url)
     print(f"cloud RSS: start {start:.0f} MiB, peak {peak:.0f} MiB, after the burst {end:.0f} MiB")
     assert peak > 1.2 * start, "the burst must take memory for the test to mean anything"

@@ -17,6 +17,7 @@ from edge_service.settings import EdgeSettings
 from splitcore.loading import LoadedModel
 from splitcore.testing import reference_text, reference_tokens
 from tests.servers import LoopbackServer, edge_and_cloud
+from tests.waiting import poll
 
 CUTS = ["edge", "cloud", "1:3", "2:4"]
 PROMPT = "The edge keeps the first layers"
@@ -210,7 +211,6 @@ def test_with_fallback_a_down_cloud_still_serves_the_unsplit_models_tokens(model
 
 
 def test_a_client_hanging_up_mid_stream_frees_the_cloud_session(models: dict[str, LoadedModel]) -> None:
-    import time
 
     loaded = models["gpt2"]
     with LoopbackServer(create_cloud(CloudSettings(), loaded)) as cloud_url, \
@@ -220,10 +220,7 @@ def test_a_client_hanging_up_mid_stream_frees_the_cloud_session(models: dict[str
             lines = response.iter_lines()
             next(lines)
             assert httpx.get(f"{cloud_url}/health").json()["sessions"] == 1
-        deadline = time.monotonic() + 5
-        while httpx.get(f"{cloud_url}/health").json()["sessions"] and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert httpx.get(f"{cloud_url}/health").json()["sessions"] == 0
+        assert poll(lambda: httpx.get(f"{cloud_url}/health").json()["sessions"], lambda n: n == 0, 10, 0.05) == 0
 
 
 def test_a_cloud_that_cannot_run_the_plan_makes_the_edge_unready_and_requests_fail_with_502() -> None:
@@ -242,7 +239,6 @@ def test_a_cloud_that_cannot_run_the_plan_makes_the_edge_unready_and_requests_fa
 
 def test_a_caller_who_hangs_up_on_a_whole_body_request_frees_its_slot_and_the_cloud_session(
         models: dict[str, LoadedModel]) -> None:
-    import time
 
     loaded = models["gpt2"]
     with edge_and_cloud(loaded, cut="1:3", max_concurrent_requests=1, emulate_slowdown=20) as tiers:
@@ -250,15 +246,11 @@ def test_a_caller_who_hangs_up_on_a_whole_body_request_frees_its_slot_and_the_cl
         with pytest.raises(httpx.ReadTimeout):  # the caller gives up and closes its connection
             httpx.post(f"{tiers.edge_url}/v1/completions", json=long, timeout=0.5)
         # Freed once the step running at the hang-up ends; 3 s was too short for a CI machine under load (a flake).
-        deadline = time.monotonic() + 15
-
-        def freed() -> bool:
-            return (tiers.edge_app.state.runtime.metrics.in_flight == 0
-                    and httpx.get(f"{tiers.cloud_url}/health").json()["sessions"] == 0)
-        while not freed() and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert tiers.edge_app.state.runtime.metrics.in_flight == 0
-        assert httpx.get(f"{tiers.cloud_url}/health").json()["sessions"] == 0
+        in_flight, sessions = poll(lambda: (tiers.edge_app.state.runtime.metrics.in_flight,
+                                            httpx.get(f"{tiers.cloud_url}/health").json()["sessions"]),
+                                   lambda held: held == (0, 0), 15, 0.05)
+        assert in_flight == 0, "the edge still counts the request in flight"
+        assert sessions == 0, "the cloud still holds the session"
         short = httpx.post(f"{tiers.edge_url}/v1/completions", json={"prompt": PROMPT, "max_tokens": 2}, timeout=30)
         assert short.status_code == 200  # the one slot is free again, not held by the abandoned request
         metrics = httpx.get(f"{tiers.edge_url}/metrics").text

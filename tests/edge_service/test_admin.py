@@ -114,7 +114,6 @@ def test_bad_plan_requests_are_refused_with_a_reason(urls: tuple[str, str], body
 
 
 def test_bandwidth_history_and_metrics_are_served(urls: tuple[str, str], models: dict[str, LoadedModel]) -> None:
-
     edge, cloud = urls
     httpx.post(edge + "/v1/completions", json={"prompt": "metrics", "max_tokens": 4, "temperature": 0}, timeout=60)
     # a re-plan check records a history point every second (later under load)

@@ -45,7 +45,6 @@ def test_an_auto_planned_edge_without_a_cloud_serves_edge_only(models: dict[str,
 
 
 def test_an_idle_adaptive_edge_probes_the_link_to_keep_its_estimate_fresh(models: dict[str, LoadedModel]) -> None:
-
     loaded = models["gpt2"]
     with edge_and_cloud(loaded, cut="auto", probe_interval_s=0.2) as tiers:
         link = tiers.edge_app.state.runtime.link

@@ -211,7 +211,6 @@ def test_with_fallback_a_down_cloud_still_serves_the_unsplit_models_tokens(model
 
 
 def test_a_client_hanging_up_mid_stream_frees_the_cloud_session(models: dict[str, LoadedModel]) -> None:
-
     loaded = models["gpt2"]
     with LoopbackServer(create_cloud(CloudSettings(), loaded)) as cloud_url, \
             LoopbackServer(create_edge(EdgeSettings(cloud_url=cloud_url, cut="1:3"), loaded)) as url:
@@ -239,7 +238,6 @@ def test_a_cloud_that_cannot_run_the_plan_makes_the_edge_unready_and_requests_fa
 
 def test_a_caller_who_hangs_up_on_a_whole_body_request_frees_its_slot_and_the_cloud_session(
         models: dict[str, LoadedModel]) -> None:
-
     loaded = models["gpt2"]
     with edge_and_cloud(loaded, cut="1:3", max_concurrent_requests=1, emulate_slowdown=20) as tiers:
         long = {"prompt": PROMPT, "max_tokens": 400, "temperature": 0.7}

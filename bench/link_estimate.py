@@ -28,7 +28,7 @@ from edgesplit.tools.linkbench import LINKS
 from edgesplit.tools.linkemu import LinkEmulator
 from splitcore.channel import CHANNEL_PATH, pack
 from splitcore.defaults import DEFAULT_MODEL_DIR
-from splitcore.loading import load_checkpoint
+from splitcore.loading import LoadedModel, load_checkpoint
 from splitcore.ranges import LayerRange
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -54,7 +54,8 @@ def bulk_bits_per_second(port: int, size: int = 1 << 20, pairs: int = 15) -> flo
         return (size - 64) * 8 / (extra_ms / 1000)
 
 
-def frames_bits_per_second(port: int, pairs: int = 15, small: int = 40, big: int = 400) -> float:
+def frames_bits_per_second(port: int, loaded: LoadedModel, pairs: int = 15, small: int = 40, big: int = 400
+                           ) -> float:
     """What the edge's own frames get through the same path (the ruler the link estimator is judged against on
     loopback, where no nominal bandwidth exists): prompt frames of `small` and `big` positions of the shipped
     model's 2:6 int8 split, one after the other as new sessions, `pairs` times; the median of (big's wait - small's
@@ -63,8 +64,7 @@ def frames_bits_per_second(port: int, pairs: int = 15, small: int = 40, big: int
     exchanges instead of whatever traffic came."""
     from frame_delivery import session_waits  # this folder's script (bench/ is no package)
 
-    model = ROOT / DEFAULT_MODEL_DIR
-    loaded, layers = load_checkpoint(model), LayerRange(start=2, end=6)
+    layers = LayerRange(start=2, end=6)  # `loaded`: the shipped model, as the edge of `estimate_after_traffic`
     client = CloudClient(f"http://127.0.0.1:{port}")  # the edge's default transport
     try:
         session_waits(client, loaded, layers, (small, big), 0, 0.0)  # warm-up: the handshake, the first shapes
@@ -102,6 +102,7 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="edgesplit-link-estimate-"))
     rows = []
     cloud_port = free_port()
+    shipped = load_checkpoint(ROOT / DEFAULT_MODEL_DIR)  # once: the frames ruler of every link sends its frames
     with serve("cloud", ["--model", str(ROOT / DEFAULT_MODEL_DIR)], cloud_port, work / "cloud.log") as cloud:
         wait_healthy(f"http://127.0.0.1:{cloud_port}/health", cloud, timeout_s=300)
         for link in args.links:
@@ -110,7 +111,7 @@ def main() -> None:
                 contextlib.nullcontext(cloud_port) if nominal is None else LinkEmulator(cloud_port, nominal, rtt))
             with emulator as port:
                 bulk = bulk_bits_per_second(port)
-                frames = frames_bits_per_second(port)
+                frames = frames_bits_per_second(port, shipped)
                 estimate = estimate_after_traffic(port, free_port(), work, link, args.requests)
             got = estimate["bandwidth_bps"]
             row = {"link": link, "nominal_bps": nominal, "rtt_ms": rtt, "bulk_bps": bulk, "frames_bps": frames,

@@ -120,6 +120,23 @@ def test_a_size_class_whose_exchanges_all_waited_does_not_read_a_fast_link_as_sl
     assert e.rtt_ms == pytest.approx(1.1, abs=0.15)
 
 
+def test_smaller_sizes_whose_exchanges_all_waited_do_not_read_a_link_as_faster() -> None:
+    """The emulated 1 Gbit/s link as measured (bench/link_estimate.py): both prefills of two short prompts waited
+    2-3 ms, so their quickest exchanges were slower than longer prompts' and the line through each size's quickest
+    flattened to 3.4 Gbit/s. A size whose quickest is slower than a larger size's quickest has only waited."""
+    est = LinkEstimator(prior_bandwidth_bps=100e6)
+    for i in range(60):
+        nbytes, elapsed, compute = exchange(508, 1e9, 2.5, compute_ms=6.0)
+        est.observe(nbytes, elapsed + 0.1 * (i % 4), compute)
+    for n, nbytes in enumerate((3424, 6331, 15079, 73377, 108969, 144716) * 2):
+        waited = (2.0, 3.0)[n // 6] if nbytes in (6331, 15079) else 0.1 * (n % 3)
+        _, elapsed, _ = exchange(nbytes, 1e9, 2.5, compute_ms=6.0)
+        est.observe(nbytes, elapsed + waited, 6.0)
+    e = est.estimate()
+    assert e.bandwidth_resolved
+    assert e.bandwidth_bps == pytest.approx(1e9, rel=0.25)
+
+
 def test_on_a_fast_link_a_noisy_window_does_not_ratchet_the_bound_up() -> None:
     """An unresolved window's bound is reported, not kept as measured: a later window with only slower large
     exchanges reads its own bound, not the highest any window ever saw."""

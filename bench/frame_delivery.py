@@ -18,6 +18,10 @@ figures are in README ("Why loopback cannot be measured from frames").
 
 from __future__ import annotations
 
+import os
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # this process plays an edge: as the services set it
+
 import argparse
 import statistics
 import tempfile

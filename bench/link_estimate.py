@@ -12,6 +12,10 @@ refuses it at once). On loopback only the second exists.
 
 from __future__ import annotations
 
+import os
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # this process plays an edge: as the services set it
+
 import argparse
 import contextlib
 import json

@@ -2,9 +2,17 @@
 
 from __future__ import annotations
 
+import os
+
+# The two tiers take turns on the same cores: an idle tier's OpenMP threads must sleep, not spin, or they steal the
+# CPU the other tier computes on. libgomp reads this once, when torch loads it, so it is set before the imports
+# below (some load torch); set in `main` it came too late and every worker spun about 300,000 pauses after each
+# parallel region (`tests/test_cli.py`). An operator's own OMP_WAIT_POLICY or GOMP_SPINCOUNT (a bounded spin) wins.
+if "OMP_WAIT_POLICY" not in os.environ and "GOMP_SPINCOUNT" not in os.environ:
+    os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
+
 import argparse
 import json
-import os
 import ssl
 import sys
 from pathlib import Path
@@ -281,11 +289,6 @@ def _tool(command: str, argv: list[str]) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    # The two tiers take turns on the same cores: an idle tier's OpenMP threads must sleep, not spin, or they
-    # steal the CPU the other tier is computing on (set before torch is imported). An operator's own
-    # OMP_WAIT_POLICY or GOMP_SPINCOUNT (a bounded spin) wins.
-    if "OMP_WAIT_POLICY" not in os.environ and "GOMP_SPINCOUNT" not in os.environ:
-        os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] in (["bench"], ["loadtest"]):
         return _tool(argv[0], argv[1:])

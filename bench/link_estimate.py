@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import os
 
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # this process plays an edge: as the services set it
+from splitcore.openmp import openmp_env
+
+os.environ.update(openmp_env())  # this process plays a tier: its OpenMP threads idle as the services' do
 
 import argparse
 import contextlib

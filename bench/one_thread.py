@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import os
 
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch is imported, as edgesplit.cli does
+from splitcore.openmp import openmp_env
+
+os.environ.update(openmp_env())  # this process plays a tier: its OpenMP threads idle as the services' do
 
 import argparse  # noqa: E402
 import statistics  # noqa: E402

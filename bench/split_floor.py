@@ -34,7 +34,9 @@ import tempfile
 import time
 from pathlib import Path
 
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as the services set it
+from splitcore.openmp import openmp_env
+
+os.environ.update(openmp_env())  # this process plays a tier: its OpenMP threads idle as the services' do
 
 import torch  # noqa: E402 (after the OpenMP setting)
 

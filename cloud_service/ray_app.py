@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from cloud_service.settings import CloudSettings
 from splitcore.errors import UserError
+from splitcore.openmp import openmp_passed_on
 
 if TYPE_CHECKING:
     from ray.serve import Application
@@ -132,7 +133,7 @@ def serve_forever(settings: CloudSettings) -> None:
     threads = settings.threads or max(1, int(settings.replica_cpus))
     settings = settings.model_copy(update={"threads": threads})
     address = settings.ray_address or os.environ.get("RAY_ADDRESS")
-    env = {"env_vars": {"OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE")}}
+    env = {"env_vars": openmp_passed_on()}  # replicas are tiers too: their OpenMP threads idle as ours
     ray.init(address=address, runtime_env=env, include_dashboard=False if address is None else None,
              logging_level=logging.WARNING)
     serve.start(http_options={"host": settings.host, "port": settings.port})

@@ -4,12 +4,9 @@ from __future__ import annotations
 
 import os
 
-# The two tiers take turns on the same cores: an idle tier's OpenMP threads must sleep, not spin, or they steal the
-# CPU the other tier computes on. libgomp reads this once, when torch loads it, so it is set before the imports
-# below (some load torch); set in `main` it came too late and every worker spun about 300,000 pauses after each
-# parallel region (`tests/test_cli.py`). An operator's own OMP_WAIT_POLICY or GOMP_SPINCOUNT (a bounded spin) wins.
-if "OMP_WAIT_POLICY" not in os.environ and "GOMP_SPINCOUNT" not in os.environ:
-    os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
+from splitcore.openmp import openmp_env
+
+os.environ.update(openmp_env())  # before the imports below (some load torch): libgomp reads it once, at load
 
 import argparse
 import json

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from splitcore.loading import LoadedModel
+from splitcore.openmp import IDLE_SPIN
 from splitcore.testing import save_checkpoint
 
 pytestmark = pytest.mark.e2e  # spawns processes, drives a browser or fuzzes: out of the fast loop (-m 'not e2e')
@@ -109,11 +110,11 @@ def test_plan_answers_bad_input_with_one_line_and_exit_2(flags: list[str], says:
     assert len(result.stderr.strip().splitlines()) == 1
 
 
-@pytest.mark.parametrize(("operator", "spin"), [({}, "0"), ({"GOMP_SPINCOUNT": "1000"}, "1000")])
+@pytest.mark.parametrize(("operator", "spin"), [({}, str(IDLE_SPIN)), ({"GOMP_SPINCOUNT": "1000"}, "1000")])
 def test_a_tier_s_openmp_threads_sleep_when_idle_unless_the_operator_says_otherwise(operator: dict[str, str],
                                                                                      spin: str) -> None:
-    # libgomp reads its wait policy once, when torch loads it: the command must set it before any import does.
-    # Set too late, every worker spun 300,000 pauses after each parallel region, on the cores the other tier uses.
+    # libgomp reads its spin once, when torch loads it: the command must set it before any import does. Set too
+    # late (in `main`), every worker spun 300,000 pauses after each parallel region, on the cores the other tier uses.
     env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
     env |= {"OMP_DISPLAY_ENV": "verbose", **operator}  # libgomp prints what it read when it loads
     result = subprocess.run([sys.executable, "-c", "import edgesplit.cli, torch; torch.ones(1)"], env=env,

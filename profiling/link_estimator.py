@@ -107,7 +107,7 @@ class LinkEstimator:
         resolved = slope > 0 and rise > jitter
         # Whatever the line says, no exchange can beat the link: each large one bounds the bandwidth from below.
         # A size class whose few exchanges all waited (a busy peer) must not read a fast link as slow.
-        bound = _lower_bound(classes)
+        bound = _lower_bound(classes, jitter)
         if resolved:  # the larger exchanges take measurably longer: the slope is the bandwidth
             self._resolved_bps = self._bandwidth_bps = max(8 / (slope / 1000), bound)
         else:
@@ -152,10 +152,12 @@ def _envelope(classes: dict[int, list[Sample]]) -> list[tuple[float, float]]:
     return kept[::-1]
 
 
-def _lower_bound(classes: dict[int, list[Sample]], anchor_quantile: float = 0.1) -> float:
+def _lower_bound(classes: dict[int, list[Sample]], jitter: float, anchor_quantile: float = 0.1) -> float:
     """The least bandwidth (bits/s) the quickest large exchange allows: its bytes over its time beyond the round
     trip of the smallest frequent size (a low quantile of that class, not its minimum: the cloud's reported time
-    taken off makes the noise two-sided). 0 when no large exchange took longer than that round trip."""
+    taken off makes the noise two-sided). A time beyond it shorter than the `jitter` counts as the jitter, which is
+    all it can show: one 2 us beyond read loopback as 319 Gbit/s (`bench/link_estimate.py`, once prompt frames
+    stopped stalling). 0 when no large exchange took longer than that round trip."""
     ordered = [classes[k] for k in sorted(classes)]
     small = next((members for members in ordered if len(members) >= 3), ordered[0])
     times = sorted(s.transfer_ms for s in small)
@@ -163,7 +165,7 @@ def _lower_bound(classes: dict[int, list[Sample]], anchor_quantile: float = 0.1)
     base = min(s.bytes_total for s in small)
     samples = [s for members in classes.values() for s in members]
     largest = max(s.bytes_total for s in samples)
-    bounds = [(s.bytes_total - base) * 8 / ((s.transfer_ms - rtt) / 1000) for s in samples
+    bounds = [(s.bytes_total - base) * 8 / (max(s.transfer_ms - rtt, jitter) / 1000) for s in samples
               if s.bytes_total >= largest / 2 and s.bytes_total >= 2 * base and s.transfer_ms > rtt]
     return max(bounds, default=0.0)
 

@@ -1,8 +1,8 @@
 """When one intra-op thread beats all of them: a batched decode round after an idle wait, on 1 and on 2 threads.
 
 The tiers' OpenMP threads spin briefly and then sleep (`splitcore.openmp`, applied here as `edgesplit serve` applies
-it), so after each idle wait, longer than that spin, the second thread sleeps and every parallel region wakes it
-first. For batches of 1-64 decode rows this times a
+it), so after each idle wait, longer than that spin, the second thread sleeps and the round's first parallel region
+wakes it (every region did with OMP_WAIT_POLICY=PASSIVE alone). For batches of 1-64 decode rows this times a
 round of the cloud's range (the shipped model's blocks 2-6, the 124M model's 6-12) after `--gap-ms` of sleep,
 on one thread and on two, alternately; the median ratio says which is faster at each work size (positions x
 one block's parameters, what `BatchLimits.one_thread_below` compares).

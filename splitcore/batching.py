@@ -76,7 +76,8 @@ class BatchLimits:
     # A forward whose positions x one block's parameters (its multiply-adds per block) is below this runs on one
     # intra-op thread. A tier's OpenMP threads sleep soon after a step (`splitcore.openmp`: an idle tier must not
     # spin on the cores the other one computes on), so the first parallel region of a forward wakes them.
-    # `python bench/one_thread.py` (a round after a 4 ms idle wait, 2 cores, 2 threads against 1): the shipped
+    # `python bench/one_thread.py` with OMP_WAIT_POLICY=PASSIVE alone, where every region woke them (a round
+    # after a 4 ms idle wait, 2 cores, 2 threads against 1; README has the bounded spin's figures): the shipped
     # model's 4 blocks 1.03-1.20x slower on 2 threads at 1-16 decode rows (up to 7 M), 0.91-0.99x at 32-64 rows
     # (14-28 M); the 124M model's 6 blocks 1.06-1.10x slower at 1-4 rows (7-28 M), 0.68-0.95x from 8 rows (57 M).
     one_thread_below: int = 32_000_000

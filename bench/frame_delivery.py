@@ -13,7 +13,7 @@ answer (decode, queue, blocks, encode: `splitcore.wire`), i.e. what the link est
 
 The question it answers (issue 19): on loopback the link is far faster than any frame is long (64 KiB cross in
 tens of microseconds), so what a prompt frame waits beyond a decode step is not the wire. This machine's
-figures are in README ("Why loopback cannot be measured from frames").
+figures are in README ("Why loopback is hard to measure from frames").
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """How a tier's OpenMP threads wait between parallel regions.
 
 The two tiers take turns on the same cores, so a tier's threads must not keep a core busy once its step is done:
-libgomp's default spins each worker for 300,000 pauses after every parallel region (4-9 ms on this machine), on
+libgomp's default spins each worker for 300,000 pauses after every parallel region (about 9 ms on this machine), on
 the core the other tier (or the cloud's own event loop) needs next. libgomp reads these variables once, when torch
 loads it, so a process applies `openmp_env()` before anything imports torch (this module imports nothing heavy).
 
